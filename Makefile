@@ -1,0 +1,36 @@
+# GreenGate developer entry points. Every target that needs Python runs
+# `setup` first; setup is idempotent and takes ~0.2 s when nothing changed.
+#
+#   make test PYTEST_ARGS='-k base45 -x'
+#   make setup WITH=mqtt          # extra system package groups (scripts/setup.sh --with)
+#   make setup SETUP_ARGS=--force # any other scripts/setup.sh flags
+
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+
+PYTEST_ARGS ?=
+SETUP_ARGS  ?=
+WITH        ?=
+
+.PHONY: setup test demo bench clean distclean
+
+setup:
+	bash scripts/setup.sh $(if $(strip $(WITH)),--with '$(strip $(WITH))') $(SETUP_ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	bash scripts/demo.sh
+
+bench: setup
+	$(PY) -m bench
+
+# Build/test leftovers. Keeps .venv (use distclean) and var/ (runtime data).
+clean:
+	rm -rf build dist .pytest_cache .hypothesis bench/out
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Kiosk firmware: frame source → QR decoder → verifier → light + report."""

@@ -1,0 +1,1 @@
+"""Fleet manager: ingest, presence, signed lists, dashboard."""

@@ -1,0 +1,1 @@
+"""Admin tooling: fleet PKI, kiosk enrolment, broker configuration, printed cards."""

@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# GreenGate set-up for a fresh Debian / Raspberry Pi OS machine.
+#
+# Idempotent: run it as often as you like. A run with nothing to do takes a
+# second or two and installs nothing.
+#
+#   scripts/setup.sh                      # base system packages + .venv
+#   scripts/setup.sh --with mqtt          # ... plus mosquitto + mosquitto-clients
+#   scripts/setup.sh --with mqtt,postgres --with browser
+#   GREENGATE_WITH="mqtt browser" scripts/setup.sh
+#
+# Options:
+#   --with GROUP[,GROUP...]  add system package groups (repeatable; see
+#                            PKG_GROUPS below). A package name from a group
+#                            (e.g. "mosquitto") selects its whole group.
+#   --no-system              skip the system-package step (GREENGATE_NO_SYSTEM=1)
+#   --force                  reinstall the Python package even if pyproject.toml
+#                            did not change (GREENGATE_FORCE=1)
+#   -h, --help               show this help
+#
+# Environment: GREENGATE_WITH (space/comma separated groups), GREENGATE_NO_SYSTEM,
+# GREENGATE_FORCE, PYTHON (interpreter used to create .venv; must be >= 3.11).
+set -euo pipefail
+
+# --- system package groups -------------------------------------------------
+# One table to extend. "a|b" means: either package satisfies the requirement;
+# if neither is installed, the first one apt knows about is installed.
+declare -A PKG_GROUPS=(
+    [mqtt]="mosquitto mosquitto-clients"
+    [postgres]="postgresql"
+    [browser]="chromium|chromium-browser"
+)
+# Always installed (libzbar0 became libzbar0t64 in Debian trixie).
+BASE_PACKAGES=("libzbar0|libzbar0t64")
+
+MIN_PY=(3 11)
+VENV=.venv
+STAMP="$VENV/.greengate-installed"
+
+# --- helpers -----------------------------------------------------------------
+log() { printf '[setup] %s\n' "$*"; }
+warn() { printf '[setup] WARNING: %s\n' "$*" >&2; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    printf 'Known groups:\n'
+    local g
+    for g in $(printf '%s\n' "${!PKG_GROUPS[@]}" | sort); do
+        printf '  %-10s %s\n' "$g" "${PKG_GROUPS[$g]}"
+    done
+}
+
+# Resolve a group name (or a package name belonging to a group) to its key.
+resolve_group() {
+    local want=$1 g item alt
+    local -a alts
+    if [[ -n ${PKG_GROUPS[$want]+x} ]]; then
+        printf '%s' "$want"
+        return 0
+    fi
+    for g in "${!PKG_GROUPS[@]}"; do
+        for item in ${PKG_GROUPS[$g]}; do
+            IFS='|' read -ra alts <<<"$item"
+            for alt in "${alts[@]}"; do
+                if [[ $alt == "$want" ]]; then
+                    printf '%s' "$g"
+                    return 0
+                fi
+            done
+        done
+    done
+    return 1
+}
+
+# Run a command as root: directly when root, else through sudo (non-interactive
+# when there is no terminal, e.g. in CI).
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        if [[ -t 0 ]]; then sudo "$@"; else sudo -n "$@"; fi
+    else
+        die "root privileges needed for: $* (run as root or install sudo)"
+    fi
+}
+
+pkg_installed() {
+    local status
+    status=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) || return 1
+    [[ $status == *" ok installed" ]]
+}
+
+# True if any alternative of "a|b|c" is installed.
+item_installed() {
+    local alt
+    local -a alts
+    IFS='|' read -ra alts <<<"$1"
+    for alt in "${alts[@]}"; do
+        pkg_installed "$alt" && return 0
+    done
+    return 1
+}
+
+has_candidate() {
+    local cand
+    cand=$(apt-cache policy -- "$1" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
+    [[ -n $cand && $cand != "(none)" ]]
+}
+
+# Pick the package to install for "a|b|c" (call after apt-get update).
+item_pick() {
+    local alt
+    local -a alts
+    IFS='|' read -ra alts <<<"$1"
+    for alt in "${alts[@]}"; do
+        if has_candidate "$alt"; then
+            printf '%s' "$alt"
+            return 0
+        fi
+    done
+    printf '%s' "${alts[0]}"  # let apt report the error
+}
+
+py_ok() {  # $1: interpreter; true if it runs and is >= MIN_PY
+    "$1" -c "import sys; sys.exit(sys.version_info < (${MIN_PY[0]}, ${MIN_PY[1]}))" >/dev/null 2>&1
+}
+
+py_version() {
+    "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "?"
+}
+
+# Echo the interpreter to create .venv with (real path, not a pyenv shim),
+# or nothing if none is >= MIN_PY.
+find_python() {
+    local c
+    local -a candidates=(python3 python3.13 python3.12 python3.11)
+    [[ -n ${PYTHON:-} ]] && candidates=("$PYTHON")
+    for c in "${candidates[@]}"; do
+        if command -v "$c" >/dev/null 2>&1 && py_ok "$c"; then
+            "$c" -c 'import sys; print(sys.executable)'
+            return 0
+        fi
+    done
+}
+
+python_too_old_msg() {
+    local found=${PYTHON:-python3} v="not found"
+    command -v "$found" >/dev/null 2>&1 && v=$(py_version "$found")
+    printf 'Python >= %d.%d is required (%s: %s). Install python3.11 or newer (Debian / Raspberry Pi OS bookworm ship 3.11) or point PYTHON= at one.' \
+        "${MIN_PY[0]}" "${MIN_PY[1]}" "$found" "$v"
+}
+
+venv_usable() {  # the existing .venv works and is new enough
+    [[ -x $VENV/bin/python ]] && py_ok "$VENV/bin/python" &&
+        "$VENV/bin/python" -c 'import pip' >/dev/null 2>&1
+}
+
+can_make_venv() {  # $1: interpreter
+    "$1" -m venv --help >/dev/null 2>&1 && "$1" -c 'import ensurepip' >/dev/null 2>&1
+}
+
+# Debian package providing venv/ensurepip for interpreter $1.
+venv_package() {
+    local v; v=$(py_version "$1")
+    if [[ -x /usr/bin/python3 && $(py_version /usr/bin/python3) == "$v" ]]; then
+        printf 'python3-venv'
+    else
+        printf 'python%s-venv' "$v"
+    fi
+}
+
+file_sha256() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum "$1" | awk '{print $1}'
+    else
+        "$VENV/bin/python" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$1"
+    fi
+}
+
+# --- arguments -----------------------------------------------------------------
+with_raw="${GREENGATE_WITH:-}"
+no_system="${GREENGATE_NO_SYSTEM:-0}"
+force="${GREENGATE_FORCE:-0}"
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --with) [[ $# -ge 2 ]] || die "--with needs a group name"; with_raw+=" $2"; shift 2 ;;
+        --with=*) with_raw+=" ${1#--with=}"; shift ;;
+        --no-system) no_system=1; shift ;;
+        --force) force=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[[ -f pyproject.toml ]] || die "pyproject.toml not found in $(pwd)"
+
+wanted=("${BASE_PACKAGES[@]}")
+declare -A seen_groups=()
+for name in ${with_raw//,/ }; do
+    group=$(resolve_group "$name") ||
+        die "unknown package group '$name' (known: $(printf '%s\n' "${!PKG_GROUPS[@]}" | sort | xargs))"
+    [[ -n ${seen_groups[$group]+x} ]] && continue
+    seen_groups[$group]=1
+    read -ra items <<<"${PKG_GROUPS[$group]}"
+    wanted+=("${items[@]}")
+done
+
+# --- Python interpreter (decides whether a venv package is needed) -------------
+need_venv=0
+venv_usable || need_venv=1
+python=""
+if [[ $need_venv == 1 ]]; then
+    python=$(find_python)
+    if [[ -z $python ]]; then
+        if [[ -z ${PYTHON:-} ]] && ! command -v python3 >/dev/null 2>&1; then
+            wanted+=(python3 python3-venv)   # bare system: get the distro Python
+        else
+            die "$(python_too_old_msg)"
+        fi
+    elif ! can_make_venv "$python"; then
+        wanted+=("$(venv_package "$python")")
+    fi
+fi
+
+# --- system packages -----------------------------------------------------------
+if [[ $no_system == 1 ]]; then
+    log "skipping system packages (--no-system)"
+elif ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+    warn "not a Debian-based system; make sure these are installed: ${wanted[*]}"
+else
+    missing=()
+    for item in "${wanted[@]}"; do
+        item_installed "$item" || missing+=("$item")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "system packages OK (${wanted[*]})"
+    else
+        log "installing system packages: ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        to_install=()
+        for item in "${missing[@]}"; do
+            to_install+=("$(item_pick "$item")")
+        done
+        as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends "${to_install[@]}"
+    fi
+fi
+
+# --- virtualenv ------------------------------------------------------------------
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [[ $need_venv == 1 ]]; then
+    [[ -n $python ]] || python=$(find_python)
+    [[ -n $python ]] || die "$(python_too_old_msg)"
+    can_make_venv "$python" ||
+        die "$python cannot create virtualenvs (install $(venv_package "$python"), or drop --no-system)"
+    if [[ -e $VENV ]]; then
+        log "existing $VENV is unusable; recreating it with $python ($(py_version "$python"))"
+        "$python" -m venv --clear "$VENV"
+    else
+        log "creating $VENV with $python ($(py_version "$python"))"
+        "$python" -m venv "$VENV"
+    fi
+    log "upgrading pip"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip ||
+        warn "could not upgrade pip; continuing with $("$VENV/bin/python" -m pip --version | awk '{print $2}')"
+else
+    log "$VENV OK (Python $(py_version "$VENV/bin/python"))"
+fi
+
+# --- project install (only when pyproject.toml changed) ------------------------
+want_stamp=$(file_sha256 pyproject.toml)
+have_stamp=$(cat "$STAMP" 2>/dev/null || true)
+if [[ $force != 1 && $want_stamp == "$have_stamp" ]]; then
+    log "greengate already installed (pyproject.toml unchanged)"
+else
+    if [[ $need_venv == 0 ]]; then
+        log "upgrading pip"
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip || warn "could not upgrade pip; continuing"
+    fi
+    log "installing greengate: pip install -e '.[test]'"
+    rm -f "$STAMP"
+    "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+    printf '%s\n' "$want_stamp" >"$STAMP"
+    log "installed"
+fi
+log "done"
