@@ -18,10 +18,10 @@ WITH        ?=
 setup:
 	bash scripts/setup.sh $(if $(strip $(WITH)),--with '$(strip $(WITH))') $(SETUP_ARGS)
 
-test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test:
+	bash scripts/test.sh $(PYTEST_ARGS)
 
-demo: setup
+demo:
 	bash scripts/demo.sh
 
 bench: setup

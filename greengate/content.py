@@ -6,8 +6,8 @@ sentence a support desk can read.
 """
 
 import re
+from typing import NamedTuple
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 from .errors import Rejected
@@ -18,27 +18,28 @@ TYPES = ("v", "t", "r")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _DOB = re.compile(r"^(\d{4}(-\d{2}(-\d{2})?)?)?$")  # year, year-month, or full date; may be empty
 _STD_NAME = re.compile(r"^[A-Z<]*$")
+_VER = re.compile(r"^\d+\.\d+\.\d+$")
 _STR, _INT, _DATE_T, _DATETIME = "str", "int", "date", "datetime"
+_R, _O = True, False  # required, optional
 
-# field -> (kind, required, max length for strings)
+# (field, kind, required) per certificate type, as in the DCC schema
 _ENTRY_FIELDS = {
-    "v": {"tg": (_STR, True), "vp": (_STR, True), "mp": (_STR, True), "ma": (_STR, True),
-          "dn": (_INT, True), "sd": (_INT, True), "dt": (_DATE_T, True), "co": (_STR, True),
-          "is": (_STR, True), "ci": (_STR, True)},
-    "t": {"tg": (_STR, True), "tt": (_STR, True), "nm": (_STR, False), "ma": (_STR, False),
-          "sc": (_DATETIME, True), "tr": (_STR, True), "tc": (_STR, False), "co": (_STR, True),
-          "is": (_STR, True), "ci": (_STR, True)},
-    "r": {"tg": (_STR, True), "fr": (_DATE_T, True), "co": (_STR, True), "is": (_STR, True),
-          "df": (_DATE_T, True), "du": (_DATE_T, True), "ci": (_STR, True)},
+    "v": (("tg", _STR, _R), ("vp", _STR, _R), ("mp", _STR, _R), ("ma", _STR, _R),
+          ("dn", _INT, _R), ("sd", _INT, _R), ("dt", _DATE_T, _R), ("co", _STR, _R),
+          ("is", _STR, _R), ("ci", _STR, _R)),
+    "t": (("tg", _STR, _R), ("tt", _STR, _R), ("nm", _STR, _O), ("ma", _STR, _O),
+          ("sc", _DATETIME, _R), ("tr", _STR, _R), ("tc", _STR, _O), ("co", _STR, _R),
+          ("is", _STR, _R), ("ci", _STR, _R)),
+    "r": (("tg", _STR, _R), ("fr", _DATE_T, _R), ("co", _STR, _R), ("is", _STR, _R),
+          ("df", _DATE_T, _R), ("du", _DATE_T, _R), ("ci", _STR, _R)),
 }
 _MAX_STR = 80
 _MAX_INT = 9  # dn and sd are 1..9 in the DCC schema
 
 
-@dataclass(frozen=True, slots=True)
-class Certificate:
+class Certificate(NamedTuple):
     type: str
-    entry: dict
+    entry: Mapping
     ci: str
     iss: str | None
     iat: float
@@ -65,6 +66,8 @@ def parse_datetime(value: str) -> datetime:
 
 
 def _check_field(kind: str, name: str, value) -> None:
+    if kind is _STR and type(value) is str and len(value) <= _MAX_STR:
+        return  # the common case, kept cheap: thousands of checks a second
     if kind == _INT:
         if type(value) is not int or not 1 <= value <= _MAX_INT:
             raise _invalid(f"'{name}' must be a whole number from 1 to {_MAX_INT}")
@@ -115,7 +118,7 @@ def parse_dcc(dcc: Mapping, iss=None, iat=0, exp=0) -> Certificate:
     if not isinstance(dcc, Mapping):
         raise _invalid("health certificate is not a map")
     ver = dcc.get("ver")
-    if not isinstance(ver, str) or not re.match(r"^\d+\.\d+\.\d+$", ver):
+    if not isinstance(ver, str) or not _VER.match(ver):
         raise _invalid("'ver' (schema version) is missing or malformed")
     nam = dcc.get("nam")
     if not isinstance(nam, Mapping):
@@ -142,9 +145,10 @@ def parse_dcc(dcc: Mapping, iss=None, iat=0, exp=0) -> Certificate:
     entry = entries[0]
     if not isinstance(entry, Mapping):
         raise _invalid(f"'{cert_type}' entry is not a map")
-    for name, (kind, required) in _ENTRY_FIELDS[cert_type].items():
-        if name in entry:
-            _check_field(kind, f"{cert_type}.{name}", entry[name])
+    for name, kind, required in _ENTRY_FIELDS[cert_type]:
+        value = entry.get(name)
+        if value is not None:
+            _check_field(kind, name, value)
         elif required:
             raise _invalid(f"'{cert_type}.{name}' is missing")
-    return Certificate(cert_type, dict(entry), entry["ci"], iss, iat, exp, fnt, gnt, dob)
+    return Certificate(cert_type, entry, entry["ci"], iss, iat, exp, fnt, gnt, dob)

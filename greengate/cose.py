@@ -5,6 +5,7 @@ says verifiers must be: kid and alg may sit in the unprotected header when the
 protected one lacks them.
 """
 
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,8 +32,16 @@ _ECDSA = ec.ECDSA(_SHA256)
 
 
 def loads(data: bytes):
-    """CBOR decode with the limits every untrusted input gets."""
-    return cbor2.loads(data, max_depth=MAX_DEPTH, allow_duplicate_keys=False)
+    """CBOR decode with the limits every untrusted input gets.
+
+    Trailing bytes are refused: otherwise two different QR texts would verify
+    as the same certificate.
+    """
+    stream = io.BytesIO(data)
+    obj = cbor2.CBORDecoder(stream, max_depth=MAX_DEPTH, allow_duplicate_keys=False).decode()
+    if stream.tell() != len(data):
+        raise ValueError(f"{len(data) - stream.tell()} trailing bytes after the CBOR item")
+    return obj
 
 
 @dataclass(slots=True)

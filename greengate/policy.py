@@ -79,6 +79,29 @@ class Policy:
         return None
 
 
+_KNOWN = {
+    "": {"name", "title", "timezone", "accept", "vaccination", "recovery", "test", "description"},
+    "vaccination": {"min_dose_number", "min_days_after_dose", "require_complete_series"},
+    "recovery": {"min_days_since_positive", "max_days_since_positive"},
+    "test": {"max_hours", "accept_positive"},
+}
+
+
+def _check_keys(doc: dict) -> None:
+    """Unknown keys are refused: a typo must not silently mean 'no limit'."""
+    for section, known in _KNOWN.items():
+        node = doc if not section else doc.get(section)
+        if node is None:
+            continue
+        if not isinstance(node, dict):
+            raise PolicyError(f"policy field '{section}' must be an object, got {node!r}")
+        for key in node:
+            if key not in known:
+                where = f"{section}.{key}" if section else key
+                raise PolicyError(f"policy field '{where}' is unknown "
+                                  f"(known: {', '.join(sorted(known))})")
+
+
 def _get(doc: dict, path: str, kind, default=...):
     node = doc
     for part in path.split("."):
@@ -99,6 +122,7 @@ def _get(doc: dict, path: str, kind, default=...):
 def from_document(doc: dict) -> Policy:
     if not isinstance(doc, dict):
         raise PolicyError("a policy is a JSON object")
+    _check_keys(doc)
     name = _get(doc, "name", str)
     try:
         tz = ZoneInfo(_get(doc, "timezone", str, "UTC"))
@@ -146,8 +170,13 @@ def load(name_or_path: str | Path) -> Policy:
         if not path.is_file():
             raise PolicyError(f"no policy named {name_or_path!r} (built-in: {', '.join(BUILTIN)}) "
                               "and no such file")
-        text = path.read_text(encoding="utf-8")
         source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise PolicyError(f"{source}: not UTF-8 text (is this a policy JSON file?)") from None
+        except OSError as exc:
+            raise PolicyError(f"{source}: cannot read: {exc.strerror}") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

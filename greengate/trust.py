@@ -60,7 +60,10 @@ def certificate_der(data: bytes | str) -> bytes:
     raw = data.encode() if isinstance(data, str) else bytes(data)
     match = _PEM.search(raw)
     if match:
-        raw = base64.b64decode(b"".join(match.group(1).split()))
+        try:
+            raw = base64.b64decode(b"".join(match.group(1).split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise TrustError("PEM certificate body is not valid base64") from None
     elif not raw.startswith(b"\x30"):
         try:
             raw = base64.b64decode(b"".join(raw.split()), validate=True)

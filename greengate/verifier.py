@@ -23,6 +23,8 @@ class Verifier:
         self.policy = policy
         self.status = status
         # Past this moment the lists are older than the offline budget.
+        if valid_until is not None and valid_until.tzinfo is None:
+            valid_until = valid_until.replace(tzinfo=timezone.utc)
         self.valid_until = valid_until
 
     def verify(self, text: str, at: datetime | None) -> Decision:

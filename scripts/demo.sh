@@ -6,12 +6,13 @@
 #   1. a QR image of a dose given on 2021-09-01            -> expected GREEN
 #   2. the HC1 text of a dose given on 2021-09-25 (too recent) -> expected RED
 #
-# Run via `make demo` (which runs scripts/setup.sh first).
+# README command 1 (also `make demo`): sets up the machine first (idempotent).
 # KEEP_DEMO_DIR=1 keeps the temporary directory for inspection.
 # Exit status: 0 if both verdicts are as expected, 1 otherwise.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
 
 BIN=.venv/bin
 PROVISION=$BIN/greengate-provision

@@ -1,0 +1,1 @@
+"""Benchmarks: commands that print figures. Speed targets live here, not in tests."""

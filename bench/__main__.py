@@ -1,0 +1,23 @@
+"""python -m bench [NAME [OPTIONS]]: run one benchmark with its options, or all of them."""
+
+import sys
+
+from . import verify
+
+BENCHMARKS = {"verify": verify.main}
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] in BENCHMARKS:
+        return BENCHMARKS[argv[0]](argv[1:])
+    if argv:
+        print(f"unknown benchmark {argv[0]!r}; have: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    status = 0
+    for run in BENCHMARKS.values():
+        status |= run([])
+        print()
+    return status
+
+
+sys.exit(main(sys.argv[1:]))
