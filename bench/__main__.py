@@ -2,9 +2,9 @@
 
 import sys
 
-from . import verify
+from . import decode, verify
 
-BENCHMARKS = {"verify": verify.main}
+BENCHMARKS = {"verify": verify.main, "decode": decode.main}
 
 
 def main(argv: list[str]) -> int:

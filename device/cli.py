@@ -11,11 +11,12 @@ def main(argv=None) -> int:
                                      description="GreenGate checkpoint kiosk")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     verify_command.add_parser(sub)
-    for name, text in (("run", "run the kiosk (camera → verify → light → report)"),
-                       ("selftest", "check lights, camera, clock, broker and bundles")):
-        p = sub.add_parser(name, help=f"{text} [not built yet]")
-        p.add_argument("--config", metavar="FILE")
-        p.set_defaults(handler=_not_built)
+    for name, text, module in (("run", "run the kiosk (camera → verify → light → report)", "kiosk"),
+                               ("selftest", "check lights, camera, clock, broker and bundles",
+                                "selftest")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", metavar="FILE", required=True, help="the kiosk's TOML file")
+        p.set_defaults(handler=_lazy(module))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -26,9 +27,12 @@ def main(argv=None) -> int:
     return args.handler(args)
 
 
-def _not_built(args) -> int:
-    print(f"greengate-kiosk {args.command}: not built yet (see the open issues)", file=sys.stderr)
-    return 2
+def _lazy(module: str):
+    """Import the kiosk's heavy parts (OpenCV, GPIO) only for the command that needs them."""
+    def handler(args) -> int:
+        import importlib
+        return importlib.import_module(f"device.{module}").run(args)
+    return handler
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
         "red_pin": (int, 27),
         "buzzer_pin": (int, 22),
         "relay_pin": (int, -1),  # < 0: no turnstile relay
+        "relay_active_high": (bool, True),  # false for relay boards that switch on a low input
         "green_seconds": (float, 1.5),
         "red_seconds": (float, 3.0),
     },

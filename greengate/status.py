@@ -8,7 +8,7 @@ fleet's status lists.
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 REVOKED = "revoked"
 SUSPENDED = "suspended"
@@ -42,3 +42,48 @@ class StatusList:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# --- bundle bodies ---------------------------------------------------------
+# A "status" bundle body is {"revoked": [16-byte keys], "suspended": [[key, until
+# epoch seconds], ...]}; a "status-delta" body is {"from": version, "revoked": [...],
+# "suspended": [...], "reinstated": [...]} and applies only on top of `from`.
+
+
+def from_body(body) -> StatusList:
+    if not isinstance(body, dict):
+        raise ValueError("status body is not a map")
+    status = StatusList()
+    _apply(status, body)
+    return status
+
+
+def apply_delta(base: StatusList, body) -> StatusList:
+    if not isinstance(body, dict):
+        raise ValueError("status delta body is not a map")
+    status = StatusList(base._entries)
+    for key in body.get("reinstated", []):
+        status._entries.pop(_key(key), None)
+    _apply(status, body)
+    return status
+
+
+def _key(key) -> bytes:
+    if not isinstance(key, bytes) or len(key) != 16:
+        raise ValueError("status key must be 16 bytes")
+    return key
+
+
+def _apply(status: StatusList, body: dict) -> None:
+    for key in body.get("revoked", []):
+        status.revoke(_key(key))
+    for item in body.get("suspended", []):
+        if not isinstance(item, list) or len(item) != 2 or type(item[1]) is not int:
+            raise ValueError("suspension must be [key, until]")
+        status.suspend(_key(item[0]), datetime.fromtimestamp(item[1], timezone.utc))
+
+
+def to_body(status: StatusList) -> dict:
+    return {"revoked": [k for k, s in status._entries.items() if s.kind == REVOKED],
+            "suspended": [[k, int(s.until.timestamp())] for k, s in status._entries.items()
+                          if s.kind == SUSPENDED]}

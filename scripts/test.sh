@@ -3,5 +3,5 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k policy -x
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --with mqtt  # the MQTT tests run a real mosquitto
 exec .venv/bin/python -m pytest -q "$@"

@@ -17,6 +17,8 @@ from greengate.trust import TrustList, load_signer
 from greengate.verifier import Verifier
 from provisioning.issuer import Issuer
 
+pytest_plugins = ["tests.conftest_broker"]  # real-Mosquitto fixtures (MQTT tests)
+
 UTC = timezone.utc
 HCMC = ZoneInfo("Asia/Ho_Chi_Minh")
 

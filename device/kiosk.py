@@ -1,0 +1,277 @@
+"""`greengate-kiosk run`: the kiosk's main loop, wiring the parts together.
+
+    source ──frames/text──▶ Pipeline (decode, cooldown, verify)
+                               │ Decision
+                               ▼
+               outbox (durable) ──▶ light ──▶ reporter (MQTT, QoS 1)
+
+A decision is written to the outbox before the light goes on, so a scan a
+person was shown is a scan the fleet will receive. Heartbeats, bundle intake,
+the HTTP fallback and the systemd watchdog run in their own threads.
+"""
+
+import logging
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import ssl
+from datetime import timedelta
+from pathlib import Path
+
+from greengate import messages
+from greengate.bundle import load_public_key
+from greengate.decision import Reason, red
+
+from . import config as config_module
+from . import watchdog
+from .clock import UNKNOWN, Clock
+from .pipeline import Pipeline
+from .privacy import Pseudonymiser
+from .state import STORED, BundleStore
+
+log = logging.getLogger("greengate.kiosk")
+
+
+class LiveVerifier:
+    """Verifies against whatever lists the store holds at this moment."""
+
+    def __init__(self, store: BundleStore):
+        self.store = store
+
+    def verify(self, text, at):
+        if at is None:
+            return red(Reason.CLOCK_UNKNOWN, "the kiosk's clock is not trustworthy")
+        verifier = self.store.verifier
+        if verifier is None:
+            return red(Reason.OUT_OF_SERVICE, self.store.problem or "lists missing")
+        return verifier.verify(text, at)
+
+
+class SessionCounter:
+    """Increases on every MQTT connect and survives restarts, so the fleet can
+    tell a late last-will of an old connection from the current one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            try:
+                value = int(self.path.read_text().strip() or 0)
+            except (FileNotFoundError, ValueError):
+                value = 0
+            value += 1
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(str(value))
+            tmp.replace(self.path)
+            return value
+
+
+def cpu_temperature() -> float | None:
+    try:
+        return int(Path("/sys/class/thermal/thermal_zone0/temp").read_text()) / 1000
+    except (OSError, ValueError):
+        return None
+
+
+class Kiosk:
+    def __init__(self, cfg):
+        from .indicator import make_indicator
+        from .outbox import Outbox
+        from .reporter import Reporter
+
+        self.cfg = cfg
+        self.id = cfg.kiosk.id
+        self.started = time.monotonic()
+        self.stopping = threading.Event()
+        data = Path(cfg.kiosk.data_dir)
+        if not data.is_absolute():
+            data = cfg.resolve(cfg.kiosk.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.data = data
+
+        self.indicator = make_indicator(cfg.indicator)
+        self.indicator.starting()
+        budget = timedelta(hours=cfg.bundles.offline_budget_hours)
+        self.clock = Clock(data / "clock.json", budget.total_seconds())
+        fleet_key = load_public_key(cfg.resolve(cfg.bundles.fleet_key).read_bytes())
+        self.store = BundleStore(data / "bundles", fleet_key, cfg.kiosk.deployment,
+                                 cfg.kiosk.policy, budget,
+                                 on_bundle=lambda b: self.clock.raise_floor(b.issued_at))
+        self.outbox = Outbox(data / "outbox.sqlite", cfg.outbox.max_rows)
+        self.pseudonym = Pseudonymiser(cfg.privacy.pseudonym_key if cfg.privacy.pseudonyms else None)
+        tls = None
+        if cfg.mqtt.tls:
+            tls = (str(cfg.resolve(cfg.mqtt.ca)), str(cfg.resolve(cfg.mqtt.cert)),
+                   str(cfg.resolve(cfg.mqtt.key)))
+        self.reporter = Reporter(self.outbox, self.id, cfg.mqtt.host, cfg.mqtt.port, tls=tls,
+                                 keepalive=cfg.mqtt.keepalive, replay_rate=cfg.mqtt.replay_rate,
+                                 session_source=SessionCounter(data / "session"))
+        for kind in (*STORED, "status-delta"):
+            self.reporter.subscribe(messages.bundle_topic(cfg.kiosk.deployment, kind),
+                                    lambda topic, payload: self.store.offer(payload, "mqtt"))
+        self.pipeline = None  # built in run(): the decoder may be slow to load
+        self._last_show = 0.0
+        self._fault_shown = None
+        self._progress = time.monotonic()
+
+    # --- the data path -----------------------------------------------------
+    def on_decision(self, decision, now: float) -> None:
+        scan_id = uuid.uuid4().hex
+        message = messages.scan(
+            scan_id=scan_id, kiosk=self.id, ts=now, decision=decision.decision,
+            reason=str(decision.reason), sub_reason=decision.sub_reason, cert_type=decision.type,
+            cert_hash=decision.cert_hash, holder=self.pseudonym(decision.holder),
+            policy=self.cfg.kiosk.policy)
+        self.outbox.add(scan_id, messages.scan_topic(self.id), messages.encode(message))
+        self.indicator.show(decision)
+        self._last_show = time.monotonic()
+        self._fault_shown = None
+        self.reporter.notify()
+        log.info("scan %s: %s %s%s", scan_id[:8], decision.decision, decision.reason,
+                 f"/{decision.sub_reason}" if decision.sub_reason else "")
+
+    def run(self) -> int:
+        from .decoders import make_decoder
+        from .sources import make_source
+
+        cfg = self.cfg
+        decoder = make_decoder(cfg.decoder.backend)
+        self.pipeline = Pipeline(decoder, LiveVerifier(self.store), self.on_decision,
+                                 cfg.decoder.cooldown, clock=self.clock.validation_time)
+        path = cfg.resolve(cfg.source.path) if cfg.source.path and cfg.source.kind == "folder" \
+            else cfg.source.path
+        self.source = make_source(cfg.source, path)
+        self.reporter.start()
+        threads = [threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True),
+                   threading.Thread(target=self._watchdog, name="watchdog", daemon=True)]
+        if cfg.bundles.http_url:
+            threads.append(threading.Thread(target=self._http_fallback, name="http", daemon=True))
+        for t in threads:
+            t.start()
+        self.indicator.idle()
+        watchdog.ready()
+        log.info("kiosk %s running: source %s, decoder %s", self.id, cfg.source.kind,
+                 getattr(decoder, "name", decoder))
+        try:
+            for item in self.source:
+                self._progress = time.monotonic()
+                if self.stopping.is_set():
+                    break
+                try:
+                    self.pipeline.process(item, time.time())
+                except Exception:  # one bad frame must not stop the checkpoint
+                    log.exception("frame processing failed")
+        finally:
+            self.close()
+        return 0
+
+    def stop(self, *_):
+        self.stopping.set()
+        try:
+            self.source.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        watchdog.stopping()
+        self.stopping.set()
+        self.reporter.stop()
+        self.outbox.close()
+        self.indicator.close()
+
+    # --- background --------------------------------------------------------
+    def heartbeat(self) -> dict:
+        clock = self.clock.state()
+        now = self.clock.validation_time()
+        lists = self.store.freshness(now) if now else ("missing" if self.store.verifier is None
+                                                        else "stale")
+        return messages.heartbeat(
+            kiosk=self.id, session=self.reporter.session, ts=time.time(),
+            uptime=time.monotonic() - self.started, bundles=self.store.versions(),
+            outbox=self.outbox.depth(), clock=clock, lists=lists, cpu_temp=cpu_temperature(),
+            overflow=self.outbox.overflow())
+
+    def _heartbeats(self) -> None:
+        while not self.stopping.wait(min(5.0, self.cfg.mqtt.heartbeat)):
+            self._show_fault()
+            if time.monotonic() - getattr(self, "_last_beat", 0) >= self.cfg.mqtt.heartbeat:
+                self._last_beat = time.monotonic()
+                try:
+                    self.reporter.publish_heartbeat(self.heartbeat())
+                except Exception:
+                    log.exception("heartbeat failed")
+
+    def _show_fault(self) -> None:
+        """Out of service or clock unknown must be visible with nobody scanning."""
+        if time.monotonic() - self._last_show < self.cfg.indicator.red_seconds:
+            return
+        at = self.clock.validation_time()
+        if self.clock.state() == UNKNOWN:
+            fault = red(Reason.CLOCK_UNKNOWN, "clock unknown")
+        elif self.store.verifier is None or at > self.store.verifier.valid_until:
+            fault = red(Reason.OUT_OF_SERVICE, self.store.problem or "lists older than the budget")
+        else:
+            fault = None
+        if fault and self._fault_shown != fault.reason:
+            self.indicator.show(fault)
+        elif not fault and self._fault_shown:
+            self.indicator.idle()
+        self._fault_shown = fault.reason if fault else None
+
+    def _watchdog(self) -> None:
+        interval = watchdog.watchdog_interval()
+        if not interval:
+            return
+        blocking = self.cfg.source.kind == "scanner"  # waits for people, not frames
+        while not self.stopping.wait(interval):
+            if blocking or time.monotonic() - self._progress < 4 * interval:
+                watchdog.watchdog_ping()
+            else:
+                log.error("no frame for %.0f s; letting the watchdog restart the kiosk",
+                          time.monotonic() - self._progress)
+
+    def _http_fallback(self) -> None:
+        cfg = self.cfg
+        context = None
+        if cfg.mqtt.ca:
+            context = ssl.create_default_context(cafile=str(cfg.resolve(cfg.mqtt.ca)))
+            if cfg.mqtt.cert:
+                context.load_cert_chain(str(cfg.resolve(cfg.mqtt.cert)), str(cfg.resolve(cfg.mqtt.key)))
+        etags: dict[str, str] = {}
+        while not self.stopping.wait(5.0 if self.store.verifier is None else cfg.bundles.http_interval):
+            if self.reporter.connected and self.store.verifier is not None:
+                continue  # MQTT delivers; HTTP is for when it does not
+            for kind in STORED:
+                url = f"{cfg.bundles.http_url.rstrip('/')}/api/v1/bundles/{cfg.kiosk.deployment}/{kind}"
+                request = urllib.request.Request(url)
+                if kind in etags:
+                    request.add_header("If-None-Match", etags[kind])
+                try:
+                    with urllib.request.urlopen(request, timeout=20, context=context) as response:
+                        body = response.read(64 * 1024 * 1024)
+                        if response.headers.get("ETag"):
+                            etags[kind] = response.headers["ETag"]
+                    self.store.offer(body, "http")
+                except urllib.error.HTTPError as exc:
+                    if exc.code != 304:
+                        log.warning("HTTP bundle fetch %s: %s", url, exc)
+                except OSError as exc:
+                    log.warning("HTTP bundle fetch %s: %s", url, exc)
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_module.load(args.config)
+    except config_module.ConfigError as exc:
+        print(f"greengate-kiosk: {exc}")
+        return 2
+    kiosk = Kiosk(cfg)
+    signal.signal(signal.SIGTERM, kiosk.stop)
+    signal.signal(signal.SIGINT, kiosk.stop)
+    return kiosk.run()

@@ -1,0 +1,134 @@
+"""`greengate-kiosk selftest`: check every part and say what is wrong in plain words.
+
+Meant for the technician at the door: each line is OK or PROBLEM with what to
+do about it. Exit 0 when everything is OK, 1 otherwise, 2 for a bad config.
+"""
+
+import socket
+import ssl
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from greengate.bundle import load_public_key
+
+from . import config as config_module
+from .clock import FLOOR, SYNCED, Clock
+from .state import BundleStore
+
+
+def _lights(cfg, report):
+    from .indicator import make_indicator
+    try:
+        indicator = make_indicator(cfg.indicator)
+        indicator.lamp_test()
+        indicator.close()
+        report(True, "lights", "green, red, buzzer (and relay) blinked once each: "
+                               "check that you saw and heard all of them")
+    except Exception as exc:
+        report(False, "lights", f"cannot drive the GPIO pins ({exc}); check the wiring and that "
+                                "the kiosk user is in the 'gpio' group")
+
+
+def _camera(cfg, report):
+    from .sources import make_source
+    path = cfg.resolve(cfg.source.path) if cfg.source.kind == "folder" else cfg.source.path
+    if cfg.source.kind == "scanner":
+        try:
+            source = make_source(cfg.source, path)
+            source.close()
+            report(True, "scanner", f"serial scanner port {path} opens")
+        except Exception as exc:
+            report(False, "scanner", f"cannot open the scanner at {path} ({exc}); check the cable "
+                                     "and the port name")
+        return
+    try:
+        source = make_source(cfg.source, path)
+        frame = next(iter(source), None)
+        source.close()
+    except Exception as exc:
+        report(False, "camera", f"cannot read from the camera ({exc}); check the ribbon cable "
+                                "or USB connection")
+        return
+    if frame is None:
+        report(False, "camera", "the camera delivered no picture")
+    else:
+        shape = getattr(frame, "shape", None)
+        report(True, "camera", f"picture received ({shape[1]}x{shape[0]})" if shape else "text source")
+
+
+def _clock_and_bundles(cfg, report):
+    data = cfg.resolve(cfg.kiosk.data_dir)
+    budget = timedelta(hours=cfg.bundles.offline_budget_hours)
+    clock = Clock(data / "clock.json", budget.total_seconds())
+    state = clock.state()
+    if state == SYNCED:
+        report(True, "clock", "synchronised by NTP")
+    elif state == FLOOR:
+        report(True, "clock", "not synchronised by NTP, but consistent with the last fleet data")
+    else:
+        report(False, "clock", "the time cannot be trusted: connect the kiosk to the network so it "
+                               "can synchronise (NTP), the kiosk shows 'clock unknown' until then")
+    try:
+        key = load_public_key(cfg.resolve(cfg.bundles.fleet_key).read_bytes())
+    except (OSError, ValueError) as exc:
+        report(False, "bundles", f"the pinned fleet key {cfg.bundles.fleet_key} is unreadable ({exc}); "
+                                 "re-run the enrolment")
+        return
+    store = BundleStore(data / "bundles", key, cfg.kiosk.deployment, cfg.kiosk.policy, budget)
+    if store.verifier is None:
+        report(False, "bundles", f"{store.problem}: the kiosk has not received its lists from the "
+                                 "fleet yet; check the network and the broker")
+        return
+    at = clock.validation_time()
+    versions = ", ".join(f"{k} v{v}" for k, v in store.versions().items())
+    if at and at > store.verifier.valid_until:
+        report(False, "bundles", f"lists are older than the offline budget ({versions}); the kiosk "
+                                 "is out of service until it reaches the fleet")
+    else:
+        report(True, "bundles", f"lists present ({versions})")
+
+
+def _broker(cfg, report):
+    host, port = cfg.mqtt.host, cfg.mqtt.port
+    try:
+        sock = socket.create_connection((host, port), timeout=5)
+    except OSError as exc:
+        report(False, "broker", f"cannot reach the broker at {host}:{port} ({exc.strerror or exc}); "
+                                "check the network cable/Wi-Fi and the broker address")
+        return
+    try:
+        if cfg.mqtt.tls:
+            context = ssl.create_default_context(cafile=str(cfg.resolve(cfg.mqtt.ca)))
+            context.load_cert_chain(str(cfg.resolve(cfg.mqtt.cert)), str(cfg.resolve(cfg.mqtt.key)))
+            with context.wrap_socket(sock, server_hostname=host) as tls:
+                tls.do_handshake()
+        report(True, "broker", f"{host}:{port} reachable" + (" with TLS" if cfg.mqtt.tls else ""))
+    except (ssl.SSLError, OSError) as exc:
+        report(False, "broker", f"TLS with the broker failed ({exc}); the kiosk certificate may be "
+                                "expired, retired, or from another fleet: re-enrol the kiosk")
+    finally:
+        sock.close()
+
+
+def run(args) -> int:
+    try:
+        cfg = config_module.load(args.config)
+    except config_module.ConfigError as exc:
+        print(f"PROBLEM config: {exc}")
+        return 2
+    problems = []
+
+    def report(ok, part, text):
+        print(f"{'OK     ' if ok else 'PROBLEM'} {part}: {text}")
+        if not ok:
+            problems.append(part)
+
+    started = time.monotonic()
+    for check in (_lights, _camera, _clock_and_bundles, _broker):
+        try:
+            check(cfg, report)
+        except Exception as exc:  # a self-test reports, it does not crash
+            report(False, check.__name__.strip("_"), f"check failed unexpectedly: {exc}")
+    print(f"{len(problems)} problem(s) in {time.monotonic() - started:.1f} s")
+    return 1 if problems else 0

@@ -1,0 +1,195 @@
+"""The kiosk's local state: the last good signed bundles, and the verifier built from them.
+
+Bundles arrive from MQTT (retained) or HTTP. Each is verified against the
+pinned fleet key; a lower version than the one held is refused (no rollback),
+as is the same version with other content. Accepted bundles are written
+atomically (temporary file, fsync, rename) so a power cut leaves either the
+old or the new one, and are verified again when read back at start-up.
+A new Verifier is built and swapped in with one reference assignment, so a
+scan in progress finishes on the lists it started with.
+"""
+
+import logging
+import os
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from greengate import bundle, policy, status
+from greengate.bundle import Bundle, BundleError
+from greengate.trust import TrustList, load_signer
+from greengate.verifier import Verifier
+
+log = logging.getLogger(__name__)
+
+STORED = ("trust", "policy", "status")
+
+
+class BundleStore:
+    def __init__(self, directory: str | Path, fleet_key, deployment: str, policy_name: str,
+                 budget: timedelta, on_bundle=None):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fleet_key = fleet_key
+        self.deployment = deployment
+        self.policy_name = policy_name
+        self.budget = budget
+        self.on_bundle = on_bundle  # called with each accepted Bundle (the clock's floor)
+        self._lock = threading.Lock()
+        self.bundles: dict[str, Bundle] = {}
+        self._status: status.StatusList | None = None
+        self.verifier: Verifier | None = None
+        self.problem = "no trust list, policy or status list yet"
+        self.refused = 0
+        for kind in STORED:
+            path = self.dir / f"{kind}.bundle"
+            if path.exists():
+                try:
+                    self._accept(bundle.open_bundle(path.read_bytes(), fleet_key, deployment),
+                                 persist=False)
+                except (BundleError, ValueError) as exc:
+                    log.error("stored %s bundle %s is invalid (%s); ignoring it", kind, path, exc)
+        for path in sorted(self.dir.glob("status-delta-*.bundle"), key=_delta_version):
+            try:
+                accepted, why = self._accept(bundle.open_bundle(path.read_bytes(), fleet_key,
+                                                                deployment), persist=False)
+            except (BundleError, ValueError) as exc:
+                accepted, why = False, str(exc)
+            if not accepted:
+                log.info("stored delta %s not replayed (%s); removing it", path.name, why)
+                path.unlink(missing_ok=True)
+        self._rebuild()
+
+    # --- intake ------------------------------------------------------------
+    def offer(self, raw: bytes, source: str = "mqtt") -> tuple[bool, str]:
+        """Verify and maybe apply a bundle; return (accepted, why) and log the reason."""
+        try:
+            candidate = bundle.open_bundle(raw, self.fleet_key, self.deployment)
+        except BundleError as exc:
+            return self._refuse(source, f"{exc.reason}: {exc}")
+        with self._lock:
+            try:
+                accepted, why = self._accept(candidate, persist=True)
+            except ValueError as exc:
+                return self._refuse(source, f"malformed {candidate.kind} body: {exc}")
+            if not accepted:
+                if why.startswith("refused"):
+                    return self._refuse(source, why)
+                return False, why
+            self._rebuild()
+        log.info("applied %s bundle v%d from %s", candidate.kind, candidate.version, source)
+        if self.on_bundle:
+            self.on_bundle(candidate)
+        return True, "applied"
+
+    def _refuse(self, source: str, why: str) -> tuple[bool, str]:
+        self.refused += 1
+        log.warning("refused bundle from %s: %s", source, why)
+        return False, why
+
+    def _accept(self, candidate: Bundle, persist: bool) -> tuple[bool, str]:
+        kind = candidate.kind
+        if kind == "status-delta":
+            return self._accept_delta(candidate, persist)
+        current = self.bundles.get(kind)
+        if current is not None:
+            if candidate.version < current.version:
+                return False, (f"refused rollback: {kind} v{candidate.version} is older than "
+                               f"the v{current.version} held")
+            derived = kind == "status" and current.body is None  # base + deltas
+            if candidate.version == current.version and not derived:
+                if candidate.raw == current.raw:
+                    return False, "already held"
+                return False, f"refused: {kind} v{candidate.version} differs from the one held"
+        new_status = status.from_body(candidate.body) if kind == "status" else None
+        if kind == "trust":
+            _trust_from(candidate)  # refuse a trust body we could not use
+        if kind == "policy":
+            _policy_from(candidate, self.policy_name)
+        if persist:
+            self._write(kind, candidate.raw)
+            if kind == "status":  # a new snapshot supersedes every delta held
+                for old in self.dir.glob("status-delta-*.bundle"):
+                    old.unlink(missing_ok=True)
+        self.bundles[kind] = candidate
+        if new_status is not None:
+            self._status = new_status
+        return True, "applied"
+
+    def _accept_delta(self, delta: Bundle, persist: bool) -> tuple[bool, str]:
+        current = self.bundles.get("status")
+        body = delta.body if isinstance(delta.body, dict) else {}
+        if current is None or body.get("from") != current.version:
+            held = current.version if current else None
+            return False, f"delta from v{body.get('from')} does not apply to status v{held}"
+        if delta.version <= current.version:
+            return False, "already held"
+        new_status = status.apply_delta(self._status, body)
+        # The kiosk cannot re-sign a merged list, so it keeps the signed base
+        # and every signed delta on top of it, and replays them at start-up.
+        snapshot = Bundle("status", delta.deployment, delta.version, delta.issued_at,
+                          None, current.raw)
+        if persist:
+            self._write(f"status-delta-{delta.version}", delta.raw)
+        self.bundles["status"] = snapshot
+        self._status = new_status
+        return True, "applied"
+
+    def _write(self, kind: str, raw: bytes) -> None:
+        path = self.dir / f"{kind}.bundle"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    # --- the verifier ------------------------------------------------------
+    def _rebuild(self) -> None:
+        missing = [k for k in STORED if k not in self.bundles]
+        if missing:
+            self.verifier = None
+            self.problem = f"missing {', '.join(missing)} bundle"
+            return
+        trust = _trust_from(self.bundles["trust"])
+        pol = _policy_from(self.bundles["policy"], self.policy_name)
+        oldest = min(self.bundles[k].issued_at for k in ("trust", "status"))
+        valid_until = datetime.fromtimestamp(oldest, timezone.utc) + self.budget
+        self.verifier = Verifier(trust, pol, self._status, valid_until=valid_until)
+        self.problem = None
+
+    def versions(self) -> dict:
+        return {k: (self.bundles[k].version if k in self.bundles else None) for k in STORED}
+
+    def freshness(self, now: datetime) -> str:
+        if self.verifier is None:
+            return "missing"
+        return "fresh" if now <= self.verifier.valid_until else "stale"
+
+
+def _delta_version(path: Path) -> int:
+    try:
+        return int(path.stem.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _trust_from(b: Bundle) -> TrustList:
+    certs = b.body.get("certificates") if isinstance(b.body, dict) else None
+    if not isinstance(certs, list) or not all(isinstance(c, bytes) for c in certs):
+        raise ValueError("trust body needs 'certificates': a list of DER certificates")
+    return TrustList(load_signer(c) for c in certs)
+
+
+def _policy_from(b: Bundle, name: str) -> policy.Policy:
+    docs = b.body.get("policies") if isinstance(b.body, dict) else None
+    if not isinstance(docs, dict):
+        raise ValueError("policy body needs 'policies': a map of name to policy document")
+    if name not in docs:
+        raise ValueError(f"policy bundle has no policy {name!r} (has: {', '.join(docs)})")
+    return policy.from_document(docs[name])

@@ -1,0 +1,50 @@
+"""Test-side stand-in for the fleet's bundle signing: a key and sealed bundles."""
+
+import json
+from datetime import datetime, timezone
+from importlib import resources
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from greengate import bundle, status
+
+
+class FleetKit:
+    def __init__(self, deployment: str = "test"):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.deployment = deployment
+
+    @property
+    def public_pem(self) -> bytes:
+        return self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def seal(self, kind, version, issued_at, body, key=None) -> bytes:
+        if isinstance(issued_at, datetime):
+            issued_at = int(issued_at.timestamp())
+        return bundle.seal(kind, version, issued_at, body, key or self.key, self.deployment)
+
+    def trust(self, version, issued_at, *issuers) -> bytes:
+        return self.seal("trust", version, issued_at, {"certificates": [i.der for i in issuers]})
+
+    def policy(self, version, issued_at, names=("hcmc-2021", "accept-valid")) -> bytes:
+        docs = {n: json.loads(resources.files("greengate").joinpath(f"policies/{n}.json").read_text())
+                for n in names}
+        return self.seal("policy", version, issued_at, {"policies": docs})
+
+    def status(self, version, issued_at, revoked=(), suspended=()) -> bytes:
+        body = {"revoked": list(revoked),
+                "suspended": [[k, int(u.timestamp())] for k, u in suspended]}
+        return self.seal("status", version, issued_at, body)
+
+    def delta(self, version, issued_at, base, revoked=(), reinstated=()) -> bytes:
+        return self.seal("status-delta", version, issued_at,
+                         {"from": base, "revoked": list(revoked), "reinstated": list(reinstated)})
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+__all__ = ["FleetKit", "at", "status"]

@@ -1,0 +1,279 @@
+"""The kiosk's local state: bundles (verify, no rollback, atomic, persisted), time floor,
+configuration errors, cooldown and pseudonyms."""
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from device import config
+from device.clock import FLOOR, SYNCED, UNKNOWN, Clock
+from device.pipeline import Cooldown, Pipeline
+from device.privacy import Pseudonymiser
+from device.state import BundleStore
+from greengate.bundle import load_public_key
+from greengate.status import cert_hash
+from tests.fleetkit import FleetKit, at
+
+T0 = at("2021-10-05T00:00:00")
+CHECK = at("2021-10-05T08:00:00")
+BUDGET = timedelta(hours=72)
+
+
+@pytest.fixture
+def fleet():
+    return FleetKit()
+
+
+@pytest.fixture
+def store_factory(tmp_path, fleet):
+    def make(**kw):
+        return BundleStore(tmp_path / "bundles", load_public_key(fleet.public_pem), fleet.deployment,
+                           kw.get("policy", "hcmc-2021"), BUDGET)
+    return make
+
+
+def fill(store, fleet, es256, version=1, issued=T0, **status):
+    for raw in (fleet.trust(version, issued, es256), fleet.policy(version, issued),
+                fleet.status(version, issued, **status)):
+        ok, why = store.offer(raw)
+        assert ok, why
+
+
+def cert(es256, **kw):
+    dcc = es256.vaccination(date="2021-08-01", **kw)
+    return dcc, es256.mint(dcc, iat="2021-09-01", exp="2022-09-01")
+
+
+def test_no_bundles_means_out_of_service(store_factory):
+    store = store_factory()
+    assert store.verifier is None
+    assert "missing" in store.problem
+
+
+def test_applied_bundles_verify_and_survive_restart(store_factory, fleet, es256):
+    store = store_factory()
+    fill(store, fleet, es256)
+    _, text = cert(es256)
+    assert store.verifier.verify(text, CHECK).green
+    again = store_factory()  # a restart reads the stored bundles back
+    assert again.versions() == {"trust": 1, "policy": 1, "status": 1}
+    assert again.verifier.verify(text, CHECK).green
+
+
+def test_rollback_tamper_and_foreign_key_are_refused_old_kept(store_factory, fleet, es256, caplog):
+    store = store_factory()
+    fill(store, fleet, es256, version=5)
+    ok, why = store.offer(fleet.status(4, T0))
+    assert not ok and "rollback" in why
+    tampered = bytearray(fleet.status(6, T0))
+    tampered[-80] ^= 1
+    ok, why = store.offer(bytes(tampered))
+    assert not ok and ("bad_signature" in why or "malformed" in why)
+    other = FleetKit(fleet.deployment)
+    ok, why = store.offer(other.status(7, T0))
+    assert not ok and "wrong_key" in why
+    ok, why = store.offer(fleet.status(5, T0 + timedelta(hours=1)))
+    assert not ok and "differs" in why
+    assert store.versions()["status"] == 5
+    assert store.refused == 4
+    assert "refused bundle" in caplog.text
+    assert store_factory().versions()["status"] == 5
+
+
+def test_wrong_deployment_refused(store_factory, es256):
+    store = store_factory()
+    ok, why = store.offer(FleetKit("elsewhere").trust(1, T0, es256))
+    assert not ok and "wrong_key" in why or "wrong_deployment" in why
+
+
+def test_status_list_revokes_and_suspension_lapses(store_factory, fleet, es256):
+    dcc_r, revoked = cert(es256)
+    dcc_s, suspended = cert(es256)
+    until = CHECK + timedelta(days=2)
+    store = store_factory()
+    fill(store, fleet, es256, revoked=[cert_hash(dcc_r["v"][0]["ci"])],
+         suspended=[(cert_hash(dcc_s["v"][0]["ci"]), until)])
+    assert store.verifier.verify(revoked, CHECK).reason == "revoked"
+    assert store.verifier.verify(suspended, CHECK).reason == "suspended"
+    assert store.verifier.verify(suspended, until + timedelta(seconds=1)).green
+
+
+def test_delta_applies_only_on_its_base_and_is_replayed_after_restart(store_factory, fleet, es256):
+    dcc, text = cert(es256)
+    key = cert_hash(dcc["v"][0]["ci"])
+    store = store_factory()
+    fill(store, fleet, es256, version=3)
+    ok, why = store.offer(fleet.delta(5, T0, base=4, revoked=[key]))
+    assert not ok and "does not apply" in why
+    ok, _ = store.offer(fleet.delta(4, T0, base=3, revoked=[key]))
+    assert ok and store.versions()["status"] == 4
+    assert store.verifier.verify(text, CHECK).reason == "revoked"
+    ok, _ = store.offer(fleet.delta(5, T0, base=4, reinstated=[key]))
+    assert ok and store.verifier.verify(text, CHECK).green
+    again = store_factory()
+    assert again.versions()["status"] == 5
+    assert again.verifier.verify(text, CHECK).green
+
+
+def test_lists_past_the_offline_budget_are_out_of_service(store_factory, fleet, es256):
+    store = store_factory()
+    fill(store, fleet, es256)
+    _, text = cert(es256)
+    assert store.verifier.verify(text, T0 + BUDGET - timedelta(minutes=1)).green
+    assert store.verifier.verify(text, T0 + BUDGET + timedelta(minutes=1)).reason == "out_of_service"
+
+
+def test_policy_bundle_without_the_kiosks_policy_is_refused(store_factory, fleet):
+    store = store_factory(policy="market-2021")
+    ok, why = store.offer(fleet.policy(1, T0))
+    assert not ok and "market-2021" in why
+
+
+def test_stored_bundle_corrupted_on_disk_is_ignored(store_factory, fleet, es256, tmp_path):
+    fill(store_factory(), fleet, es256)
+    path = tmp_path / "bundles" / "trust.bundle"
+    path.write_bytes(path.read_bytes()[:-10])
+    store = store_factory()
+    assert store.verifier is None and "trust" in store.problem
+
+
+# --- clock ---------------------------------------------------------------
+class FakeTime:
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def test_clock_unknown_until_synced_or_floor(tmp_path):
+    now = FakeTime(T0.timestamp())
+    ntp = {"on": False}
+    clock = Clock(tmp_path / "clock.json", BUDGET.total_seconds(), now=now, ntp=lambda: ntp["on"])
+    assert clock.state() == UNKNOWN and clock.validation_time() is None
+    ntp["on"] = True
+    assert clock.state() == SYNCED
+    assert clock.validation_time() == T0
+
+
+def test_clock_below_persisted_floor_is_unknown_after_reboot(tmp_path):
+    clock = Clock(tmp_path / "clock.json", BUDGET.total_seconds(), now=FakeTime(T0.timestamp()),
+                  ntp=lambda: False)
+    clock.raise_floor(T0.timestamp() + 3600)  # a bundle issued an hour "in the future"
+    assert clock.state() == UNKNOWN
+    rebooted = Clock(tmp_path / "clock.json", BUDGET.total_seconds(),
+                     now=FakeTime(T0.timestamp() + 7200), ntp=lambda: False)
+    assert rebooted.floor == T0.timestamp() + 3600
+    assert rebooted.state() == FLOOR
+    clock.raise_floor(T0.timestamp())  # the floor never moves back
+    assert clock.floor == T0.timestamp() + 3600
+    far = Clock(tmp_path / "clock.json", BUDGET.total_seconds(),
+                now=FakeTime(T0.timestamp() + BUDGET.total_seconds() + 7200), ntp=lambda: False)
+    assert far.state() == UNKNOWN  # no NTP and beyond floor + budget: not trusted
+
+
+def test_ntp_clock_behind_floor_is_unknown(tmp_path):
+    clock = Clock(tmp_path / "clock.json", BUDGET.total_seconds(), now=FakeTime(T0.timestamp()),
+                  ntp=lambda: True)
+    clock.raise_floor(T0.timestamp() + 86400)
+    assert clock.state() == UNKNOWN
+
+
+# --- config --------------------------------------------------------------
+GOOD = """
+[kiosk]
+id = "hcm-q7-0001"
+data_dir = "state"
+[source]
+kind = "scanner"
+path = "/dev/ttyACM0"
+[mqtt]
+tls = false
+[bundles]
+fleet_key = "fleet.pem"
+[privacy]
+pseudonym_key = "00112233445566778899aabbccddeeff"
+"""
+
+
+def test_config_loads_with_defaults(tmp_path):
+    path = tmp_path / "kiosk.toml"
+    path.write_text(GOOD)
+    cfg = config.load(path)
+    assert cfg.kiosk.id == "hcm-q7-0001" and cfg.decoder.cooldown == 3.0
+    assert cfg.resolve(cfg.bundles.fleet_key) == tmp_path / "fleet.pem"
+
+
+@pytest.mark.parametrize("edit, line, words", [
+    (("tls = false", 'tls = false\nport = "x"'), 10, "'port' must be a whole number"),
+    (("tls = false", "tls = false\nport = 70000"), 10, "'port' must be 1-65535"),
+    (('kind = "scanner"', 'kind = "webcam"'), 6, "must be one of"),
+    (('id = "hcm-q7-0001"', 'id = "bad id!"'), 3, "'id' may hold"),
+    (("[privacy]", "[privacy]\ncolour = 1"), None, "unknown key 'colour'"),
+    (('pseudonym_key = "00112233445566778899aabbccddeeff"', 'pseudonym_key = "xyz"'), None,
+     "pseudonym_key"),
+    (("[kiosk]", "[kiosk"), 2, "not valid TOML"),
+    (("tls = false", "tls = true"), 9, "TLS needs"),
+])
+def test_config_errors_name_the_line(tmp_path, edit, line, words):
+    assert edit[0] in GOOD
+    text = GOOD.replace(*edit)
+    path = tmp_path / "kiosk.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert words in message
+    assert str(path) in message
+    assert "line" in message
+    if line:
+        assert f"line {line}" in message, message
+
+
+# --- cooldown, pipeline, pseudonyms -----------------------------------------
+def test_cooldown_counts_a_held_code_once_and_admits_it_later():
+    cd = Cooldown(3.0)
+    assert cd.admit("A", 0.0)
+    assert not cd.admit("A", 1.0)
+    assert not cd.admit("A", 3.5)  # still held: the window slides
+    assert cd.admit("B", 3.6)
+    assert cd.admit("A", 7.0)
+
+
+def test_pipeline_one_decision_per_presented_code(es256, make_verifier):
+    _, text = cert(es256)
+    seen = []
+
+    class Decoder:
+        def decode(self, frame):
+            return frame
+
+    pipe = Pipeline(Decoder(), make_verifier(es256), lambda d, now: seen.append(d),
+                    cooldown_seconds=2.0, clock=lambda: CHECK)
+    results = [pipe.process([text], t / 10) for t in range(10)]  # one second of frames
+    assert sum(r is not None for r in results) == 1 and seen[0].green
+    assert pipe.process([], 5.0) is None
+    assert pipe.process("HC1:garbage", 5.0).reason == "unreadable"  # scanner text
+
+
+def test_pipeline_without_trusted_clock_says_clock_unknown(es256, make_verifier):
+    from device.kiosk import LiveVerifier  # noqa: F401  (import check: kiosk wiring loads)
+    _, text = cert(es256)
+    pipe = Pipeline(None, make_verifier(es256), cooldown_seconds=0, clock=lambda: None)
+    assert pipe.process(text, 0.0).reason == "clock_unknown"
+
+
+def test_pseudonym_is_keyed_and_stable():
+    one, two = Pseudonymiser("00" * 16), Pseudonymiser("11" * 16)
+    holder = ("NGUYEN", "VAN<AN", "1990-01-01")
+    assert one(holder) == one(holder) and len(one(holder)) == 32
+    assert one(holder) != two(holder)
+    assert one(("NGUYEN", "VAN<AN", "1990-01-02")) != one(holder)
+    assert Pseudonymiser(None)(holder) is None
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+    cfg = config.load(Path(__file__).parent.parent / "device" / "kiosk.example.toml")
+    assert cfg.source.kind == "picamera2" and cfg.mqtt.tls

@@ -1,0 +1,213 @@
+"""The kiosk's systemd unit (systemd/greengate-kiosk.service) and sd_notify (device/watchdog.py)."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from device import watchdog
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "greengate-kiosk.service"
+EXEC = "/opt/greengate/.venv/bin/greengate-kiosk"
+ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(ANALYZE is None,
+                                   reason="systemd-analyze is not installed (package systemd)")
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """section -> key -> [values] (keys like DeviceAllow= repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def service(key: str) -> str:
+    return parse_unit(UNIT.read_text())["Service"][key][-1]
+
+
+def analyze(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([ANALYZE, *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": ""})
+
+
+@pytest.fixture
+def unit_copy(tmp_path):
+    """The unit with the kiosk's programs (not installed here) swapped for an existing one.
+
+    Everything else, including the arguments, stays as shipped.
+    """
+    text = UNIT.read_text()
+    assert text.count(f"ExecStart={EXEC} ") == 1
+    copy = tmp_path / UNIT.name
+    copy.write_text(re.sub(r"/opt/greengate/\.venv/bin/[\w.-]+", sys.executable, text))
+    return copy
+
+
+def _about(output: str, unit: Path) -> list[str]:
+    return [line for line in output.splitlines() if unit.name in line or str(unit) in line]
+
+
+# --- the unit file --------------------------------------------------------------------------
+
+def test_unit_runs_the_kiosk_as_a_notify_service_with_a_watchdog():
+    s = parse_unit(UNIT.read_text())["Service"]
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert s["ExecStart"] == [f"{EXEC} run --config /etc/greengate/kiosk.toml"]
+    assert s["WatchdogSec"] == ["30"]
+    assert s["Restart"] == ["on-failure"] and s["RestartSec"] == ["2"]
+    assert (s["User"], s["Group"]) == (["greengate"], ["greengate"])
+    assert s["SupplementaryGroups"] == ["gpio video dialout"]
+    assert s["StateDirectory"] == ["greengate"]
+    # After any stop (crash, watchdog kill) the outputs are forced off, failures ignored.
+    assert s["ExecStopPost"] == ["-/opt/greengate/.venv/bin/python -m device.indicator off "
+                                 "--config /etc/greengate/kiosk.toml"]
+    assert parse_unit(UNIT.read_text())["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_unit_is_hardened():
+    s = parse_unit(UNIT.read_text())["Service"]
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
+                "LockPersonality", "RestrictRealtime", "MemoryDenyWriteExecute"):
+        assert s[key] == ["yes"], key
+    assert s["ProtectSystem"] == ["strict"]
+    assert s["ReadWritePaths"] == ["/var/lib/greengate"]
+    assert s["SystemCallArchitectures"] == ["native"]
+    assert set(s["RestrictAddressFamilies"][0].split()) <= {"AF_UNIX", "AF_INET", "AF_INET6",
+                                                           "AF_NETLINK"}
+    assert s["CapabilityBoundingSet"] == [""]
+
+
+def test_unit_opens_only_the_kiosk_devices():
+    s = parse_unit(UNIT.read_text())["Service"]
+    assert s["DevicePolicy"] == ["closed"]
+    allowed = {entry.split()[0] for entry in s["DeviceAllow"]}
+    # gpiochip, video + v4l-subdev, media, dma_heap, serial scanners
+    assert allowed == {"char-gpiochip", "char-video4linux", "char-media", "char-dma_heap",
+                       "char-ttyACM", "char-ttyUSB", "char-ttyAMA"}
+    assert "PrivateDevices" not in s  # would hide /dev/gpiochip* and the camera
+
+
+def test_watchdog_ping_interval_matches_the_unit(monkeypatch):
+    seconds = int(service("WatchdogSec"))
+    monkeypatch.setenv("WATCHDOG_USEC", str(seconds * 1_000_000))  # what systemd sets
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog.watchdog_interval() == seconds / 2
+
+
+@needs_analyze
+def test_systemd_analyze_verify_finds_nothing(unit_copy):
+    result = analyze("verify", "--man=no", str(unit_copy), cwd=unit_copy.parent)
+    output = result.stdout + result.stderr
+    assert _about(output, unit_copy) == [], output
+    assert result.returncode == 0, output
+
+
+@needs_analyze
+def test_systemd_analyze_verify_would_catch_mistakes(unit_copy):
+    """The check above is meaningful: the same call reports a misspelt key and a bad binary."""
+    text = unit_copy.read_text()
+    unit_copy.write_text(text.replace("ProtectHome=yes", "ProtectHomme=yes")
+                         .replace(f"ExecStart={sys.executable} ", f"ExecStart={EXEC} "))
+    result = analyze("verify", "--man=no", str(unit_copy), cwd=unit_copy.parent)
+    problems = "\n".join(_about(result.stdout + result.stderr, unit_copy))
+    assert "ProtectHomme" in problems
+    assert EXEC in problems
+
+
+@needs_analyze
+def test_systemd_analyze_security_rates_the_unit_ok(unit_copy):
+    """Overall exposure below 2.0 ("OK") in systemd's own offline security review."""
+    result = analyze("security", "--offline=yes", "--threshold=20", str(unit_copy),
+                     cwd=unit_copy.parent)
+    output = result.stdout + result.stderr
+    if "--offline" in output and "unrecognized" in output:
+        pytest.skip("systemd-analyze older than 250 has no offline security review")
+    assert result.returncode == 0, output
+    assert "Overall exposure level" in output
+
+
+# --- sd_notify ------------------------------------------------------------------------------
+
+@pytest.fixture
+def notify_socket(tmp_path, monkeypatch):
+    """A datagram socket standing in for systemd's notify socket (a filesystem path)."""
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    yield sock
+    sock.close()
+
+
+def test_notify_without_systemd_does_nothing(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert watchdog.notify("READY=1") is False
+    assert watchdog.ready() is False and watchdog.watchdog_ping() is False
+    monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")  # a transport we don't speak
+    assert watchdog.notify("READY=1") is False
+
+
+def test_notifications_reach_the_socket(notify_socket):
+    assert watchdog.ready() is True
+    assert notify_socket.recv(4096) == b"READY=1"
+    assert watchdog.watchdog_ping() is True
+    assert notify_socket.recv(4096) == b"WATCHDOG=1"
+    assert watchdog.status("scanning\n12 scans, outbox 0") is True
+    assert notify_socket.recv(4096) == b"STATUS=scanning 12 scans, outbox 0"
+    assert watchdog.ready("running, broker connected") is True
+    assert notify_socket.recv(4096) == b"READY=1\nSTATUS=running, broker connected"
+    assert watchdog.stopping() is True
+    assert notify_socket.recv(4096) == b"STOPPING=1"
+
+
+def test_abstract_namespace_socket(monkeypatch):
+    name = f"greengate-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert watchdog.watchdog_ping() is True
+        assert sock.recv(4096) == b"WATCHDOG=1"
+
+
+def test_a_missing_socket_is_not_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    assert watchdog.ready() is False
+    monkeypatch.setenv("NOTIFY_SOCKET", f"@greengate-nobody-{uuid.uuid4().hex}")
+    assert watchdog.watchdog_ping() is False
+
+
+@pytest.mark.parametrize("usec, pid, expected", [
+    ("30000000", None, 15.0),
+    ("30000000", "self", 15.0),
+    ("30000000", "other", None),  # the watchdog is meant for another process
+    (None, None, None),
+    ("0", None, None),
+    ("soon", None, None),
+])
+def test_watchdog_interval(monkeypatch, usec, pid, expected):
+    for name, value in (("WATCHDOG_USEC", usec), ("WATCHDOG_PID", pid)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            value = {"self": str(os.getpid()), "other": str(os.getpid() + 1)}.get(value, value)
+            monkeypatch.setenv(name, value)
+    assert watchdog.watchdog_interval() == expected
