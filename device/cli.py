@@ -1,6 +1,7 @@
 """greengate-kiosk: the kiosk's command line."""
 
 import argparse
+import os
 import sys
 
 from . import verify_command
@@ -16,6 +17,14 @@ def main(argv=None) -> int:
                                 "selftest")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", metavar="FILE", required=True, help="the kiosk's TOML file")
+        p.add_argument("--source", choices=("picamera2", "v4l2", "folder", "scanner"),
+                       help="use this frame source instead of the config's [source] kind")
+        p.add_argument("--path", help="the source's folder, video, device or port "
+                                      "(instead of the config's [source] path)")
+        if name == "run":
+            p.add_argument("--keep-running", action="store_true",
+                           help="when a folder source ends, keep reporting and sending "
+                                "heartbeats until stopped (default: report what is left, exit)")
         p.set_defaults(handler=_lazy(module))
     try:
         args = parser.parse_args(argv)
@@ -33,6 +42,17 @@ def _lazy(module: str):
         import importlib
         return importlib.import_module(f"device.{module}").run(args)
     return handler
+
+
+def source_overrides(args) -> dict:
+    """--source/--path as config overrides; a path is relative to where the command runs."""
+    values = {}
+    if getattr(args, "source", None):
+        values["kind"] = args.source
+    if getattr(args, "path", None):
+        path = args.path
+        values["path"] = path if "://" in path else os.path.abspath(path)
+    return {"source": values} if values else {}
 
 
 if __name__ == "__main__":

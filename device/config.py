@@ -129,20 +129,24 @@ def _where(path: Path, text: str, section: str, key: str | None) -> str:
     return f"{path}, line {line}" if line else str(path)
 
 
-def load(path: str | Path) -> Config:
+def load(path: str | Path, overrides: dict[str, dict] | None = None) -> Config:
+    """overrides: {section: {key: value}} from the command line, validated like the file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
-    return parse(text, path)
+    return parse(text, path, overrides)
 
 
-def parse(text: str, path: Path = Path("<config>")) -> Config:
+def parse(text: str, path: Path = Path("<config>"), overrides: dict[str, dict] | None = None) -> Config:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for section, values in (overrides or {}).items():
+        if isinstance(raw.get(section, {}), dict):
+            raw.setdefault(section, {}).update(values)
     sections: dict[str, dict] = {}
     for section, table in raw.items():
         if section not in SCHEMA:

@@ -26,13 +26,18 @@ from greengate.bundle import load_public_key
 from greengate.decision import Reason, red
 
 from . import config as config_module
+from .cli import source_overrides
 from . import watchdog
 from .clock import UNKNOWN, Clock
 from .pipeline import Pipeline
 from .privacy import Pseudonymiser
+from .session import SessionCounter
 from .state import STORED, BundleStore
 
 log = logging.getLogger("greengate.kiosk")
+
+LISTS_WAIT_SECONDS = 30.0  # a folder source waits this long for the first bundles
+DRAIN_SECONDS = 60.0  # a finished folder source waits this long for the broker's acks
 
 
 class LiveVerifier:
@@ -48,27 +53,6 @@ class LiveVerifier:
         if verifier is None:
             return red(Reason.OUT_OF_SERVICE, self.store.problem or "lists missing")
         return verifier.verify(text, at)
-
-
-class SessionCounter:
-    """Increases on every MQTT connect and survives restarts, so the fleet can
-    tell a late last-will of an old connection from the current one."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-
-    def __call__(self) -> int:
-        with self._lock:
-            try:
-                value = int(self.path.read_text().strip() or 0)
-            except (FileNotFoundError, ValueError):
-                value = 0
-            value += 1
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(str(value))
-            tmp.replace(self.path)
-            return value
 
 
 def cpu_temperature() -> float | None:
@@ -118,6 +102,7 @@ class Kiosk:
         self._last_show = 0.0
         self._fault_shown = None
         self._progress = time.monotonic()
+        self._idle = False
 
     # --- the data path -----------------------------------------------------
     def on_decision(self, decision, now: float) -> None:
@@ -127,15 +112,18 @@ class Kiosk:
             reason=str(decision.reason), sub_reason=decision.sub_reason, cert_type=decision.type,
             cert_hash=decision.cert_hash, holder=self.pseudonym(decision.holder),
             policy=self.cfg.kiosk.policy)
-        self.outbox.add(scan_id, messages.scan_topic(self.id), messages.encode(message))
+        stored = self.outbox.add(scan_id, messages.scan_topic(self.id), messages.encode(message),
+                                 decision=decision.decision, reason=str(decision.reason), ts=now)
         self.indicator.show(decision)
         self._last_show = time.monotonic()
         self._fault_shown = None
-        self.reporter.notify()
-        log.info("scan %s: %s %s%s", scan_id[:8], decision.decision, decision.reason,
-                 f"/{decision.sub_reason}" if decision.sub_reason else "")
+        self.reporter.notify(scan_id if stored else None)
+        # The full scan id: the fault tests match it against what the fleet received.
+        log.info("scan %s: %s %s%s%s", scan_id, decision.decision, decision.reason,
+                 f"/{decision.sub_reason}" if decision.sub_reason else "",
+                 "" if stored else " (outbox full: counted in the hourly summary)")
 
-    def run(self) -> int:
+    def run(self, keep_running: bool = False) -> int:
         from .decoders import make_decoder
         from .sources import make_source
 
@@ -155,8 +143,11 @@ class Kiosk:
             t.start()
         self.indicator.idle()
         watchdog.ready()
+        if cfg.source.kind == "folder":
+            self._await_lists()
         log.info("kiosk %s running: source %s, decoder %s", self.id, cfg.source.kind,
                  getattr(decoder, "name", decoder))
+        status = 0
         try:
             for item in self.source:
                 self._progress = time.monotonic()
@@ -166,8 +157,43 @@ class Kiosk:
                     self.pipeline.process(item, time.time())
                 except Exception:  # one bad frame must not stop the checkpoint
                     log.exception("frame processing failed")
+            if not self.stopping.is_set():
+                status = self._source_ended(keep_running)
         finally:
             self.close()
+        return status
+
+    def _await_lists(self) -> None:
+        """A simulated kiosk reads its folder in a moment: give the retained bundles a
+        chance to arrive first, or every frame of a fresh data directory would be
+        out_of_service. A camera does not wait: a person in front of it gets an answer."""
+        deadline = time.monotonic() + LISTS_WAIT_SECONDS
+        while self.store.verifier is None and time.monotonic() < deadline and \
+                not self.stopping.wait(0.1):
+            pass
+        if self.store.verifier is None:
+            log.warning("no lists after %.0f s: %s", LISTS_WAIT_SECONDS, self.store.problem)
+
+    def _source_ended(self, keep_running: bool) -> int:
+        self._idle = True  # nothing more to capture: the watchdog must not restart us
+        if self.cfg.source.kind != "folder":
+            log.error("the %s source stopped delivering; exiting so that systemd restarts "
+                      "the kiosk", self.cfg.source.kind)
+            return 1
+        if keep_running:
+            log.info("folder finished; still reporting and sending heartbeats until stopped")
+            self.stopping.wait()
+            return 0
+        log.info("folder finished; reporting the %d decision(s) left in the outbox",
+                 self.outbox.depth())
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while (self.outbox.depth() or self.outbox.summaries()) and \
+                time.monotonic() < deadline and not self.stopping.wait(0.1):
+            pass
+        left = self.outbox.depth() + self.outbox.summaries()
+        if left:
+            log.warning("%d message(s) not yet acknowledged by the broker; they stay in the "
+                        "outbox and go out on the next start", left)
         return 0
 
     def stop(self, *_):
@@ -229,7 +255,7 @@ class Kiosk:
             return
         blocking = self.cfg.source.kind == "scanner"  # waits for people, not frames
         while not self.stopping.wait(interval):
-            if blocking or time.monotonic() - self._progress < 4 * interval:
+            if blocking or self._idle or time.monotonic() - self._progress < 4 * interval:
                 watchdog.watchdog_ping()
             else:
                 log.error("no frame for %.0f s; letting the watchdog restart the kiosk",
@@ -267,11 +293,11 @@ class Kiosk:
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = config_module.load(args.config)
+        cfg = config_module.load(args.config, source_overrides(args))
     except config_module.ConfigError as exc:
         print(f"greengate-kiosk: {exc}")
         return 2
     kiosk = Kiosk(cfg)
     signal.signal(signal.SIGTERM, kiosk.stop)
     signal.signal(signal.SIGINT, kiosk.stop)
-    return kiosk.run()
+    return kiosk.run(keep_running=getattr(args, "keep_running", False))

@@ -60,17 +60,6 @@ SUMMARY_POLL = 30.0  # seconds between looks at the overflow table while connect
 STOP_WAIT = 3.0  # seconds stop() waits for the PUBACK of presence offline
 
 
-def summary_topic(kiosk: str) -> str:
-    return f"{messages.ROOT}/kiosk/{kiosk}/summary"
-
-
-def summary_message(kiosk: str, s: Summary) -> dict:
-    """Decisions recorded only as a count because the outbox was full (docs/protocol.md)."""
-    return {"v": messages.VERSION, "id": s.id, "kiosk": kiosk, "hour": s.hour,
-            "decision": s.decision, "reason": s.reason, "count": s.count,
-            "first": round(s.first, 3), "last": round(s.last, 3)}
-
-
 class TLSFiles(NamedTuple):
     ca: str
     cert: str
@@ -559,8 +548,10 @@ class Reporter:
         for s in self.outbox.take_summaries(self.window):
             if s.id in conn.keys:
                 continue
-            payload = messages.encode(summary_message(self.kiosk_id, s))
-            if self._publish(client, conn, "summary", s.id, summary_topic(self.kiosk_id),
+            payload = messages.encode(messages.summary(
+                summary_id=s.id, kiosk=self.kiosk_id, hour=s.hour, decision=s.decision,
+                reason=s.reason, count=s.count, first=s.first, last=s.last))
+            if self._publish(client, conn, "summary", s.id, messages.summary_topic(self.kiosk_id),
                              payload):
                 self.stats["summaries"] += 1
                 bucket.take()

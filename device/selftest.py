@@ -13,6 +13,7 @@ from pathlib import Path
 from greengate.bundle import load_public_key
 
 from . import config as config_module
+from .cli import source_overrides
 from .clock import FLOOR, SYNCED, Clock
 from .state import BundleStore
 
@@ -113,7 +114,7 @@ def _broker(cfg, report):
 
 def run(args) -> int:
     try:
-        cfg = config_module.load(args.config)
+        cfg = config_module.load(args.config, source_overrides(args))
     except config_module.ConfigError as exc:
         print(f"PROBLEM config: {exc}")
         return 2

@@ -29,6 +29,10 @@ def heartbeat_topic(kiosk: str) -> str:
     return f"{ROOT}/kiosk/{kiosk}/heartbeat"
 
 
+def summary_topic(kiosk: str) -> str:
+    return f"{ROOT}/kiosk/{kiosk}/summary"
+
+
 def presence_topic(kiosk: str) -> str:
     return f"{ROOT}/kiosk/{kiosk}/presence"
 
@@ -66,6 +70,14 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
     return {"v": VERSION, "kiosk": kiosk, "session": session, "ts": round(ts, 3),
             "uptime": round(uptime, 1), "bundles": bundles, "outbox": outbox,
             "clock": clock, "lists": lists, "cpu_temp": cpu_temp, "overflow": overflow}
+
+
+def summary(*, summary_id: str, kiosk: str, hour: int, decision: str, reason: str,
+            count: int, first: float, last: float) -> dict:
+    """Decisions recorded only as a count because the kiosk's outbox was full."""
+    return {"v": VERSION, "id": summary_id, "kiosk": kiosk, "hour": hour,
+            "decision": decision, "reason": reason, "count": count,
+            "first": round(first, 3), "last": round(last, 3)}
 
 
 def presence(*, kiosk: str, session: int, state: str) -> dict:
@@ -156,4 +168,21 @@ def parse_presence(payload: bytes, kiosk: str) -> dict:
     _field(doc, "session", int)
     if _field(doc, "state", str) not in ("online", "offline"):
         raise MessageError("field 'state' must be online or offline")
+    return doc
+
+
+def parse_summary(payload: bytes, kiosk: str) -> dict:
+    doc = _decode(payload)
+    _same_kiosk(doc, kiosk)
+    if not re.fullmatch(r"s[0-9a-f]{16}", _field(doc, "id", str, max_len=64)):
+        raise MessageError("field 'id' is not a summary id")
+    if _field(doc, "hour", int) % 3600:
+        raise MessageError("field 'hour' is not the start of an hour")
+    if _field(doc, "decision", str) not in DECISIONS:
+        raise MessageError("field 'decision' must be green or red")
+    _field(doc, "reason", str, max_len=40)
+    if _field(doc, "count", int) < 1:
+        raise MessageError("field 'count' must be at least 1")
+    if _field(doc, "first", (int, float)) > _field(doc, "last", (int, float)):
+        raise MessageError("field 'first' is after 'last'")
     return doc

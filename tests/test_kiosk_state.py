@@ -277,3 +277,19 @@ def test_example_config_is_valid():
     from pathlib import Path
     cfg = config.load(Path(__file__).parent.parent / "device" / "kiosk.example.toml")
     assert cfg.source.kind == "picamera2" and cfg.mqtt.tls
+
+
+def test_command_line_source_overrides_the_config_and_is_validated(tmp_path, capsys):
+    from device.cli import main
+
+    (tmp_path / "kiosk.toml").write_text(GOOD)
+    (tmp_path / "frames").mkdir()
+    cfg = config.load(tmp_path / "kiosk.toml",
+                      {"source": {"kind": "folder", "path": str(tmp_path / "frames")}})
+    assert cfg.source.kind == "folder" and cfg.resolve(cfg.source.path) == tmp_path / "frames"
+    # a missing folder is a clear message and exit 2, before anything is started
+    code = main(["run", "--config", str(tmp_path / "kiosk.toml"), "--source", "folder",
+                 "--path", str(tmp_path / "nowhere")])
+    assert code == 2
+    out = capsys.readouterr().out
+    assert "nowhere" in out and "does not exist" in out

@@ -6,7 +6,6 @@ and a Reporter on a real outbox file.
 """
 
 import collections
-import importlib
 import json
 import os
 import signal
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from device.outbox import Outbox
-from device.reporter import Reporter, summary_topic
+from device.reporter import Reporter
+from greengate.messages import parse_summary, summary_topic
 from greengate import messages
 from tests.broker import Subscriber, wait_until
 
@@ -330,7 +330,7 @@ def test_overflow_summaries_are_reported(broker, subscriber, make_reporter, tmp_
         make_reporter(broker, box=box)
         msgs = sub.wait_for(lambda m: len(m) >= 5, 10, "3 scans and 2 summaries")
         assert sorted(scan_ids(msgs)) == kept
-        summaries = [json.loads(m.payload) for m in msgs if m.topic == summary_topic(KIOSK)]
+        summaries = [parse_summary(m.payload, KIOSK) for m in msgs if m.topic == summary_topic(KIOSK)]
         assert {(s["decision"], s["reason"]): s["count"] for s in summaries} == \
             {("red", "expired"): 3, ("green", "ok"): 1}
         assert all(s["kiosk"] == KIOSK and s["hour"] == 1633420800 and s["v"] == 1
@@ -341,19 +341,8 @@ def test_overflow_summaries_are_reported(broker, subscriber, make_reporter, tmp_
         box.close()
 
 
-# --- the whole-kiosk test ------------------------------------------------------
-def _kiosk_main():
-    try:
-        return getattr(importlib.import_module("device.kiosk"), "main", None)
-    except Exception:  # not written yet, or mid-edit
-        return None
-
-
-@pytest.mark.skipif(_kiosk_main() is None and not os.environ.get("GREENGATE_E2E"),
-                    reason="device.kiosk has no main() yet: the kill -9 / broker-restart test "
-                           "of a whole kiosk process is wired once the kiosk loop exists "
-                           "(GREENGATE_E2E=1 runs it now with tests/helpers/scan_producer.py)")
-def test_kiosk_killed_mid_stream_and_broker_restart_lose_nothing(broker, subscriber, tmp_path):
+# --- a producing process killed (the whole kiosk: tests/test_kiosk_e2e.py) -------
+def test_producer_killed_mid_stream_and_broker_restart_lose_nothing(broker, subscriber, tmp_path):
     """SIGKILL the producing kiosk mid-stream, stop the broker, restart both:
     every scan whose add() returned arrives, and counting by scan id (as the
     fleet ingest does) counts each once."""

@@ -23,27 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from device.outbox import Outbox  # noqa: E402
 from device.reporter import Reporter  # noqa: E402
+from device.session import SessionCounter  # noqa: E402
 from greengate import messages  # noqa: E402
 
 
-class FileCounter:
-    """The session number, increased and fsynced on every call (survives kill -9)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
+class PrintingCounter(SessionCounter):
     def __call__(self) -> int:
-        try:
-            value = int(self.path.read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            value = 0
-        value += 1
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(str(value))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        value = super().__call__()
         print(f"session {value}", flush=True)
         return value
 
@@ -72,7 +58,7 @@ def main() -> int:
     tls = (args.ca, args.cert, args.key) if args.ca else None
     outbox = Outbox(args.outbox, 100_000)
     reporter = Reporter(outbox, args.kiosk, args.host, args.port, tls=tls, keepalive=10,
-                        replay_rate=args.replay_rate, session_source=FileCounter(Path(args.session_file)),
+                        replay_rate=args.replay_rate, session_source=PrintingCounter(args.session_file),
                         backoff=(0.25, 1.0))
     reporter.start()
     topic = messages.scan_topic(args.kiosk)

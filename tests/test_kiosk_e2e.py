@@ -1,0 +1,301 @@
+"""The whole kiosk as a process: `greengate-kiosk run --config FILE` with a folder of
+QR images, a real Mosquitto (TLS, client certificates), bundles published retained
+the way the fleet does, and a recording subscriber standing in for the fleet.
+
+The kiosk runs in a subprocess with the gpiozero MockFactory lights. It reads the
+clock of the day (it is a real process), so the certificates here are minted
+relative to now, not to the fixed calendar of conftest.py.
+"""
+
+import collections
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from greengate import messages
+from greengate.status import cert_hash
+from provisioning.issuer import qr_png
+from tests.broker import wait_until
+from tests.conftest import HOLDER
+from tests.fleetkit import FleetKit
+
+ROOT = Path(__file__).resolve().parents[1]
+KIOSK = "e2e-kiosk-1"
+DEPLOYMENT = "e2e"
+SCANS = messages.scan_topic(KIOSK)
+SCAN_LINE = re.compile(r"scan ([0-9a-f]{32}): (green|red) ")
+PSEUDONYM_KEY = "5a" * 16
+
+
+def today(days: int = 0) -> str:
+    return (datetime.now(timezone.utc) + timedelta(days=days)).date().isoformat()
+
+
+def now(days: float = 0) -> datetime:
+    return datetime.now(timezone.utc) + timedelta(days=days)
+
+
+def mint(issuer, *, dose_days_ago: int = 40, **names) -> tuple[str, str]:
+    """(HC1 text, ci) of a vaccination dose_days_ago days back, valid for a year."""
+    dcc = issuer.vaccination(date=today(-dose_days_ago), dose=2, of=2, **names)
+    return issuer.mint(dcc, iat=now(-dose_days_ago), exp=now(365)), dcc["v"][0]["ci"]
+
+
+class Site:
+    """A broker, a fleet key, signed bundles on the broker, a kiosk config and its frames."""
+
+    def __init__(self, tmp: Path, broker, issuer):
+        self.tmp, self.broker, self.issuer = tmp, broker, issuer
+        self.fleet = FleetKit(DEPLOYMENT)
+        (tmp / "fleet.pem").write_bytes(self.fleet.public_pem)
+        self.data = tmp / "data"
+        self.frames = tmp / "frames"
+        self.frames.mkdir()
+        self.issued = int(time.time()) - 60
+
+    def publish(self, kind: str, payload: bytes) -> None:
+        """Retained QoS 1, as the fleet publishes its bundles."""
+        files = self.broker.client_tls("fleet-publisher")
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fleet-publisher")
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=files.ca)
+        ctx.load_cert_chain(files.cert, files.key)
+        client.tls_set_context(ctx)
+        client.connect(self.broker.host, self.broker.port)
+        client.loop_start()
+        try:
+            info = client.publish(messages.bundle_topic(DEPLOYMENT, kind), payload, qos=1,
+                                  retain=True)
+            info.wait_for_publish(10)
+            assert info.is_published()
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    def publish_lists(self, revoked=()) -> None:
+        self.publish("trust", self.fleet.trust(1, self.issued, self.issuer))
+        self.publish("policy", self.fleet.policy(1, self.issued))
+        self.publish("status", self.fleet.status(1, self.issued, revoked=revoked))
+
+    def frame(self, name: str, text: str) -> None:
+        qr_png(text, self.frames / f"{name}.png", scale=3)
+
+    def config(self, name: str = "kiosk.toml", *, folder: Path | None = None, loop=False,
+               interval=0.0, cooldown=3.0, heartbeat=30.0) -> Path:
+        tls = self.broker.client_tls(KIOSK)
+        path = self.tmp / name
+        path.write_text(f"""
+[kiosk]
+id = "{KIOSK}"
+deployment = "{DEPLOYMENT}"
+policy = "hcmc-2021"
+data_dir = "{self.data}"
+
+[source]
+kind = "folder"
+path = "{folder or self.frames}"
+loop = {str(loop).lower()}
+interval = {interval}
+
+[decoder]
+backend = "auto"
+cooldown = {cooldown}
+
+[indicator]
+backend = "mock"
+
+[mqtt]
+host = "{self.broker.host}"
+port = {self.broker.port}
+ca = "{tls.ca}"
+cert = "{tls.cert}"
+key = "{tls.key}"
+heartbeat = {heartbeat}
+keepalive = 5
+
+[bundles]
+fleet_key = "fleet.pem"
+
+[privacy]
+pseudonym_key = "{PSEUDONYM_KEY}"
+""")
+        return path
+
+    def kiosk(self, config: Path, log: str, *extra) -> subprocess.Popen:
+        err = open(self.tmp / log, "ab")
+        return subprocess.Popen([sys.executable, "-m", "device.cli", "run", "--config",
+                                 str(config), *extra], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                stdout=err, stderr=subprocess.STDOUT)
+
+    def log(self, name: str) -> str:
+        path = self.tmp / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logged_scans(self, name: str) -> list[str]:
+        return SCAN_LINE.findall(self.log(name))
+
+
+@pytest.fixture
+def site(tmp_path, broker, es256):
+    return Site(tmp_path, broker, es256)
+
+
+def scans(msgs) -> list[dict]:
+    return [messages.parse_scan(m.payload, KIOSK) for m in msgs if m.topic == SCANS]
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def test_simulated_kiosk_reports_every_decision(site, subscriber):
+    """Done-when of the kiosk issue: a folder-source kiosk against a real Mosquitto,
+    every decision arrives with its reason, and no name or birth date leaves it."""
+    person = {"family": HOLDER.family, "given": HOLDER.given, "dob": HOLDER.dob}
+    good, _ = mint(site.issuer, **person)
+    recent, _ = mint(site.issuer, dose_days_ago=3, **person)
+    revoked, revoked_ci = mint(site.issuer, **person)
+    site.frame("1-good", good)
+    site.frame("2-recent", recent)
+    site.frame("3-revoked", revoked)
+    site.frame("4-garbage", "HC1:NOT-A-CERTIFICATE")
+    site.frame("5-good-again", good)  # within the cooldown: the same scan
+    site.publish_lists(revoked=[cert_hash(revoked_ci)])
+    sub = subscriber(site.broker, f"{messages.ROOT}/kiosk/{KIOSK}/#")
+
+    proc = site.kiosk(site.config(), "kiosk.log")
+    assert finish(proc, 90) == 0, site.log("kiosk.log")
+
+    msgs = sub.wait_for(lambda m: len(scans(m)) >= 4, 10, "four scans")
+    got = scans(msgs)
+    assert [(s["decision"], s["reason"]) for s in got] == [
+        ("green", "ok"), ("red", "policy_failed"), ("red", "revoked"), ("red", "unreadable")]
+    assert got[1]["sub"] == "vaccination_too_recent"
+    assert len({s["id"] for s in got}) == 4
+    assert [m.qos for m in msgs if m.topic == SCANS] == [1] * 4
+    assert got[0]["type"] == "v" and got[0]["policy"] == "hcmc-2021"
+    assert re.fullmatch(r"[0-9a-f]{32}", got[0]["holder"])
+    # The same person, so the same pseudonym: tracing works without the name.
+    assert got[0]["holder"] == got[1]["holder"] == got[2]["holder"]
+    raw = b"".join(m.payload for m in msgs)
+    for private in (HOLDER.family, HOLDER.given, HOLDER.dob, HOLDER.family_std):
+        assert private.encode() not in raw
+    # Graceful stop: online, then offline of the same session (not the last will).
+    sub.wait_for(lambda m: any(json.loads(x.payload).get("state") == "offline" for x in m
+                               if x.topic == messages.presence_topic(KIOSK)), 5, "offline")
+    presence = [messages.parse_presence(m.payload, KIOSK) for m in sub.snapshot()
+                if m.topic == messages.presence_topic(KIOSK)]
+    assert [(p["session"], p["state"]) for p in presence] == [(1, "online"), (1, "offline")]
+    assert "applied trust bundle v1" in site.log("kiosk.log")
+
+
+def test_running_kiosk_heartbeats_and_refuses_bad_bundles(site, subscriber):
+    """Heartbeats carry what the fleet needs; a forged, rolled-back or tampered
+    bundle on the retained topic is refused, logged, and the old one kept."""
+    good, _ = mint(site.issuer)
+    site.frame("1-good", good)
+    site.publish_lists()
+    sub = subscriber(site.broker, f"{messages.ROOT}/kiosk/{KIOSK}/#")
+    heartbeat_topic = messages.heartbeat_topic(KIOSK)
+
+    def beats(msgs):
+        return [messages.parse_heartbeat(m.payload, KIOSK) for m in msgs
+                if m.topic == heartbeat_topic]
+
+    proc = site.kiosk(site.config(heartbeat=1.0), "kiosk.log", "--keep-running")
+    try:
+        msgs = sub.wait_for(lambda m: len(scans(m)) == 1 and beats(m), 60, "a scan and a beat")
+        beat = beats(msgs)[-1]
+        assert beat["bundles"] == {"trust": 1, "policy": 1, "status": 1}
+        assert beat["clock"] == "floor"  # no NTP here: bounded by the signed bundle times
+        assert beat["lists"] == "fresh" and beat["outbox"] == 0 and beat["session"] == 1
+        assert beat["uptime"] > 0
+
+        foreign = FleetKit(DEPLOYMENT)
+        site.publish("status", foreign.status(2, site.issued + 10))  # another key
+        site.publish("status", site.fleet.status(0, site.issued))  # rolled back
+        tampered = bytearray(site.fleet.status(3, site.issued + 20))
+        tampered[-40] ^= 0x01
+        site.publish("status", bytes(tampered))
+        wait_until(lambda: site.log("kiosk.log").count("refused") >= 3, 15, "three refusals")
+        mark = len(sub.snapshot())
+        msgs = sub.wait_for(lambda m: len(beats(m[mark:])) >= 2, 10, "beats after refusals")
+        assert beats(msgs[mark:])[-1]["bundles"]["status"] == 1
+
+        newer = site.fleet.status(2, site.issued + 30)
+        site.publish("status", newer)
+        mark = len(sub.snapshot())
+        sub.wait_for(lambda m: any(b["bundles"]["status"] == 2 for b in beats(m[mark:])), 10,
+                     "status v2 applied")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = finish(proc, 20)
+    assert code == 0, site.log("kiosk.log")
+    assert (site.data / "bundles" / "status.bundle").read_bytes() == newer
+
+
+def test_kiosk_killed_mid_stream_and_broker_down_loses_nothing(site, subscriber):
+    """SIGKILL the kiosk while the broker hangs, keep the broker down while a new
+    kiosk process decides more scans, then bring it back: every decision the kiosk
+    logged arrives, and counted by scan id (as the fleet does) each counts once."""
+    texts = [mint(site.issuer)[0] for _ in range(6)]
+    for i, text in enumerate(texts):
+        site.frame(f"{i}", text)
+    site.publish_lists()
+    sub = subscriber(site.broker, SCANS)  # persistent session: queued while it is down
+    # Each code comes round every 6 x 0.05 s, past its 0.2 s cooldown: a steady stream.
+    looping = site.config("loop.toml", loop=True, interval=0.05, cooldown=0.2)
+    first = site.kiosk(looping, "first.log")
+    try:
+        sub.wait_for(lambda m: len(m) >= 20, 60, "scans flowing")
+        site.broker.pause()  # hangs: publishes wait for PUBACKs, a backlog grows
+        base = len(site.logged_scans("first.log"))
+        wait_until(lambda: len(site.logged_scans("first.log")) >= base + 30, 20, "a backlog")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        site.broker.resume()
+    site.broker.stop()
+
+    once = site.config("once.toml", cooldown=0.0)
+    second = site.kiosk(once, "second.log")
+    time.sleep(4.0)  # the broker stays down while the second kiosk decides its scans
+    assert second.poll() is None, site.log("second.log")
+    site.broker.start()
+    assert finish(second, 90) == 0, site.log("second.log")
+
+    first_ids = [sid for sid, _ in site.logged_scans("first.log")]
+    second_ids = [sid for sid, _ in site.logged_scans("second.log")]
+    assert len(second_ids) == 6 and len(first_ids) >= 50
+    logged = set(first_ids) | set(second_ids)
+    msgs = sub.wait_for(lambda m: logged <= {s["id"] for s in scans(m)}, 30,
+                        "every logged decision")
+    time.sleep(0.5)
+    received = collections.Counter(s["id"] for s in scans(sub.snapshot()))
+    # At most one unlogged scan: stored in the outbox, killed before its log line.
+    assert len(set(received) - logged) <= 1
+    # QoS 1 is at least once: only what was in flight at the kill may come twice
+    # (the broker may also redeliver across its restart with the DUP flag).
+    fresh = collections.Counter(s["id"] for s in scans(m for m in sub.snapshot() if not m.dup))
+    again = {sid: n - 1 for sid, n in fresh.items() if n > 1}
+    assert set(again) <= set(first_ids) and sum(again.values()) <= 20, again
+    # The second kiosk found the first one's backlog in the outbox and added its own.
+    left = re.search(r"reporting the (\d+) decision", site.log("second.log"))
+    assert left and int(left.group(1)) >= 6
