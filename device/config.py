@@ -1,13 +1,14 @@
 """The kiosk's one TOML configuration file, validated with errors that name the line.
 
-Every key, its type and its default is in SCHEMA below; docs/kiosk-config.md
-documents the same table for technicians.
+Every key, its type, default and meaning is in SCHEMA below;
+docs/kiosk-config.md is generated from it (`python -m device.config`).
 """
 
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 
 class ConfigError(ValueError):
@@ -15,67 +16,88 @@ class ConfigError(ValueError):
 
 
 _KIOSK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ANY = object()
 
-# section -> key -> (type, default); default _REQUIRED means the key must be given.
+# section -> key -> Key(type, default, meaning); default _REQUIRED: the key must be given.
 _REQUIRED = object()
-SCHEMA: dict[str, dict[str, tuple]] = {
+
+
+class Key(NamedTuple):
+    kind: type
+    default: object
+    meaning: str
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
     "kiosk": {
-        "id": (str, _REQUIRED),
-        "location": (str, ""),
-        "district": (str, ""),
-        "deployment": (str, "default"),
-        "policy": (str, "hcmc-2021"),
-        "data_dir": (str, "/var/lib/greengate"),
+        "id": Key(str, _REQUIRED, "the kiosk's id: its MQTT identity and certificate CN "
+                                  "(letters, digits, `-`, `_`, `.`; at most 63)"),
+        "location": Key(str, "", "where it stands, for the dashboard"),
+        "district": Key(str, "", "its district, for the dashboard"),
+        "deployment": Key(str, "default", "which fleet's bundles it takes (bundle topics and "
+                                          "the `deployment` field of every bundle)"),
+        "policy": Key(str, "hcmc-2021", "the entry policy it applies, by name, from the policy "
+                                        "bundle"),
+        "data_dir": Key(str, "/var/lib/greengate", "bundles, outbox, time floor and session "
+                                                   "counter"),
     },
     "source": {
-        "kind": (str, "picamera2"),  # picamera2 | v4l2 | folder | scanner
-        "path": (str, ""),  # v4l2 device, folder or video file, serial port
-        "width": (int, 1280),
-        "height": (int, 960),
-        "fps": (float, 15.0),
-        "lens_position": (float, -1.0),  # picamera2 focus in dioptres; < 0 means autofocus
-        "interval": (float, 0.0),  # folder: seconds between frames (0: as fast as possible)
-        "loop": (bool, False),  # folder: start again at the end
-        "baudrate": (int, 9600),  # serial scanner
+        "kind": Key(str, "picamera2", "where frames come from (docs/camera.md)"),
+        "path": Key(str, "", "v4l2: device (`/dev/video0`); folder: folder, image or video "
+                             "file; scanner: serial port, pyserial URL, FIFO or file"),
+        "width": Key(int, 1280, "camera frame width in pixels"),
+        "height": Key(int, 960, "camera frame height in pixels"),
+        "fps": Key(float, 15.0, "camera frames per second"),
+        "lens_position": Key(float, -1.0, "picamera2 focus in dioptres (1 / metres); "
+                                          "negative: continuous autofocus"),
+        "interval": Key(float, 0.0, "folder: seconds between frames (0: as fast as possible)"),
+        "loop": Key(bool, False, "folder: start again at the end"),
+        "baudrate": Key(int, 9600, "serial scanner speed"),
     },
     "decoder": {
-        "backend": (str, "auto"),  # auto | pyzbar | zxing
-        "cooldown": (float, 3.0),  # seconds the same code held up counts once
+        "backend": Key(str, "auto", "`auto`: zxing-cpp with retries on enhanced crops when "
+                                    "installed, else pyzbar; or force one"),
+        "cooldown": Key(float, 3.0, "seconds the same code held up counts as one scan"),
     },
     "indicator": {
-        "backend": (str, "gpio"),  # gpio | mock (simulated kiosk: gpiozero MockFactory)
-        "green_pin": (int, 17),
-        "red_pin": (int, 27),
-        "buzzer_pin": (int, 22),
-        "relay_pin": (int, -1),  # < 0: no turnstile relay
-        "relay_active_high": (bool, True),  # false for relay boards that switch on a low input
-        "green_seconds": (float, 1.5),
-        "red_seconds": (float, 3.0),
+        "backend": Key(str, "gpio", "`gpio`: the Pi's pins; `mock`: gpiozero's MockFactory "
+                                    "(simulated kiosk)"),
+        "green_pin": Key(int, 17, "BCM pin of the green LED"),
+        "red_pin": Key(int, 27, "BCM pin of the red LED"),
+        "buzzer_pin": Key(int, 22, "BCM pin of the buzzer"),
+        "relay_pin": Key(int, -1, "BCM pin of a turnstile relay; negative: none"),
+        "relay_active_high": Key(bool, True, "false for relay boards that switch on a low input"),
+        "green_seconds": Key(float, 1.5, "how long green holds (the relay pulses meanwhile)"),
+        "red_seconds": Key(float, 3.0, "how long red holds"),
     },
     "mqtt": {
-        "host": (str, "localhost"),
-        "port": (int, 8883),
-        "tls": (bool, True),
-        "ca": (str, ""),
-        "cert": (str, ""),
-        "key": (str, ""),
-        "keepalive": (int, 30),
-        "heartbeat": (float, 30.0),
-        "replay_rate": (float, 50.0),  # outbox messages per second after an outage
+        "host": Key(str, "localhost", "the broker"),
+        "port": Key(int, 8883, "the broker's port"),
+        "tls": Key(bool, True, "TLS with the kiosk's client certificate; false only for demos"),
+        "ca": Key(str, "", "PEM of the CA that signed the broker's certificate"),
+        "cert": Key(str, "", "the kiosk's client certificate (PEM)"),
+        "key": Key(str, "", "the kiosk's private key (PEM)"),
+        "keepalive": Key(int, 30, "MQTT keepalive, seconds: the last will fires after 1.5 x this"),
+        "heartbeat": Key(float, 30.0, "seconds between heartbeats"),
+        "replay_rate": Key(float, 50.0, "outbox messages per second replayed after an outage "
+                                        "(live scans go first)"),
     },
     "bundles": {
-        "fleet_key": (str, _REQUIRED),  # PEM of the fleet's bundle-signing public key
-        "http_url": (str, ""),  # fallback: fleet base URL, e.g. https://fleet:8443
-        "http_interval": (float, 600.0),
-        "offline_budget_hours": (float, 72.0),
+        "fleet_key": Key(str, _REQUIRED, "PEM of the fleet's bundle-signing public key, pinned "
+                                         "at enrolment"),
+        "http_url": Key(str, "", "fallback while MQTT is down: the fleet's base URL, e.g. "
+                                 "`https://fleet:8443`; empty: none"),
+        "http_interval": Key(float, 600.0, "seconds between HTTP fallback fetches"),
+        "offline_budget_hours": Key(float, 72.0, "lists older than this: out_of_service"),
     },
     "privacy": {
-        "pseudonyms": (bool, True),
-        "pseudonym_key": (str, ""),  # hex; from the fleet at enrolment
+        "pseudonyms": Key(bool, True, "send a keyed holder pseudonym with each scan"),
+        "pseudonym_key": Key(str, "", "hex key for the pseudonyms (32-128 digits), from the "
+                                      "fleet at enrolment"),
     },
     "outbox": {
-        "max_rows": (int, 500_000),
+        "max_rows": Key(int, 500_000, "scans kept in full while unreported; beyond it, "
+                                      "decisions are counted in hourly summaries "
+                                      "(docs/protocol.md)"),
     },
 }
 
@@ -161,7 +183,7 @@ def parse(text: str, path: Path = Path("<config>"), overrides: dict[str, dict] |
             if key not in keys:
                 raise ConfigError(f"{_where(path, text, section, key)}: unknown key '{key}' in "
                                   f"[{section}] (known: {', '.join(keys)})")
-        for key, (kind, default) in keys.items():
+        for key, (kind, default, _) in keys.items():
             where = _where(path, text, section, key)
             if key not in table:
                 if default is _REQUIRED:
@@ -229,3 +251,35 @@ def _check(config: Config, text: str) -> None:
                  "(or set pseudonyms = false)")
     if config.outbox.max_rows < 100:
         fail("outbox", "max_rows", "'max_rows' must be at least 100")
+
+
+def reference() -> str:
+    """docs/kiosk-config.md: the SCHEMA as a technician's reference."""
+    out = ["# Kiosk configuration", "",
+           "One TOML file: `greengate-kiosk run --config FILE` (and `selftest`); an example",
+           "is `device/kiosk.example.toml`. Unknown sections or keys, wrong types and",
+           "impossible values are refused with a message naming the file and line.",
+           "Relative paths are relative to the configuration file. `--source KIND` and",
+           "`--path PATH` on the command line replace `[source] kind` and `path` (a",
+           "command-line path is relative to where the command runs).", "",
+           "<!-- generated by `python -m device.config` from device/config.py SCHEMA -->"]
+    for section, keys in SCHEMA.items():
+        out += ["", f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, (kind, default, meaning) in keys.items():
+            choices = CHOICES.get((section, key))
+            kind_name = kind.__name__ + (f" ({' / '.join(choices)})" if choices else "")
+            shown = "**required**" if default is _REQUIRED else f"`{_toml(default)}`"
+            out.append(f"| `{key}` | {kind_name} | {shown} | {meaning} |")
+    return "\n".join(out) + "\n"
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

@@ -269,7 +269,9 @@ class Kiosk:
             if cfg.mqtt.cert:
                 context.load_cert_chain(str(cfg.resolve(cfg.mqtt.cert)), str(cfg.resolve(cfg.mqtt.key)))
         etags: dict[str, str] = {}
-        while not self.stopping.wait(5.0 if self.store.verifier is None else cfg.bundles.http_interval):
+        wait = 5.0  # a first look soon: MQTT may be what is broken
+        while not self.stopping.wait(wait):
+            wait = 5.0 if self.store.verifier is None else cfg.bundles.http_interval
             if self.reporter.connected and self.store.verifier is not None:
                 continue  # MQTT delivers; HTTP is for when it does not
             for kind in STORED:

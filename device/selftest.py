@@ -7,7 +7,7 @@ do about it. Exit 0 when everything is OK, 1 otherwise, 2 for a bad config.
 import socket
 import ssl
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from greengate.bundle import load_public_key
@@ -67,6 +67,11 @@ def _clock_and_bundles(cfg, report):
         report(True, "clock", "synchronised by NTP")
     elif state == FLOOR:
         report(True, "clock", "not synchronised by NTP, but consistent with the last fleet data")
+    elif clock.floor is not None and time.time() > clock.floor + budget.total_seconds():
+        report(False, "clock", f"no NTP, and the newest fleet data is "
+                               f"{(time.time() - clock.floor) / 3600:.0f} h old, beyond the offline "
+                               f"budget of {budget.total_seconds() / 3600:.0f} h: connect the kiosk "
+                               "to the network so it can synchronise (NTP) and fetch its lists")
     else:
         report(False, "clock", "the time cannot be trusted: connect the kiosk to the network so it "
                                "can synchronise (NTP), the kiosk shows 'clock unknown' until then")
@@ -81,9 +86,10 @@ def _clock_and_bundles(cfg, report):
         report(False, "bundles", f"{store.problem}: the kiosk has not received its lists from the "
                                  "fleet yet; check the network and the broker")
         return
-    at = clock.validation_time()
+    # An untrusted clock is reported above; the lists' age is still worth saying.
+    at = clock.validation_time() or datetime.now(timezone.utc)
     versions = ", ".join(f"{k} v{v}" for k, v in store.versions().items())
-    if at and at > store.verifier.valid_until:
+    if at > store.verifier.valid_until:
         report(False, "bundles", f"lists are older than the offline budget ({versions}); the kiosk "
                                  "is out of service until it reaches the fleet")
     else:

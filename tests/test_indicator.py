@@ -345,7 +345,7 @@ def test_without_a_relay():
 
 
 def test_make_indicator_from_the_config_defaults():
-    values = {key: default for key, (_, default) in SCHEMA["indicator"].items()}
+    values = {key: default for key, (_, default, _) in SCHEMA["indicator"].items()}
     assert values["relay_pin"] == -1
     factory = MockFactory()
     ind = make_indicator(SimpleNamespace(**values), pin_factory=factory)

@@ -8,6 +8,7 @@ relative to now, not to the fixed calendar of conftest.py.
 """
 
 import collections
+import http.server
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device.outbox import Outbox
 from greengate import messages
 from greengate.status import cert_hash
 from provisioning.issuer import qr_png
@@ -91,7 +94,7 @@ class Site:
         qr_png(text, self.frames / f"{name}.png", scale=3)
 
     def config(self, name: str = "kiosk.toml", *, folder: Path | None = None, loop=False,
-               interval=0.0, cooldown=3.0, heartbeat=30.0) -> Path:
+               interval=0.0, cooldown=3.0, heartbeat=30.0, http_url: str = "") -> Path:
         tls = self.broker.client_tls(KIOSK)
         path = self.tmp / name
         path.write_text(f"""
@@ -125,6 +128,8 @@ keepalive = 5
 
 [bundles]
 fleet_key = "fleet.pem"
+http_url = "{http_url}"
+http_interval = 0.5
 
 [privacy]
 pseudonym_key = "{PSEUDONYM_KEY}"
@@ -299,3 +304,68 @@ def test_kiosk_killed_mid_stream_and_broker_down_loses_nothing(site, subscriber)
     # The second kiosk found the first one's backlog in the outbox and added its own.
     left = re.search(r"reporting the (\d+) decision", site.log("second.log"))
     assert left and int(left.group(1)) >= 6
+
+
+class BundleServer:
+    """The fleet's bundle endpoint as the kiosk sees it: GET with ETag / 304."""
+
+    def __init__(self, bundles: dict[str, bytes]):
+        self.bundles = bundles
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                kind = self.path.rsplit("/", 1)[-1]
+                etag = f'"{kind}-1"'
+                server.requests.append((self.path, self.headers.get("If-None-Match")))
+                if self.path != f"/api/v1/bundles/{DEPLOYMENT}/{kind}" or kind not in server.bundles:
+                    self.send_error(404)
+                elif self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.end_headers()
+                else:
+                    body = server.bundles[kind]
+                    self.send_response(200)
+                    self.send_header("ETag", etag)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_bundles_come_over_http_when_the_broker_is_down(site):
+    """With the broker unreachable, a fresh kiosk fetches its lists from the fleet's
+    HTTP endpoint, decides with them, and asks again only with If-None-Match."""
+    good, _ = mint(site.issuer)
+    site.frame("1-good", good)
+    server = BundleServer({"trust": site.fleet.trust(1, site.issued, site.issuer),
+                           "policy": site.fleet.policy(1, site.issued),
+                           "status": site.fleet.status(1, site.issued)})
+    site.broker.stop()
+    proc = site.kiosk(site.config(http_url=server.url), "kiosk.log", "--keep-running")
+    try:
+        wait_until(lambda: site.logged_scans("kiosk.log"), 40, "a decision")
+        assert site.logged_scans("kiosk.log")[0][1] == "green", site.log("kiosk.log")
+        assert "applied status bundle v1 from http" in site.log("kiosk.log")
+        wait_until(lambda: any(tag for _, tag in server.requests), 10, "a conditional GET")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = finish(proc, 20)
+        server.close()
+    assert code == 0, site.log("kiosk.log")
+    paths = {path for path, _ in server.requests}
+    assert paths == {f"/api/v1/bundles/{DEPLOYMENT}/{k}" for k in ("trust", "policy", "status")}
+    # the decision waits in the outbox for the broker
+    with Outbox(site.data / "outbox.sqlite") as outbox:
+        assert outbox.depth() == 1

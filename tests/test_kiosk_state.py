@@ -3,6 +3,7 @@ configuration errors, cooldown and pseudonyms."""
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -293,3 +294,11 @@ def test_command_line_source_overrides_the_config_and_is_validated(tmp_path, cap
     assert code == 2
     out = capsys.readouterr().out
     assert "nowhere" in out and "does not exist" in out
+
+
+def test_config_reference_is_generated_from_the_schema():
+    """docs/kiosk-config.md is what `python -m device.config` prints: no key undocumented."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "kiosk-config.md").read_text()
+    assert doc == config.reference(), "run: .venv/bin/python -m device.config > docs/kiosk-config.md"
+    for section, keys in config.SCHEMA.items():
+        assert all(f"| `{key}` |" in doc and meaning for key, (_, _, meaning) in keys.items())

@@ -20,7 +20,7 @@ from device.sources import (CaptureSource, FolderSource, Picamera2Source, Scanne
 
 def section(**values):
     """A [source] config section with the schema's defaults."""
-    defaults = {key: default for key, (_, default) in config_module.SCHEMA["source"].items()}
+    defaults = {key: default for key, (_, default, _) in config_module.SCHEMA["source"].items()}
     defaults.update(values)
     return SimpleNamespace(**defaults)
 
