@@ -23,7 +23,7 @@ from . import cose
 from .errors import Rejected
 
 FORMAT = 1
-KINDS = ("trust", "policy", "status", "status-delta")
+KINDS = ("trust", "policy", "status", "status-delta", "status-head")
 MAX_BUNDLE = 32 * 1024 * 1024  # a national status list is a few MB
 
 

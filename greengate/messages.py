@@ -38,7 +38,14 @@ def presence_topic(kiosk: str) -> str:
 
 
 def bundle_topic(deployment: str, kind: str) -> str:
+    """Retained, QoS 1: trust, policy, status (full snapshot), status-head."""
     return f"{ROOT}/bundle/{deployment}/{kind}"
+
+
+def status_delta_topic(deployment: str, base: int) -> str:
+    """Retained, QoS 1: the delta from status version `base` to the current one. A kiosk
+    subscribes only to the one for the version it holds (docs/bundles.md)."""
+    return f"{ROOT}/bundle/{deployment}/status-delta/{int(base)}"
 
 
 def kiosk_of(topic: str) -> tuple[str, str]:
