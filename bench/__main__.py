@@ -2,9 +2,10 @@
 
 import sys
 
-from . import decode, verify
+from . import decode, ingest, status, verify
 
-BENCHMARKS = {"verify": verify.main, "decode": decode.main}
+BENCHMARKS = {"verify": verify.main, "decode": decode.main, "status": status.main,
+              "ingest": ingest.main}
 
 
 def main(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ from . import config as config_module
 from .cli import source_overrides
 from . import watchdog
 from .clock import UNKNOWN, Clock
+from .feed import StatusFeed
 from .pipeline import Pipeline
 from .privacy import Pseudonymiser
 from .session import SessionCounter
@@ -95,9 +96,8 @@ class Kiosk:
         self.reporter = Reporter(self.outbox, self.id, cfg.mqtt.host, cfg.mqtt.port, tls=tls,
                                  keepalive=cfg.mqtt.keepalive, replay_rate=cfg.mqtt.replay_rate,
                                  session_source=SessionCounter(data / "session"))
-        for kind in (*STORED, "status-delta"):
-            self.reporter.subscribe(messages.bundle_topic(cfg.kiosk.deployment, kind),
-                                    lambda topic, payload: self.store.offer(payload, "mqtt"))
+        self.feed = StatusFeed(self.store, self.reporter, cfg.kiosk.deployment)
+        self.feed.start()
         self.pipeline = None  # built in run(): the decoder may be slow to load
         self._last_show = 0.0
         self._fault_shown = None
@@ -276,6 +276,9 @@ class Kiosk:
                 continue  # MQTT delivers; HTTP is for when it does not
             for kind in STORED:
                 url = f"{cfg.bundles.http_url.rstrip('/')}/api/v1/bundles/{cfg.kiosk.deployment}/{kind}"
+                held = self.store.versions().get(kind)
+                if kind == "status" and held is not None and not self.feed.needs_snapshot(held):
+                    url += f"?from={held}"  # the fleet answers with the delta, or the snapshot
                 request = urllib.request.Request(url)
                 if kind in etags:
                     request.add_header("If-None-Match", etags[kind])
@@ -285,6 +288,7 @@ class Kiosk:
                         if response.headers.get("ETag"):
                             etags[kind] = response.headers["ETag"]
                     self.store.offer(body, "http")
+                    self.feed.update()
                 except urllib.error.HTTPError as exc:
                     if exc.code != 304:
                         log.warning("HTTP bundle fetch %s: %s", url, exc)

@@ -154,8 +154,9 @@ class Reporter:
         self._session_source = session_source
         self._subs: dict[str, tuple[int, Callback]] = {}  # filter -> (subscription id, cb)
         self._subs_lock = threading.Lock()
+        self._sub_ids = iter(range(1, 268_435_456))  # MQTT 5 subscription ids: 1..2^28-1
         for topic, callback in (subscriptions or {}).items():
-            self._subs[topic] = (len(self._subs) + 1, callback)
+            self._subs[topic] = (next(self._sub_ids), callback)
         self._commands: deque = deque()
         self._fresh: deque[str] = deque(maxlen=1000)
         self._more = True  # the outbox may hold rows not yet looked at
@@ -234,10 +235,22 @@ class Reporter:
         """Subscribe (QoS 1) now if connected and again on every connection;
         callback(topic, payload) runs in the reporter thread."""
         with self._subs_lock:
-            sub_id = self._subs[topic][0] if topic in self._subs else len(self._subs) + 1
+            sub_id = self._subs[topic][0] if topic in self._subs else next(self._sub_ids)
             self._subs[topic] = (sub_id, callback)
         self._commands.append(("subscribe", topic))
         self._wake()
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop a subscription (now if connected; it is not renewed on reconnect)."""
+        with self._subs_lock:
+            if self._subs.pop(topic, None) is None:
+                return
+        self._commands.append(("unsubscribe", topic))
+        self._wake()
+
+    def subscriptions(self) -> list[str]:
+        with self._subs_lock:
+            return list(self._subs)
 
     # --- thread ------------------------------------------------------------
     def _wake(self) -> None:
@@ -436,7 +449,7 @@ class Reporter:
         # queued subscribe() calls are covered by subscribing to everything now
         for _ in range(len(self._commands)):
             command = self._commands.popleft()
-            if command[0] != "subscribe":
+            if command[0] not in ("subscribe", "unsubscribe"):  # a new session has neither
                 self._commands.append(command)
         with self._subs_lock:
             topics = list(self._subs)
@@ -459,7 +472,7 @@ class Reporter:
             if self._stop.is_set():
                 if stopping_until is None:
                     offline = messages.presence(kiosk=self.kiosk_id, session=conn.session,
-                                                state="offline")
+                                                state="offline", cause="stopped")
                     info = client.publish(messages.presence_topic(self.kiosk_id),
                                           messages.encode(offline), qos=1, retain=True)
                     conn.offline_mid = info.mid
@@ -522,6 +535,8 @@ class Reporter:
             kind, arg = self._commands.popleft()
             if kind == "subscribe":
                 self._subscribe(client, arg)
+            elif kind == "unsubscribe":
+                client.unsubscribe(arg)
             elif kind == "heartbeat":
                 arg["session"] = conn.session
                 arg.setdefault("kiosk", self.kiosk_id)

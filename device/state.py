@@ -163,6 +163,10 @@ class BundleStore:
         self.verifier = Verifier(trust, pol, self._status, valid_until=valid_until)
         self.problem = None
 
+    def chain_length(self) -> int:
+        """Signed deltas held on top of the status snapshot (replayed at every start)."""
+        return sum(1 for _ in self.dir.glob("status-delta-*.bundle"))
+
     def versions(self) -> dict:
         return {k: (self.bundles[k].version if k in self.bundles else None) for k in STORED}
 

@@ -1,30 +1,187 @@
-"""greengate-fleet: the fleet server's command line."""
+"""greengate-fleet: the fleet server's command line.
+
+    greengate-fleet [--config FILE] db upgrade | db current
+    greengate-fleet [--config FILE] serve [--host H] [--port P]     (development server)
+    greengate-fleet [--config FILE] ingest [--no-presence] [--worker NAME] [--leave]
+                                           [--metrics-port P]  (MQTT ingest worker)
+    greengate-fleet [--config FILE] user create NAME --role ROLE [--district CODE]
+    greengate-fleet [--config FILE] token create USER --name NAME
+    greengate-fleet [--config FILE] bundles refresh [--force] | publish | key [--create]
+
+Production web: gunicorn 'fleet.wsgi:app' (GREENGATE_FLEET_CONFIG names the file).
+The config file may also come from GREENGATE_FLEET_CONFIG; every key can be set
+by environment (fleet/config.py).
+"""
+
+from __future__ import annotations
 
 import argparse
+import getpass
+import importlib
+import os
 import sys
 
-_LATER = (
-    ("serve", "run the fleet web server"),
-    ("ingest", "run an MQTT ingest worker"),
-    ("db", "database migrations"),
-    ("user", "manage dashboard accounts"),
-)
+from . import config as config_module
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="greengate-fleet", description="GreenGate fleet server")
+    parser.add_argument("--config", metavar="FILE", default=os.environ.get("GREENGATE_FLEET_CONFIG"),
+                        help="the fleet's TOML file (default: $GREENGATE_FLEET_CONFIG, else "
+                             "defaults and environment only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, text in _LATER:
-        sub.add_parser(name, help=f"{text} [not built yet]")
+
+    db = sub.add_parser("db", help="database schema migrations")
+    db.add_argument("action", choices=("upgrade", "current"))
+    db.set_defaults(handler=_db)
+
+    serve = sub.add_parser("serve", help="run the web server (development; use gunicorn in "
+                                         "production)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(handler=_serve)
+
+    ingest = sub.add_parser("ingest", help="run an MQTT ingest worker")
+    ingest.add_argument("--no-presence", action="store_true",
+                        help="ingest scans only; another worker tracks presence")
+    ingest.add_argument("--worker", default="1", help="this worker's name in its client id "
+                                                      "(fixed: its broker session is kept)")
+    ingest.add_argument("--leave", action="store_true",
+                        help="drain this worker's broker session, leave the share group and "
+                             "end the session, then exit (removing a worker for good)")
+    ingest.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve the worker's Prometheus metrics on this port")
+    ingest.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                        help="address for --metrics-port (default 127.0.0.1)")
+    ingest.set_defaults(handler=_lazy("fleet.ingest"))
+
+    user = sub.add_parser("user", help="dashboard and API accounts")
+    user.add_argument("action", choices=("create",))
+    user.add_argument("name")
+    user.add_argument("--role", required=True, choices=("admin", "operator", "district_officer",
+                                                        "health_official"))
+    user.add_argument("--district", help="district code (district officers)")
+    user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    user.set_defaults(handler=_user)
+
+    token = sub.add_parser("token", help="API tokens for automation")
+    token.add_argument("action", choices=("create",))
+    token.add_argument("user")
+    token.add_argument("--name", required=True, help="what the token is for")
+    token.set_defaults(handler=_token)
+
+    lists = sub.add_parser("bundles", help="signed lists: re-issue before the kiosks' offline "
+                                           "budget runs out (run from a timer), publish, key")
+    lists.add_argument("action", choices=("refresh", "publish", "key"),
+                       help="refresh: re-issue lists older than [bundles] refresh_hours, then "
+                            "publish; publish: republish the current bundles retained (a broker "
+                            "lost its store); key: print the public key kiosks pin")
+    lists.add_argument("--deployment", action="append", metavar="NAME",
+                       help="only this deployment (repeatable; default: all)")
+    lists.add_argument("--force", action="store_true", help="refresh: re-issue even fresh lists")
+    lists.add_argument("--no-publish", action="store_true", help="refresh: database only")
+    lists.add_argument("--create", action="store_true",
+                       help="key: create the key if missing (development; production keys come "
+                            "from greengate-provision init)")
+    lists.add_argument("--timeout", type=float, default=60.0,
+                       help="seconds to wait for the broker's acknowledgements")
+    lists.set_defaults(handler=_lazy("fleet.bundles"))
+
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 2 if exc.code else 0
-    if not args.command:
+    if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    print(f"greengate-fleet {args.command}: not built yet (see the open issues)", file=sys.stderr)
-    return 2
+    try:
+        config = config_module.load(args.config)
+    except config_module.ConfigError as exc:
+        print(f"greengate-fleet: {exc}", file=sys.stderr)
+        return 2
+    return args.handler(config, args)
+
+
+def _lazy(module: str):
+    def handler(config, args) -> int:
+        return importlib.import_module(module).run(config, args)
+    return handler
+
+
+def _engine(config):
+    from .db import make_engine
+    return make_engine(config.database_url)
+
+
+def _db(config, args) -> int:
+    from . import migrate
+    engine = _engine(config)
+    if args.action == "upgrade":
+        migrate.upgrade(engine)
+    current = migrate.current(engine)
+    print(f"database {engine.url.render_as_string(hide_password=True)}: schema {current} "
+          f"(latest {migrate.head()})")
+    return 0 if current == migrate.head() else 1
+
+
+def _serve(config, args) -> int:
+    from .app import create_app
+    from .publisher import for_app
+    publisher = for_app(config)  # list changes go out on MQTT; None if [mqtt] host is empty
+    try:
+        create_app(config, publisher=publisher).run(host=args.host, port=args.port)
+    finally:
+        if publisher is not None:
+            publisher.stop()
+    return 0
+
+
+def _user(config, args) -> int:
+    from sqlalchemy import select
+
+    from . import audit, auth
+    from .db import make_sessions
+    from .models import District
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
+        getpass.getpass(f"password for {args.name}: ")
+    with make_sessions(_engine(config))() as session:
+        district_id = None
+        if args.district:
+            district = session.scalar(select(District).where(District.code == args.district))
+            if district is None:
+                print(f"greengate-fleet: no district with code {args.district!r}", file=sys.stderr)
+                return 2
+            district_id = district.id
+        try:
+            auth.create_user(session, args.name, password, args.role, district_id)
+        except ValueError as exc:
+            print(f"greengate-fleet: {exc}", file=sys.stderr)
+            return 2
+        audit.record(session, "cli", "user.create", args.name, role=args.role)
+        session.commit()
+    print(f"user {args.name} ({args.role}) created")
+    return 0
+
+
+def _token(config, args) -> int:
+    from sqlalchemy import select
+
+    from . import audit, auth
+    from .db import make_sessions
+    from .models import User
+
+    with make_sessions(_engine(config))() as session:
+        user = session.scalar(select(User).where(User.username == args.user))
+        if user is None:
+            print(f"greengate-fleet: no user {args.user!r}; create it with "
+                  "`greengate-fleet user create`", file=sys.stderr)
+            return 2
+        token = auth.create_token(session, user, args.name)
+        audit.record(session, "cli", "token.create", args.user, name=args.name)
+        session.commit()
+    print(token)
+    return 0
 
 
 if __name__ == "__main__":

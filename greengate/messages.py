@@ -87,8 +87,14 @@ def summary(*, summary_id: str, kiosk: str, hour: int, decision: str, reason: st
             "first": round(first, 3), "last": round(last, 3)}
 
 
-def presence(*, kiosk: str, session: int, state: str) -> dict:
-    return {"v": VERSION, "kiosk": kiosk, "session": session, "state": state}
+def presence(*, kiosk: str, session: int, state: str, cause: str | None = None) -> dict:
+    """cause: only on the kiosk's own `offline` at a graceful stop ("stopped"). The last
+    will carries none, which is how the fleet tells a stop from a lost connection: the
+    two are otherwise the same message (docs/protocol.md)."""
+    doc = {"v": VERSION, "kiosk": kiosk, "session": session, "state": state}
+    if cause is not None:
+        doc["cause"] = cause
+    return doc
 
 
 # --- parsing ---------------------------------------------------------------
@@ -175,6 +181,7 @@ def parse_presence(payload: bytes, kiosk: str) -> dict:
     _field(doc, "session", int)
     if _field(doc, "state", str) not in ("online", "offline"):
         raise MessageError("field 'state' must be online or offline")
+    _field(doc, "cause", str, optional=True, max_len=40)
     return doc
 
 
@@ -185,8 +192,10 @@ def parse_summary(payload: bytes, kiosk: str) -> dict:
         raise MessageError("field 'id' is not a summary id")
     if _field(doc, "hour", int) % 3600:
         raise MessageError("field 'hour' is not the start of an hour")
-    if _field(doc, "decision", str) not in DECISIONS:
-        raise MessageError("field 'decision' must be green or red")
+    # "unknown": the kiosk counted a decision whose scan message it could not read back
+    # (device/outbox.py, docs/protocol.md#summary-new)
+    if _field(doc, "decision", str) not in DECISIONS + ("unknown",):
+        raise MessageError("field 'decision' must be green, red or unknown")
     _field(doc, "reason", str, max_len=40)
     if _field(doc, "count", int) < 1:
         raise MessageError("field 'count' must be at least 1")

@@ -102,6 +102,19 @@ item_installed() {
     return 1
 }
 
+# The postgres group is for the tests, which run their own throw-away clusters
+# (tests/databases.py). Keep Debian's postgresql package from creating (and starting)
+# a system-wide "main" cluster on port 5432 when it is first installed.
+PG_NO_MAIN_CLUSTER=/etc/postgresql-common/createcluster.d/greengate-no-main-cluster.conf
+pg_no_main_cluster() {
+    [[ -e $PG_NO_MAIN_CLUSTER ]] && return 0
+    log "postgresql: no system-wide main cluster ($PG_NO_MAIN_CLUSTER says so; delete it" \
+        "to get Debian's default back)"
+    as_root mkdir -p "$(dirname "$PG_NO_MAIN_CLUSTER")"
+    printf '%s\n' "# written by GreenGate scripts/setup.sh: tests run their own PostgreSQL clusters" \
+        "create_main_cluster = false" | as_root tee "$PG_NO_MAIN_CLUSTER" >/dev/null
+}
+
 has_candidate() {
     local cand
     cand=$(apt-cache policy -- "$1" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
@@ -242,6 +255,7 @@ else
         to_install=()
         for item in "${missing[@]}"; do
             to_install+=("$(item_pick "$item")")
+            if [[ $item == postgresql ]]; then pg_no_main_cluster; fi
         done
         as_root env DEBIAN_FRONTEND=noninteractive \
             apt-get install -y -q --no-install-recommends "${to_install[@]}"

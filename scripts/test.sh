@@ -3,5 +3,8 @@
 # Extra arguments go to pytest, e.g. scripts/test.sh -k policy -x
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh --with mqtt  # the MQTT tests run a real mosquitto
+# The MQTT tests run a real mosquitto; the fleet's database tests run on SQLite and on a
+# real PostgreSQL (tests/databases.py starts its own clusters; no system service is used).
+# GREENGATE_TEST_DB=sqlite|postgresql|both (default both) picks the fleet test databases.
+bash scripts/setup.sh --with mqtt,postgres
 exec .venv/bin/python -m pytest -q "$@"

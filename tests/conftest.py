@@ -17,7 +17,8 @@ from greengate.trust import TrustList, load_signer
 from greengate.verifier import Verifier
 from provisioning.issuer import Issuer
 
-pytest_plugins = ["tests.conftest_broker"]  # real-Mosquitto fixtures (MQTT tests)
+# real Mosquitto; SQLite + real PostgreSQL databases (database_url); the fleet app
+pytest_plugins = ["tests.conftest_broker", "tests.conftest_db", "tests.conftest_fleet"]
 
 UTC = timezone.utc
 HCMC = ZoneInfo("Asia/Ho_Chi_Minh")

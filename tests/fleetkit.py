@@ -34,13 +34,17 @@ class FleetKit:
         return self.seal("policy", version, issued_at, {"policies": docs})
 
     def status(self, version, issued_at, revoked=(), suspended=()) -> bytes:
-        body = {"revoked": list(revoked),
-                "suspended": [[k, int(u.timestamp())] for k, u in suspended]}
+        """suspended: (16-byte key, until datetime) pairs."""
+        body = status.snapshot_body(revoked, dict(suspended))
         return self.seal("status", version, issued_at, body)
 
-    def delta(self, version, issued_at, base, revoked=(), reinstated=()) -> bytes:
-        return self.seal("status-delta", version, issued_at,
-                         {"from": base, "revoked": list(revoked), "reinstated": list(reinstated)})
+    def delta(self, version, issued_at, base, revoked=(), reinstated=(), suspended=()) -> bytes:
+        body = status.delta_body(base, revoked=revoked, suspended=dict(suspended),
+                                 reinstated=reinstated)
+        return self.seal("status-delta", version, issued_at, body)
+
+    def head(self, version, issued_at, bases=()) -> bytes:
+        return self.seal("status-head", version, issued_at, status.head_body(version, bases))
 
 
 def at(text: str) -> datetime:

@@ -77,8 +77,8 @@ class Site:
         client.connect(self.broker.host, self.broker.port)
         client.loop_start()
         try:
-            info = client.publish(messages.bundle_topic(DEPLOYMENT, kind), payload, qos=1,
-                                  retain=True)
+            topic = kind if "/" in kind else messages.bundle_topic(DEPLOYMENT, kind)
+            info = client.publish(topic, payload, qos=1, retain=True)
             info.wait_for_publish(10)
             assert info.is_published()
         finally:
@@ -210,8 +210,9 @@ def test_simulated_kiosk_reports_every_decision(site, subscriber):
 
 
 def test_running_kiosk_heartbeats_and_refuses_bad_bundles(site, subscriber):
-    """Heartbeats carry what the fleet needs; a forged, rolled-back or tampered
-    bundle on the retained topic is refused, logged, and the old one kept."""
+    """Heartbeats carry what the fleet needs; the kiosk follows the status list by
+    deltas and takes a full snapshot only when the head says it must; a forged,
+    rolled-back or tampered bundle is refused, logged, and the old one kept."""
     good, _ = mint(site.issuer)
     site.frame("1-good", good)
     site.publish_lists()
@@ -231,27 +232,49 @@ def test_running_kiosk_heartbeats_and_refuses_bad_bundles(site, subscriber):
         assert beat["lists"] == "fresh" and beat["outbox"] == 0 and beat["session"] == 1
         assert beat["uptime"] > 0
 
+        # Holding status v1, the kiosk listens to the delta from v1 only: the full
+        # list on the retained "status" topic is not downloaded again.
+        def status_version(after: int):
+            return [b["bundles"]["status"] for b in beats(sub.snapshot()[after:])]
+
+        delta_topic = messages.status_delta_topic(DEPLOYMENT, 1)
+        site.publish("status", site.fleet.status(9, site.issued + 5))
+        site.publish(delta_topic, site.fleet.delta(2, site.issued + 10, base=1))
+        mark = len(sub.snapshot())
+        wait_until(lambda: 2 in status_version(mark), 10, "the delta from v1 applied")
+        assert 9 not in status_version(0)
+
+        # The head says there is no delta from v2: the kiosk takes the full snapshot,
+        # refusing a foreign, a rolled-back and a tampered one, and keeping v2 meanwhile.
+        site.publish("status", site.fleet.status(1, site.issued))  # retained: clear v9
+        site.publish("status-head", site.fleet.head(5, site.issued + 40, bases=[4]))
+        wait_until(lambda: "listening to gg/v1/bundle/e2e/status\n" in site.log("kiosk.log"), 10,
+                   "subscribed to the full snapshot")
         foreign = FleetKit(DEPLOYMENT)
-        site.publish("status", foreign.status(2, site.issued + 10))  # another key
-        site.publish("status", site.fleet.status(0, site.issued))  # rolled back
-        tampered = bytearray(site.fleet.status(3, site.issued + 20))
+        site.publish("status", foreign.status(5, site.issued + 40))  # another key
+        tampered = bytearray(site.fleet.status(5, site.issued + 40))
         tampered[-40] ^= 0x01
         site.publish("status", bytes(tampered))
         wait_until(lambda: site.log("kiosk.log").count("refused") >= 3, 15, "three refusals")
+        for reason in ("rollback", "wrong_key", "bad_signature"):
+            assert reason in site.log("kiosk.log"), reason
         mark = len(sub.snapshot())
-        msgs = sub.wait_for(lambda m: len(beats(m[mark:])) >= 2, 10, "beats after refusals")
-        assert beats(msgs[mark:])[-1]["bundles"]["status"] == 1
+        sub.wait_for(lambda m: len(beats(m[mark:])) >= 2, 10, "beats after refusals")
+        assert status_version(mark)[-1] == 2
 
-        newer = site.fleet.status(2, site.issued + 30)
+        newer = site.fleet.status(5, site.issued + 40)
         site.publish("status", newer)
         mark = len(sub.snapshot())
-        sub.wait_for(lambda m: any(b["bundles"]["status"] == 2 for b in beats(m[mark:])), 10,
-                     "status v2 applied")
+        wait_until(lambda: 5 in status_version(mark), 10, "status v5 applied")
+        site.publish(messages.status_delta_topic(DEPLOYMENT, 5),
+                     site.fleet.delta(6, site.issued + 50, base=5))
+        wait_until(lambda: 6 in status_version(mark), 10, "then the delta from v5")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = finish(proc, 20)
     assert code == 0, site.log("kiosk.log")
     assert (site.data / "bundles" / "status.bundle").read_bytes() == newer
+    assert (site.data / "bundles" / "status-delta-6.bundle").exists()
 
 
 def test_kiosk_killed_mid_stream_and_broker_down_loses_nothing(site, subscriber):
@@ -316,10 +339,11 @@ class BundleServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                kind = self.path.rsplit("/", 1)[-1]
+                kind = self.path.split("?")[0].rsplit("/", 1)[-1]
                 etag = f'"{kind}-1"'
                 server.requests.append((self.path, self.headers.get("If-None-Match")))
-                if self.path != f"/api/v1/bundles/{DEPLOYMENT}/{kind}" or kind not in server.bundles:
+                if self.path.split("?")[0] != f"/api/v1/bundles/{DEPLOYMENT}/{kind}" \
+                        or kind not in server.bundles:
                     self.send_error(404)
                 elif self.headers.get("If-None-Match") == etag:
                     self.send_response(304)
@@ -365,7 +389,11 @@ def test_bundles_come_over_http_when_the_broker_is_down(site):
         server.close()
     assert code == 0, site.log("kiosk.log")
     paths = {path for path, _ in server.requests}
-    assert paths == {f"/api/v1/bundles/{DEPLOYMENT}/{k}" for k in ("trust", "policy", "status")}
+    base = f"/api/v1/bundles/{DEPLOYMENT}"
+    # Holding status v1, it asks for the delta from there (the fleet answers with the
+    # delta, or the snapshot if it has none).
+    assert paths == {f"{base}/trust", f"{base}/policy", f"{base}/status",
+                     f"{base}/status?from=1"}
     # the decision waits in the outbox for the broker
     with Outbox(site.data / "outbox.sqlite") as outbox:
         assert outbox.depth() == 1

@@ -693,7 +693,10 @@ def test_status_is_keyed_by_ci_hash(es256, make_verifier, vacc, check):
     dcc = vacc()
     ci = dcc["v"][0]["ci"]
     statuses = StatusList()
-    statuses.revoke(hashlib.sha256(ci.encode()).digest())  # full hash: not the 16-byte key
+    full = hashlib.sha256(ci.encode()).digest()
+    with pytest.raises(ValueError):  # the full hash is not a status key (and shares its prefix)
+        statuses.revoke(full)
+    statuses.revoke(full[16:])  # 16 bytes, but not the leading ones
     statuses.revoke(cert_hash(ci + "X"))
     check(make_verifier(es256, status=statuses).verify(
         es256.mint(dcc, iat=ISSUED, exp=EXPIRES), AT), "ok")

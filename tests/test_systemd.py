@@ -211,3 +211,95 @@ def test_watchdog_interval(monkeypatch, usec, pid, expected):
             value = {"self": str(os.getpid()), "other": str(os.getpid() + 1)}.get(value, value)
             monkeypatch.setenv(name, value)
     assert watchdog.watchdog_interval() == expected
+
+
+# --- the fleet's ingest worker (systemd/greengate-fleet-ingest.service) ----------------------
+INGEST = ROOT / "systemd" / "greengate-fleet-ingest.service"
+FLEET_EXEC = "/opt/greengate/.venv/bin/greengate-fleet"
+
+
+def ingest_service() -> dict[str, list[str]]:
+    return parse_unit(INGEST.read_text())["Service"]
+
+
+@pytest.fixture
+def ingest_copy(tmp_path):
+    """The ingest unit with its program swapped for an existing one, the rest as shipped."""
+    text = INGEST.read_text()
+    assert text.count(f"ExecStart={FLEET_EXEC} ") == 1
+    copy = tmp_path / INGEST.name
+    copy.write_text(re.sub(r"/opt/greengate/\.venv/bin/[\w.-]+", sys.executable, text))
+    return copy
+
+
+def test_ingest_unit_runs_the_presence_worker_as_a_notify_service():
+    s = ingest_service()
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert s["ExecStart"] == [f"{FLEET_EXEC} --config /etc/greengate/fleet.toml ingest --worker 1"]
+    assert "--no-presence" not in s["ExecStart"][0]  # this one tracks presence
+    assert s["Restart"] == ["on-failure"]
+    assert (s["User"], s["Group"]) == (["greengate-fleet"], ["greengate-fleet"])
+    assert s["StateDirectory"] == ["greengate-fleet"]
+    unit = parse_unit(INGEST.read_text())
+    assert unit["Unit"]["StartLimitIntervalSec"] == ["0"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_ingest_unit_arguments_are_the_cli_s(tmp_path, capsys):
+    """ExecStart's arguments parse with the real command line (a typo would be a usage
+    error); only the config file is missing here."""
+    from fleet import cli
+
+    args = ingest_service()["ExecStart"][0].split()[1:]
+    args[args.index("--config") + 1] = str(tmp_path / "missing.toml")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the configuration" in err and "usage" not in err
+
+
+def test_ingest_watchdog_and_stop_timeouts_fit_the_worker():
+    from fleet import ingest
+
+    s = ingest_service()
+    watchdog_sec = int(s["WatchdogSec"][0])
+    assert ingest.PING_EVERY <= watchdog_sec / 2
+    # a long write by the web server is waited for: SQLite's busy timeout (fleet/db.py)
+    # blocks the worker's loop without pings for up to 30 s
+    assert "busy_timeout=30000" in (ROOT / "fleet" / "db.py").read_text()
+    assert watchdog_sec > 30
+    # SIGTERM: the last batch (<= batch_seconds) plus the database grace period fit
+    assert int(s["TimeoutStopSec"][0]) > ingest.STOP_GRACE + 5
+
+
+def test_ingest_unit_is_hardened():
+    s = ingest_service()
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices",
+                "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+                "ProtectControlGroups", "LockPersonality", "RestrictRealtime",
+                "MemoryDenyWriteExecute", "RestrictSUIDSGID"):
+        assert s[key] == ["yes"], key
+    assert s["ProtectSystem"] == ["strict"]
+    assert s["ReadWritePaths"] == ["/var/lib/greengate-fleet"]
+    assert set(s["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert s["CapabilityBoundingSet"] == [""]
+    assert s["SystemCallFilter"] == ["@system-service", "~@privileged"]
+
+
+@needs_analyze
+def test_ingest_unit_passes_systemd_analyze_verify(ingest_copy):
+    result = analyze("verify", "--man=no", str(ingest_copy), cwd=ingest_copy.parent)
+    output = result.stdout + result.stderr
+    assert _about(output, ingest_copy) == [], output
+    assert result.returncode == 0, output
+
+
+@needs_analyze
+def test_ingest_unit_security_review_is_ok(ingest_copy):
+    """Overall exposure below 2.0 ("OK") in systemd's offline security review."""
+    result = analyze("security", "--offline=yes", "--threshold=20", str(ingest_copy),
+                     cwd=ingest_copy.parent)
+    output = result.stdout + result.stderr
+    if "--offline" in output and "unrecognized" in output:
+        pytest.skip("systemd-analyze older than 250 has no offline security review")
+    assert result.returncode == 0, output
+    assert "Overall exposure level" in output

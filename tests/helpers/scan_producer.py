@@ -51,13 +51,17 @@ def main() -> int:
     ap.add_argument("--replay-rate", type=float, default=200.0)
     ap.add_argument("--then", choices=("drain", "hold"), default="drain")
     ap.add_argument("--timeout", type=float, default=40.0)
+    ap.add_argument("--keepalive", type=int, default=10,
+                    help="MQTT keepalive: the broker sends the will 1.5 x this after the "
+                         "kiosk goes quiet (SIGSTOP)")
     args = ap.parse_args()
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s producer %(name)s %(levelname)s %(message)s")
     tls = (args.ca, args.cert, args.key) if args.ca else None
     outbox = Outbox(args.outbox, 100_000)
-    reporter = Reporter(outbox, args.kiosk, args.host, args.port, tls=tls, keepalive=10,
+    reporter = Reporter(outbox, args.kiosk, args.host, args.port, tls=tls,
+                        keepalive=args.keepalive,
                         replay_rate=args.replay_rate, session_source=PrintingCounter(args.session_file),
                         backoff=(0.25, 1.0))
     reporter.start()

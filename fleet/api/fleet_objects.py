@@ -1,0 +1,597 @@
+"""Districts, locations, kiosks, presence and outages (docs/api.md).
+
+Everyone logged in reads; a district officer reads only their district (every
+query here filters on `common.scope()`); admins and operators create and change,
+and every change is written to the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import g, jsonify, request
+from sqlalchemy import case, func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from greengate import policy as greengate_policy
+
+from .. import audit
+from ..app import current_fleet, db
+from ..auth import require
+from ..models import (ADMIN, DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, OPERATOR, RETIRED, STATES,
+                      District, Kiosk, Location, Outage, Policy, PresenceEvent, PublishedBundle,
+                      Scan)
+from . import ApiError, bp
+from .common import (CODE, CODE_RULE, bool_arg, choice_arg, district_by_code, int_arg, iso,
+                     json_body, keyset_page, location_by_code, now, page_args, pattern_arg,
+                     scope, text_field, time_range)
+
+KIOSK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # docs/protocol.md
+KIOSK_RULE = "1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+BUNDLE_KINDS = ("trust", "policy", "status")  # what a heartbeat reports as applied
+# order=attention: outages first, then problems, then the quiet ones.
+ATTENTION = (OFFLINE, DEGRADED, NEVER_SEEN, ONLINE, RETIRED)
+CONNECTED = (ONLINE, DEGRADED)
+
+
+# --- shared pieces ---------------------------------------------------------------------
+def _district_json(d: District | None, counts: dict | None = None) -> dict | None:
+    if d is None:
+        return None
+    out = {"id": d.id, "code": d.code, "name": d.name}
+    if counts is not None:
+        out.update(counts)
+    return out
+
+
+def _location_json(loc: Location, district: District | None, kiosks: int | None = None) -> dict:
+    out = {"id": loc.id, "code": loc.code, "name": loc.name, "address": loc.address,
+           "district": _district_json(district)}
+    if kiosks is not None:
+        out["kiosks"] = kiosks
+    return out
+
+
+def current_versions(session) -> dict[str, dict[str, int]]:
+    """The fleet's newest published version per deployment of trust, policy and status
+    (a status delta's version is a status version too)."""
+    rows = session.execute(
+        select(PublishedBundle.deployment, PublishedBundle.kind, func.max(PublishedBundle.version))
+        .where(PublishedBundle.kind.in_(("trust", "policy", "status", "status-delta")))
+        .group_by(PublishedBundle.deployment, PublishedBundle.kind)).all()
+    versions: dict[str, dict[str, int]] = {}
+    for deployment, kind, version in rows:
+        kind = "status" if kind == "status-delta" else kind
+        per = versions.setdefault(deployment, {})
+        per[kind] = max(version, per.get(kind, version))
+    return versions
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def kiosk_json(k: Kiosk, loc: Location | None, district: District | None, versions: dict,
+               at: float) -> dict:
+    hb = k.heartbeat if isinstance(k.heartbeat, dict) else {}
+    applied_raw = hb.get("bundles") if isinstance(hb.get("bundles"), dict) else {}
+    current = versions.get(k.deployment, {})
+    applied, behind = {}, {}
+    for kind in BUNDLE_KINDS:
+        have = applied_raw.get(kind)
+        have = have if isinstance(have, int) and not isinstance(have, bool) else None
+        applied[kind] = have
+        fleet = current.get(kind)
+        if fleet is None:
+            behind[kind] = 0  # nothing published yet: nothing to be behind
+        elif have is None:
+            behind[kind] = None  # the kiosk holds none (or never reported): see `applied`
+        else:
+            behind[kind] = max(0, fleet - have)
+    known = [b for b in behind.values() if b is not None]
+    missing = [kind for kind in BUNDLE_KINDS if behind[kind] is None]
+    return {
+        "id": k.id,
+        "location": None if loc is None else {"id": loc.id, "code": loc.code, "name": loc.name},
+        "district": _district_json(district),
+        "deployment": k.deployment,
+        "policy": k.policy,
+        "state": k.state,
+        "state_since": iso(k.state_since),
+        "detail": k.detail,
+        "last_seen": iso(k.last_seen),
+        "seconds_since_seen": None if k.last_seen is None else round(max(0.0, at - k.last_seen), 1),
+        "session": k.session,
+        "enrolled_at": iso(k.enrolled_at),
+        "retired_at": iso(k.retired_at),
+        "bundles": {"applied": applied,
+                    "current": {kind: current.get(kind) for kind in BUNDLE_KINDS},
+                    "behind": behind,
+                    "behind_total": sum(known),
+                    "missing": missing},
+        "outbox": _number(hb.get("outbox")),
+        "overflow": _number(hb.get("overflow")),
+        "clock": hb.get("clock"),
+        "lists": hb.get("lists"),
+        "cpu_temp": _number(hb.get("cpu_temp")),
+        "uptime": _number(hb.get("uptime")),
+        "heartbeat_ts": iso(_number(hb.get("ts"))),
+    }
+
+
+def _kiosk_select():
+    return (select(Kiosk, Location, District)
+            .outerjoin(Location, Kiosk.location_id == Location.id)
+            .outerjoin(District, Location.district_id == District.id))
+
+
+def _scoped_kiosks(stmt):
+    limited = scope()
+    return stmt if limited is None else stmt.where(Location.district_id == limited)
+
+
+def _get_kiosk(session, kiosk_id: str):
+    row = session.execute(_scoped_kiosks(_kiosk_select()).where(Kiosk.id == kiosk_id)).first()
+    if row is None:
+        raise ApiError(404, f"no kiosk {kiosk_id!r}")
+    return row
+
+
+def _commit(session, conflict: str) -> None:
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise ApiError(409, conflict) from None
+
+
+# --- districts ---------------------------------------------------------------------------
+@bp.get("/districts")
+@require()
+def list_districts():
+    session = db()
+    locations = (select(func.count(Location.id)).where(Location.district_id == District.id)
+                 .correlate(District).scalar_subquery())
+    kiosks = (select(func.count(Kiosk.id)).join(Location, Kiosk.location_id == Location.id)
+              .where(Location.district_id == District.id).correlate(District).scalar_subquery())
+    stmt = select(District, locations, kiosks).order_by(District.code)
+    limited = scope()
+    if limited is not None:
+        stmt = stmt.where(District.id == limited)
+    items = [_district_json(d, {"locations": n_loc, "kiosks": n_k})
+             for d, n_loc, n_k in session.execute(stmt).all()]
+    return jsonify(items=items)
+
+
+@bp.get("/districts/<code>")
+@require()
+def get_district(code):
+    session = db()
+    return jsonify(_district_response(session, district_by_code(session, code)))
+
+
+def _district_response(session, district: District) -> dict:
+    n_loc = session.scalar(select(func.count(Location.id)).where(Location.district_id == district.id))
+    n_k = session.scalar(select(func.count(Kiosk.id)).join(Location, Kiosk.location_id == Location.id)
+                         .where(Location.district_id == district.id))
+    return _district_json(district, {"locations": n_loc, "kiosks": n_k})
+
+
+@bp.post("/districts")
+@require(ADMIN, OPERATOR)
+def create_district():
+    session = db()
+    body = json_body({"code", "name"})
+    code = text_field(body, "code", required=True, max_length=64, pattern=CODE, rule=CODE_RULE)
+    name = text_field(body, "name", required=True, max_length=200)
+    if session.scalar(select(District.id).where(District.code == code)) is not None:
+        raise ApiError(409, f"a district with code {code!r} exists already")
+    district = District(code=code, name=name)
+    session.add(district)
+    audit.record(session, _actor(), "district.create", code, name=name)
+    _commit(session, f"a district with code {code!r} exists already")
+    return jsonify(_district_json(district, {"locations": 0, "kiosks": 0})), 201
+
+
+@bp.patch("/districts/<code>")
+@require(ADMIN, OPERATOR)
+def update_district(code):
+    session = db()
+    district = district_by_code(session, code)
+    body = json_body({"code", "name"})
+    changes = {}
+    new_code = text_field(body, "code", required=False, max_length=64, pattern=CODE, rule=CODE_RULE)
+    if new_code is not None and new_code != district.code:
+        if session.scalar(select(District.id).where(District.code == new_code)) is not None:
+            raise ApiError(409, f"a district with code {new_code!r} exists already")
+        changes["code"] = [district.code, new_code]
+        district.code = new_code
+    if "name" in body:
+        name = text_field(body, "name", required=True, max_length=200)
+        if name != district.name:
+            changes["name"] = [district.name, name]
+            district.name = name
+    if changes:
+        audit.record(session, _actor(), "district.update", code, **changes)
+        _commit(session, f"a district with code {district.code!r} exists already")
+    return jsonify(_district_response(session, district))
+
+
+# --- locations ---------------------------------------------------------------------------
+@bp.get("/locations")
+@require()
+def list_locations():
+    session = db()
+    kiosks = (select(func.count(Kiosk.id)).where(Kiosk.location_id == Location.id)
+              .correlate(Location).scalar_subquery())
+    stmt = (select(Location, District, kiosks)
+            .outerjoin(District, Location.district_id == District.id)
+            .order_by(District.code.nulls_last(), Location.code))
+    limited = scope()
+    if limited is not None:
+        stmt = stmt.where(Location.district_id == limited)
+    code = pattern_arg("district", CODE, CODE_RULE)
+    if code is not None:
+        stmt = stmt.where(Location.district_id == district_by_code(session, code, "filter").id)
+    items = [_location_json(loc, d, n) for loc, d, n in session.execute(stmt).all()]
+    return jsonify(items=items)
+
+
+def _location_response(session, location: Location):
+    district = session.get(District, location.district_id) if location.district_id else None
+    n = session.scalar(select(func.count(Kiosk.id)).where(Kiosk.location_id == location.id))
+    return _location_json(location, district, n)
+
+
+@bp.get("/locations/<code>")
+@require()
+def get_location(code):
+    session = db()
+    return jsonify(_location_response(session, location_by_code(session, code)))
+
+
+def _district_field(session, body) -> District:
+    code = text_field(body, "district", required=True, max_length=64)
+    district = session.scalar(select(District).where(District.code == code))
+    if district is None:
+        raise ApiError(422, f"no district with code {code!r}: create it first "
+                            "(POST /api/v1/districts)")
+    return district
+
+
+@bp.post("/locations")
+@require(ADMIN, OPERATOR)
+def create_location():
+    session = db()
+    body = json_body({"code", "name", "address", "district"})
+    code = text_field(body, "code", required=True, max_length=64, pattern=CODE, rule=CODE_RULE)
+    name = text_field(body, "name", required=True, max_length=200)
+    address = text_field(body, "address", required=False, max_length=400) or ""
+    district = _district_field(session, body)
+    if session.scalar(select(Location.id).where(Location.code == code)) is not None:
+        raise ApiError(409, f"a location with code {code!r} exists already")
+    location = Location(code=code, name=name, address=address, district_id=district.id)
+    session.add(location)
+    audit.record(session, _actor(), "location.create", code, name=name, district=district.code)
+    _commit(session, f"a location with code {code!r} exists already")
+    return jsonify(_location_response(session, location)), 201
+
+
+@bp.patch("/locations/<code>")
+@require(ADMIN, OPERATOR)
+def update_location(code):
+    session = db()
+    location = location_by_code(session, code)
+    body = json_body({"code", "name", "address", "district"})
+    changes = {}
+    new_code = text_field(body, "code", required=False, max_length=64, pattern=CODE, rule=CODE_RULE)
+    if new_code is not None and new_code != location.code:
+        if session.scalar(select(Location.id).where(Location.code == new_code)) is not None:
+            raise ApiError(409, f"a location with code {new_code!r} exists already")
+        changes["code"] = [location.code, new_code]
+        location.code = new_code
+    if "name" in body:
+        name = text_field(body, "name", required=True, max_length=200)
+        if name != location.name:
+            changes["name"] = [location.name, name]
+            location.name = name
+    if "address" in body:
+        address = text_field(body, "address", required=False, max_length=400) or ""
+        if address != location.address:
+            changes["address"] = [location.address, address]
+            location.address = address
+    if "district" in body:
+        district = _district_field(session, body)
+        if district.id != location.district_id:
+            old = session.get(District, location.district_id) if location.district_id else None
+            changes["district"] = [old.code if old else None, district.code]
+            location.district_id = district.id
+    if changes:
+        audit.record(session, _actor(), "location.update", code, **changes)
+        _commit(session, f"a location with code {location.code!r} exists already")
+    return jsonify(_location_response(session, location))
+
+
+# --- kiosks --------------------------------------------------------------------------------
+@bp.get("/kiosks")
+@require()
+def list_kiosks():
+    """The fleet map: filters district, location, state (comma list), deployment, behind;
+    order=map (district, location, id; default) or attention (outages first, longest first)."""
+    session = db()
+    at = now()
+    stmt = _scoped_kiosks(_kiosk_select())
+    code = pattern_arg("district", CODE, CODE_RULE)
+    if code is not None:
+        stmt = stmt.where(Location.district_id == district_by_code(session, code, "filter").id)
+    code = pattern_arg("location", CODE, CODE_RULE)
+    if code is not None:
+        stmt = stmt.where(Kiosk.location_id == location_by_code(session, code, "filter").id)
+    states = choice_arg("state", STATES, many=True)
+    if states:
+        stmt = stmt.where(Kiosk.state.in_(states))
+    deployment = pattern_arg("deployment", CODE, CODE_RULE)
+    if deployment is not None:
+        stmt = stmt.where(Kiosk.deployment == deployment)
+    order = choice_arg("order", ("map", "attention", "id"), "map")
+    if order == "attention":
+        rank = case(*((Kiosk.state == s, i) for i, s in enumerate(ATTENTION)), else_=len(ATTENTION))
+        stmt = stmt.order_by(rank, func.coalesce(Kiosk.state_since, Kiosk.enrolled_at, 0.0),
+                             Kiosk.id)
+    elif order == "map":
+        stmt = stmt.order_by(District.code.nulls_last(), Location.code.nulls_last(), Kiosk.id)
+    else:
+        stmt = stmt.order_by(Kiosk.id)
+    behind_only = bool_arg("behind", None)
+    limit = int_arg("limit", None, 1, 100_000)
+    if limit is not None and behind_only is None:
+        stmt = stmt.limit(limit)
+    versions = current_versions(session)
+    items = [kiosk_json(k, loc, d, versions, at) for k, loc, d in session.execute(stmt).all()]
+    if behind_only is not None:
+        items = [i for i in items if (i["bundles"]["behind_total"] > 0 or bool(i["bundles"]["missing"]))
+                 == behind_only]
+        if limit is not None:
+            items = items[:limit]
+    return jsonify(items=items, at=iso(at))
+
+
+@bp.get("/kiosks/<kiosk_id>")
+@require()
+def get_kiosk(kiosk_id):
+    """One kiosk, its recent presence events (newest first), outages and scan activity."""
+    session = db()
+    at = now()
+    k, loc, d = _get_kiosk(session, kiosk_id)
+    out = kiosk_json(k, loc, d, current_versions(session), at)
+    events = session.scalars(select(PresenceEvent).where(PresenceEvent.kiosk_id == k.id)
+                             .order_by(PresenceEvent.at.desc(), PresenceEvent.id.desc())
+                             .limit(int_arg("events", 50, 0, 1000))).all()
+    out["events"] = [{"at": iso(e.at), "previous": e.previous, "state": e.state,
+                      "session": e.session, "detail": e.detail} for e in events]
+    outages = session.scalars(select(Outage).where(Outage.kiosk_id == k.id)
+                              .order_by(Outage.started.desc(), Outage.id.desc())
+                              .limit(int_arg("outages", 20, 0, 1000))).all()
+    out["outages"] = [_outage_json(o, at) for o in outages]
+    out["last_scan"] = iso(session.scalar(select(func.max(Scan.ts)).where(Scan.kiosk_id == k.id)))
+    out["scans_last_hour"] = session.scalar(select(func.count(Scan.id)).where(
+        Scan.kiosk_id == k.id, Scan.ts >= at - 3600, Scan.ts <= at))
+    return jsonify(out)
+
+
+def _check_deployment(deployment: str) -> None:
+    known = current_fleet().config.fleet.deployments
+    if deployment not in known:
+        raise ApiError(422, f"unknown deployment {deployment!r}; this fleet serves: "
+                            f"{', '.join(known)}")
+
+
+def _check_policy(session, deployment: str, name: str) -> None:
+    """The policy must be one the deployment's policy bundle carries: a kiosk refuses a
+    policy bundle that lacks its policy (docs/bundles.md). A deployment without policies
+    yet gets the built-ins on first use (fleet/policies.py)."""
+    names = set(session.scalars(select(Policy.name).where(Policy.deployment == deployment)))
+    names = names or set(greengate_policy.BUILTIN)
+    if name not in names:
+        raise ApiError(422, f"deployment {deployment!r} has no policy {name!r}; its policies: "
+                            f"{', '.join(sorted(names))}")
+
+
+def _location_field(session, body) -> Location | None:
+    if body.get("location") is None:
+        return None
+    code = text_field(body, "location", required=True, max_length=64)
+    location = session.scalar(select(Location).where(Location.code == code))
+    if location is None:
+        raise ApiError(422, f"no location with code {code!r}: create it first "
+                            "(POST /api/v1/locations)")
+    return location
+
+
+@bp.post("/kiosks")
+@require(ADMIN, OPERATOR)
+def create_kiosk():
+    """Enrol a kiosk's record (its certificate comes from provisioning)."""
+    session = db()
+    body = json_body({"id", "location", "deployment", "policy"})
+    kiosk_id = text_field(body, "id", required=True, max_length=63, pattern=KIOSK_ID,
+                          rule=KIOSK_RULE)
+    deployments = current_fleet().config.fleet.deployments
+    deployment = text_field(body, "deployment", required=len(deployments) > 1, max_length=64)
+    deployment = deployment or deployments[0]
+    _check_deployment(deployment)
+    policy = text_field(body, "policy", required=False, max_length=64, pattern=POLICY_NAME,
+                        rule=CODE_RULE) or "hcmc-2021"
+    _check_policy(session, deployment, policy)
+    location = _location_field(session, body)
+    if session.get(Kiosk, kiosk_id) is not None:
+        raise ApiError(409, f"a kiosk {kiosk_id!r} exists already")
+    at = now()
+    kiosk = Kiosk(id=kiosk_id, location_id=location.id if location else None,
+                  deployment=deployment, policy=policy, state=NEVER_SEEN, state_since=at,
+                  detail="", session=0, enrolled_at=at)
+    session.add(kiosk)
+    audit.record(session, _actor(), "kiosk.create", kiosk_id, deployment=deployment,
+                 policy=policy, location=location.code if location else None)
+    _commit(session, f"a kiosk {kiosk_id!r} exists already")
+    return jsonify(_kiosk_response(session, kiosk_id, at)), 201
+
+
+def _kiosk_response(session, kiosk_id: str, at: float) -> dict:
+    k, loc, d = _get_kiosk(session, kiosk_id)
+    return kiosk_json(k, loc, d, current_versions(session), at)
+
+
+@bp.patch("/kiosks/<kiosk_id>")
+@require(ADMIN, OPERATOR)
+def update_kiosk(kiosk_id):
+    """Move a kiosk to another location ({"location": CODE or null}) or change its policy."""
+    session = db()
+    kiosk = _get_kiosk(session, kiosk_id)[0]
+    body = json_body({"location", "policy"})
+    if kiosk.state == RETIRED:
+        raise ApiError(409, f"kiosk {kiosk_id!r} is retired; enrol a new kiosk instead")
+    changes = {}
+    if "location" in body:
+        location = _location_field(session, body)
+        new_id = location.id if location else None
+        if new_id != kiosk.location_id:
+            old = session.get(Location, kiosk.location_id) if kiosk.location_id else None
+            changes["location"] = [old.code if old else None, location.code if location else None]
+            kiosk.location_id = new_id
+    if "policy" in body:
+        policy = text_field(body, "policy", required=True, max_length=64, pattern=POLICY_NAME,
+                            rule=CODE_RULE)
+        _check_policy(session, kiosk.deployment, policy)
+        if policy != kiosk.policy:
+            changes["policy"] = [kiosk.policy, policy]
+            kiosk.policy = policy
+    if changes:
+        audit.record(session, _actor(), "kiosk.update", kiosk_id, **changes)
+        session.commit()
+    return jsonify(_kiosk_response(session, kiosk_id, now()))
+
+
+@bp.post("/kiosks/<kiosk_id>/retire")
+@require(ADMIN, OPERATOR)
+def retire_kiosk(kiosk_id):
+    """Mark a kiosk retired (its certificate is revoked by provisioning, not here).
+    Body (optional): {"reason": "..."}."""
+    session = db()
+    kiosk = _get_kiosk(session, kiosk_id)[0]
+    body = json_body({"reason"}) if _has_body() else {}
+    reason = text_field(body, "reason", required=False, max_length=400) or ""
+    if kiosk.state == RETIRED:
+        raise ApiError(409, f"kiosk {kiosk_id!r} is retired already (since "
+                            f"{iso(kiosk.retired_at or kiosk.state_since)})")
+    at = now()
+    session.add(PresenceEvent(kiosk_id=kiosk.id, at=at, previous=kiosk.state, state=RETIRED,
+                              session=kiosk.session, detail=reason or "retired"))
+    for outage in session.scalars(select(Outage).where(Outage.kiosk_id == kiosk.id,
+                                                       Outage.ended.is_(None))):
+        outage.ended = at  # a retired kiosk is no longer an outage
+    previous = kiosk.state
+    kiosk.state, kiosk.state_since, kiosk.retired_at = RETIRED, at, at
+    kiosk.detail = reason or "retired"
+    audit.record(session, _actor(), "kiosk.retire", kiosk_id, previous=previous, reason=reason)
+    session.commit()
+    return jsonify(_kiosk_response(session, kiosk_id, at))
+
+
+def _has_body() -> bool:
+    return bool(request.get_data(cache=True))
+
+
+def _actor() -> str:
+    return g.actor
+
+
+# --- presence ------------------------------------------------------------------------------
+@bp.get("/presence")
+@require()
+def presence():
+    """Kiosks by state, in total and per district."""
+    session = db()
+    stmt = (select(District, Kiosk.state, func.count(Kiosk.id))
+            .select_from(Kiosk)
+            .outerjoin(Location, Kiosk.location_id == Location.id)
+            .outerjoin(District, Location.district_id == District.id)
+            .group_by(District.id, District.code, District.name, Kiosk.state))
+    stmt = _scoped_kiosks(stmt)
+    totals = dict.fromkeys(STATES, 0)
+    per: dict = {}
+    for district, state, count in session.execute(stmt).all():
+        key = district.id if district is not None else None
+        entry = per.setdefault(key, {"district": _district_json(district),
+                                     "states": dict.fromkeys(STATES, 0), "total": 0})
+        entry["states"][state] = entry["states"].get(state, 0) + count
+        entry["total"] += count
+        totals[state] = totals.get(state, 0) + count
+    districts = sorted(per.values(), key=lambda e: (e["district"] is None,
+                                                    e["district"]["code"] if e["district"] else ""))
+    # Districts without kiosks are listed too (a map shows them empty).
+    listed = {e["district"]["id"] for e in districts if e["district"]}
+    empty = select(District).order_by(District.code)
+    limited = scope()
+    if limited is not None:
+        empty = empty.where(District.id == limited)
+    for d in session.scalars(empty):
+        if d.id not in listed:
+            districts.append({"district": _district_json(d), "states": dict.fromkeys(STATES, 0),
+                              "total": 0})
+    districts.sort(key=lambda e: (e["district"] is None,
+                                  e["district"]["code"] if e["district"] else ""))
+    return jsonify(at=iso(now()), states=totals, total=sum(totals.values()), districts=districts)
+
+
+# --- outages --------------------------------------------------------------------------------
+def _outage_json(o: Outage, at: float, place: tuple | None = None) -> dict:
+    """An outage; `place` = (location, district) adds where the kiosk stands now."""
+    end = o.ended if o.ended is not None else at
+    out = {"id": o.id, "kiosk": o.kiosk_id, "started": iso(o.started), "ended": iso(o.ended),
+           "open": o.ended is None, "duration_seconds": round(max(0.0, end - o.started), 1),
+           "cause": o.cause}
+    if place is not None:
+        loc, district = place
+        out["location"] = None if loc is None else {"id": loc.id, "code": loc.code, "name": loc.name}
+        out["district"] = _district_json(district)
+    return out
+
+
+@bp.get("/outages")
+@require()
+def list_outages():
+    """Outage history, newest first, keyset-paginated. Filters: kiosk, location, district,
+    open=true (still running), since/until (outages overlapping that window)."""
+    session = db()
+    at = now()
+    stmt = (select(Outage, Location, District)
+            .outerjoin(Kiosk, Kiosk.id == Outage.kiosk_id)
+            .outerjoin(Location, Kiosk.location_id == Location.id)
+            .outerjoin(District, Location.district_id == District.id))
+    stmt = _scoped_kiosks(stmt)
+    kiosk_id = pattern_arg("kiosk", KIOSK_ID, KIOSK_RULE)
+    if kiosk_id is not None:
+        stmt = stmt.where(Outage.kiosk_id == kiosk_id)
+    code = pattern_arg("district", CODE, CODE_RULE)
+    if code is not None:
+        stmt = stmt.where(Location.district_id == district_by_code(session, code, "filter").id)
+    code = pattern_arg("location", CODE, CODE_RULE)
+    if code is not None:
+        stmt = stmt.where(Kiosk.location_id == location_by_code(session, code, "filter").id)
+    if bool_arg("open", False):
+        stmt = stmt.where(Outage.ended.is_(None))
+    since, until = time_range()
+    if since is not None:
+        stmt = stmt.where(or_(Outage.ended.is_(None), Outage.ended >= since))
+    if until is not None:
+        stmt = stmt.where(Outage.started <= until)
+    limit, after = page_args()
+    rows, cursor = keyset_page(session, stmt, Outage.id, limit, after)
+    items = [_outage_json(o, at, (loc, d)) for o, loc, d in rows]
+    return jsonify(items=items, next=cursor, at=iso(at))
+
+
+# Scans, statistics and the audit log live in their own module.
+from . import activity  # noqa: E402,F401

@@ -1,0 +1,73 @@
+"""The Flask application factory: config in, app out; no module-level state.
+
+    app = create_app(fleet.config.load("fleet.toml"))
+
+The app holds one `Fleet` (config, engine, session factory) in
+app.extensions["greengate"]; request handlers reach it through `current_fleet()`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from flask import Flask, current_app, g
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import config as config_module
+from .db import make_engine, make_sessions
+
+
+@dataclass
+class Fleet:
+    config: config_module.FleetConfig
+    engine: Engine
+    sessions: sessionmaker[Session]
+    publisher: object | None = None  # fleet.publisher.Publisher, when MQTT is configured
+
+
+def create_app(config: config_module.FleetConfig | None = None, *, publisher=None) -> Flask:
+    config = config or config_module.load()
+    app = Flask("fleet")
+    engine = make_engine(config.database_url)
+    app.extensions["greengate"] = Fleet(config, engine, make_sessions(engine), publisher)
+    app.config["SECRET_KEY"] = config.fleet.secret_key or _secret_key(config)
+    app.config["JSON_SORT_KEYS"] = False
+
+    from .api import bp as api_bp
+    app.register_blueprint(api_bp)
+    from .metrics import bp as metrics_bp
+    app.register_blueprint(metrics_bp)
+
+    @app.teardown_appcontext
+    def _close_session(_exc):
+        session = g.pop("db", None)
+        if session is not None:
+            session.close()
+
+    return app
+
+
+def current_fleet() -> Fleet:
+    return current_app.extensions["greengate"]
+
+
+def db() -> Session:
+    """The request's session (closed at the end of the request)."""
+    if "db" not in g:
+        g.db = current_fleet().sessions()
+    return g.db
+
+
+def _secret_key(config) -> str:
+    """Generated once and kept in data_dir, so sessions survive restarts."""
+    path = config.data_dir / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        path.write_text(key)
+        path.chmod(0o600)
+        return key

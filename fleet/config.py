@@ -1,0 +1,176 @@
+"""The fleet server's configuration: one TOML file, then environment overrides.
+
+    [fleet]       data_dir, database_url, secret_key, deployment(s), retention_days
+    [mqtt]        broker and the fleet's client certificate
+    [bundles]     the bundle-signing key and how often lists are re-issued
+    [presence]    keepalive and sweep timing
+    [metrics]     an optional bearer token for /metrics
+
+Every key, type and default is in SCHEMA. An environment variable
+GREENGATE_<SECTION>_<KEY> (e.g. GREENGATE_FLEET_DATABASE_URL) overrides the
+file, so containers and CI need no file at all. Errors name the file and line.
+"""
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    pass
+
+
+SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
+    "fleet": {
+        "data_dir": (str, "/var/lib/greengate-fleet", "database file (SQLite), keys, exports"),
+        "database_url": (str, "", "SQLAlchemy URL; empty: SQLite file `fleet.sqlite` in "
+                                  "data_dir. PostgreSQL: `postgresql+psycopg://user@host/db`"),
+        "secret_key": (str, "", "Flask session key; empty: generated once into data_dir"),
+        "deployments": (list, ["default"], "deployments (cities) whose lists this fleet signs"),
+        "retention_days": (int, 21, "scans older than this are purged"),
+    },
+    "mqtt": {
+        "host": (str, "localhost", "the broker"),
+        "port": (int, 8883, "the broker's port"),
+        "tls": (bool, True, "TLS with the fleet's client certificate"),
+        "ca": (str, "", "PEM of the broker's CA"),
+        "cert": (str, "", "the fleet's client certificate"),
+        "key": (str, "", "the fleet's private key"),
+        "client_id": (str, "greengate-fleet", "prefix of the MQTT client ids"),
+        "share_group": (str, "ingest", "shared-subscription group of the ingest workers"),
+        "batch_size": (int, 500, "scans written per transaction at most"),
+        "batch_seconds": (float, 0.2, "a batch is written at the latest after this long"),
+    },
+    "bundles": {
+        "signing_key": (str, "bundle-signing.key", "PEM of the fleet's bundle-signing private "
+                                                   "key (P-256), relative to data_dir"),
+        "refresh_hours": (float, 24.0, "re-issue unchanged lists this often, well inside the "
+                                       "kiosks' offline budget"),
+        "deltas": (int, 8, "status versions back for which a delta is published"),
+    },
+    "presence": {
+        "keepalive": (float, 30.0, "the kiosks' MQTT keepalive / heartbeat, seconds"),
+        "sweep": (float, 5.0, "seconds between presence sweeps"),
+        "backlog": (int, 1000, "an outbox deeper than this makes a kiosk degraded"),
+    },
+    "metrics": {
+        "token": (str, "", "if set, /metrics asks for 'Authorization: Bearer <token>'; "
+                           "empty: open (firewall it to the Prometheus host either way)"),
+    },
+}
+
+
+@dataclass
+class FleetConfig:
+    path: Path | None
+    sections: dict[str, dict] = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        try:
+            return _Section(self.sections[name])
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.sections["fleet"]["data_dir"])
+
+    @property
+    def database_url(self) -> str:
+        return self.sections["fleet"]["database_url"] or f"sqlite:///{self.data_dir / 'fleet.sqlite'}"
+
+    def resolve(self, value: str) -> Path:
+        """A path from the config: relative ones are under data_dir."""
+        p = Path(value)
+        return p if p.is_absolute() else self.data_dir / p
+
+
+class _Section:
+    def __init__(self, values: dict):
+        self.__dict__.update(values)
+
+
+def _line(text: str, section: str, key: str | None) -> str:
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        m = re.match(r"^\[\s*([A-Za-z0-9_.-]+)\s*\]", s)
+        if m:
+            current = m.group(1)
+            if key is None and current == section:
+                return f", line {number}"
+        elif current == section and key and re.match(rf"^{re.escape(key)}\s*=", s):
+            return f", line {number}"
+    return ""
+
+
+def _coerce(kind: type, value, where: str, key: str):
+    if kind is float and type(value) is int:
+        value = float(value)
+    if kind is list and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if type(value) is not kind:
+        raise ConfigError(f"{where}: '{key}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _from_env(kind: type, text: str):
+    if kind is bool:
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    if kind is int:
+        return int(text)
+    if kind is float:
+        return float(text)
+    return text
+
+
+def load(path: str | Path | None = None, env: dict | None = None, **overrides) -> FleetConfig:
+    """The config from `path` (optional), the environment and keyword overrides
+    {"section": {"key": value}} (tests), in that order of increasing precedence."""
+    env = os.environ if env is None else env
+    text, raw = "", {}
+    where = "<defaults>"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for section, table in raw.items():
+        if section not in SCHEMA or not isinstance(table, dict):
+            raise ConfigError(f"{where}{_line(text, section, None)}: unknown section "
+                              f"[{section}] (known: {', '.join(SCHEMA)})")
+        for key in table:
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{where}{_line(text, section, key)}: unknown key '{key}' in "
+                                  f"[{section}] (known: {', '.join(SCHEMA[section])})")
+    sections = {}
+    for section, keys in SCHEMA.items():
+        values = {}
+        for key, (kind, default, _) in keys.items():
+            name = f"GREENGATE_{section}_{key}".upper()
+            if key in overrides.get(section, {}):
+                value = _coerce(kind, overrides[section][key], "override", key)
+            elif name in env:
+                try:
+                    value = _coerce(kind, _from_env(kind, env[name]), name, key)
+                except ValueError as exc:
+                    raise ConfigError(f"environment {name}: {exc}") from None
+            elif key in raw.get(section, {}):
+                value = _coerce(kind, raw[section][key], f"{where}{_line(text, section, key)}", key)
+            else:
+                value = list(default) if isinstance(default, list) else default
+            values[key] = value
+        sections[section] = values
+    config = FleetConfig(Path(path) if path else None, sections)
+    if config.presence.keepalive <= 0 or config.presence.sweep <= 0:
+        raise ConfigError(f"{where}: [presence] keepalive and sweep must be positive")
+    if not config.fleet.deployments:
+        raise ConfigError(f"{where}: [fleet] deployments must name at least one deployment")
+    return config

@@ -1,0 +1,258 @@
+"""The fleet's tables (SQLAlchemy 2.x). The same schema on SQLite and PostgreSQL.
+
+Times are epoch seconds (float, UTC): portable between both databases, cheap
+to compare and to bucket by hour, and what the kiosks send. The API turns
+them into ISO 8601. Schema changes go through Alembic (fleet/migrations).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String,
+                        Text, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Kiosk presence states (docs/fleet.md).
+NEVER_SEEN, ONLINE, DEGRADED, OFFLINE, RETIRED = "never_seen", "online", "degraded", "offline", "retired"
+STATES = (NEVER_SEEN, ONLINE, DEGRADED, OFFLINE, RETIRED)
+
+# Status-list entry kinds and changes.
+REVOKED, SUSPENDED, REINSTATED = "revoked", "suspended", "reinstated"
+
+# Roles.
+ADMIN, OPERATOR, DISTRICT_OFFICER, HEALTH_OFFICIAL = "admin", "operator", "district_officer", "health_official"
+ROLES = (ADMIN, OPERATOR, DISTRICT_OFFICER, HEALTH_OFFICIAL)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict: JSON}
+
+
+class District(Base):
+    __tablename__ = "district"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    locations: Mapped[list[Location]] = relationship(back_populates="district")
+
+
+class Location(Base):
+    __tablename__ = "location"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str] = mapped_column(String(400), default="")
+    district_id: Mapped[int | None] = mapped_column(ForeignKey("district.id"))
+    district: Mapped[District | None] = relationship(back_populates="locations")
+    kiosks: Mapped[list[Kiosk]] = relationship(back_populates="location")
+
+
+class Kiosk(Base):
+    """A kiosk and its current presence (the presence tracker writes it on change)."""
+    __tablename__ = "kiosk"
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)  # the MQTT identity
+    location_id: Mapped[int | None] = mapped_column(ForeignKey("location.id"))
+    location: Mapped[Location | None] = relationship(back_populates="kiosks")
+    deployment: Mapped[str] = mapped_column(String(64), default="default")
+    policy: Mapped[str] = mapped_column(String(64), default="hcmc-2021")
+    state: Mapped[str] = mapped_column(String(16), default=NEVER_SEEN)
+    state_since: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(String(400), default="")  # why degraded / offline
+    last_seen: Mapped[float | None] = mapped_column(Float)
+    session: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat: Mapped[dict | None] = mapped_column(JSON)  # the last heartbeat as received
+    enrolled_at: Mapped[float | None] = mapped_column(Float)
+    retired_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Scan(Base):
+    """One decision of one kiosk. (kiosk_id, scan_id) is the idempotency key:
+    QoS 1 and outbox replays deliver some scans twice; they are stored once."""
+    __tablename__ = "scan"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kiosk_id: Mapped[str] = mapped_column(String(63))
+    scan_id: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[float] = mapped_column(Float)  # kiosk time of the decision
+    received: Mapped[float] = mapped_column(Float)  # fleet time of the commit
+    decision: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(40))
+    sub_reason: Mapped[str | None] = mapped_column(String(40))
+    cert_type: Mapped[str | None] = mapped_column(String(1))
+    cert_hash: Mapped[str | None] = mapped_column(String(64))  # hex, as in the status list
+    holder: Mapped[str | None] = mapped_column(String(64))  # keyed pseudonym, hex
+    policy: Mapped[str] = mapped_column(String(64))
+    # Where the kiosk stood at ingest time: a kiosk moved later keeps its history.
+    location_id: Mapped[int | None] = mapped_column(Integer)
+    district_id: Mapped[int | None] = mapped_column(Integer)
+    __table_args__ = (
+        UniqueConstraint("kiosk_id", "scan_id", name="uq_scan_kiosk_scan"),
+        Index("ix_scan_ts", "ts"),
+        Index("ix_scan_location_ts", "location_id", "ts"),
+        Index("ix_scan_district_ts", "district_id", "ts"),  # district stats, officer's scans
+        Index("ix_scan_kiosk_ts", "kiosk_id", "ts"),  # silent kiosks, a kiosk's last scan
+        Index("ix_scan_cert_hash", "cert_hash"),
+        Index("ix_scan_holder", "holder"),
+    )
+
+
+class ScanSummary(Base):
+    """Decisions a kiosk could only count (its outbox was full): added to the volumes."""
+    __tablename__ = "scan_summary"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kiosk_id: Mapped[str] = mapped_column(String(63))
+    summary_id: Mapped[str] = mapped_column(String(64))
+    hour: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(40))
+    count: Mapped[int] = mapped_column(Integer)
+    first: Mapped[float] = mapped_column(Float)
+    last: Mapped[float] = mapped_column(Float)
+    location_id: Mapped[int | None] = mapped_column(Integer)
+    district_id: Mapped[int | None] = mapped_column(Integer)
+    __table_args__ = (UniqueConstraint("kiosk_id", "summary_id", name="uq_summary_kiosk_id"),
+                      Index("ix_summary_hour", "hour"))
+
+
+class PresenceEvent(Base):
+    """Every presence transition of every kiosk."""
+    __tablename__ = "presence_event"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kiosk_id: Mapped[str] = mapped_column(String(63))
+    at: Mapped[float] = mapped_column(Float)
+    previous: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    session: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(String(400), default="")
+    __table_args__ = (Index("ix_presence_kiosk_at", "kiosk_id", "at"),)
+
+
+class Outage(Base):
+    """A kiosk offline from `started` until `ended` (None while it lasts)."""
+    __tablename__ = "outage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kiosk_id: Mapped[str] = mapped_column(String(63))
+    started: Mapped[float] = mapped_column(Float)
+    ended: Mapped[float | None] = mapped_column(Float)
+    cause: Mapped[str] = mapped_column(String(200), default="")  # last will, timeout, stop
+    __table_args__ = (Index("ix_outage_kiosk_started", "kiosk_id", "started"),)
+
+
+class StatusEntry(Base):
+    """The current status of one certificate in one deployment's list."""
+    __tablename__ = "status_entry"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(64))
+    key: Mapped[bytes] = mapped_column(LargeBinary(16))  # first 16 bytes of SHA-256(ci)
+    ci: Mapped[str | None] = mapped_column(String(200))  # when the fleet was told it
+    kind: Mapped[str] = mapped_column(String(16))  # revoked | suspended
+    until: Mapped[float | None] = mapped_column(Float)  # suspended until
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("deployment", "key", name="uq_status_deployment_key"),)
+
+
+class StatusChange(Base):
+    """What changed in which list version: deltas are folded from these."""
+    __tablename__ = "status_change"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)  # the list version this change is part of
+    key: Mapped[bytes] = mapped_column(LargeBinary(16))
+    kind: Mapped[str] = mapped_column(String(16))  # revoked | suspended | reinstated
+    until: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (Index("ix_status_change_dep_version", "deployment", "version"),)
+
+
+class TrustEntry(Base):
+    """An issuer (DSC) certificate kiosks trust."""
+    __tablename__ = "trust_entry"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(64))
+    kid: Mapped[str] = mapped_column(String(16))  # hex of the 8-byte key id
+    certificate: Mapped[bytes] = mapped_column(LargeBinary)  # DER
+    subject: Mapped[str] = mapped_column(String(400), default="")
+    country: Mapped[str] = mapped_column(String(2), default="")
+    not_after: Mapped[float | None] = mapped_column(Float)
+    added_by: Mapped[str] = mapped_column(String(100))
+    added_at: Mapped[float] = mapped_column(Float)
+    removed_at: Mapped[float | None] = mapped_column(Float)
+    removed_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class Policy(Base):
+    """A named entry policy (greengate/policy.py documents) of one deployment."""
+    __tablename__ = "policy"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict] = mapped_column(JSON)
+    updated_by: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("deployment", "name", name="uq_policy_deployment_name"),)
+
+
+class PublishedBundle(Base):
+    """Every bundle the fleet signed: served over HTTP, republished retained on MQTT."""
+    __tablename__ = "bundle"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # trust | policy | status | status-delta | status-head
+    version: Mapped[int] = mapped_column(Integer)
+    base: Mapped[int | None] = mapped_column(Integer)  # status-delta: applies on this version
+    issued_at: Mapped[int] = mapped_column(Integer)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    etag: Mapped[str] = mapped_column(String(64))  # hex SHA-256 of raw
+    __table_args__ = (Index("ix_bundle_dep_kind_version", "deployment", "kind", "version"),)
+
+
+class ListVersion(Base):
+    """One version of one deployment's trust list, policies or status list: who made it,
+    why, how many entries changed. The unique key is what keeps two concurrent changes
+    from taking the same version number (the loser retries, fleet/bundles.py)."""
+    __tablename__ = "list_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # trust | policy | status
+    version: Mapped[int] = mapped_column(Integer)
+    at: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))  # status.revoke, trust.add, refresh, ...
+    changes: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (UniqueConstraint("deployment", "kind", "version",
+                                       name="uq_list_version_dep_kind_version"),)
+
+
+class User(Base):
+    __tablename__ = "user_account"  # "user" is reserved in PostgreSQL
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(String(32))
+    district_id: Mapped[int | None] = mapped_column(ForeignKey("district.id"))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiToken(Base):
+    """A bearer token for automation; only its SHA-256 is stored."""
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used: Mapped[float | None] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+
+
+class AuditLog(Base):
+    """Who changed what, when and why: lists, policies, trust, devices, users."""
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200), default="")
+    detail: Mapped[dict | None] = mapped_column(JSON)
+    __table_args__ = (Index("ix_audit_at", "at"),)

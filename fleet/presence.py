@@ -1,0 +1,345 @@
+"""Kiosk presence: the state machine (pure logic, no MQTT, no clock of its own) and
+the writer that puts its changes into the database.
+
+States (fleet/models.py): never_seen, online, degraded, offline, retired.
+
+    Tracker.load(rows)              the kiosks as the database has them (at start)
+    Tracker.resume(now)             we hear the broker (again): start the silence clocks
+    Tracker.suspend()               we lost the broker: stop judging silence
+    Tracker.presence(k, doc, now, retained=...)   a parsed presence message
+    Tracker.heartbeat(k, doc, now)  a parsed heartbeat
+    Tracker.sweep(now)              offline ("silent") whoever said nothing for too long
+    Tracker.take_changes()          what to write (the writer puts it back on failure)
+    Tracker.take_seen()             last_seen/heartbeat to flush (periodically)
+
+Rules (docs/fleet.md#presence):
+
+* sessions: a presence or heartbeat whose session is older than the newest one seen
+  for that kiosk is ignored: a will of a dead connection can arrive after the new
+  connection's `online` (docs/protocol.md). The newest session is written with
+  every change, so the rule survives a fleet restart;
+* `offline` for the current session is an outage: cause "stopped" when the kiosk
+  said so (graceful stop, `"cause": "stopped"`), else "connection lost" (the will);
+  an `online` for a session that is already over (a retained or replayed copy) does
+  not bring a kiosk back;
+* silence: a connected kiosk that sent nothing (heartbeat or live presence) for
+  1.5 x keepalive is offline, cause "silent", found by the sweep (so at most one
+  sweep interval later). The outage starts at the last message heard;
+* degraded: a heartbeat saying lists stale/missing, clock unknown, or an outbox
+  deeper than `backlog`; the next clean heartbeat makes it online again;
+* retired kiosks stay retired whatever they send (the API retires them);
+* only changes are written: state, detail or session. last_seen and the last
+  heartbeat are flushed in bulk every `seen_flush` seconds, not per heartbeat.
+
+Fleet restart (and broker reconnect): kiosks the database has online or degraded
+are "unknown until heard from": they keep their state, and get one full timeout,
+counted from the moment we hear the broker again, to say something. Retained
+presence arrives at once on subscribing: a kiosk that went offline meanwhile is
+offline right away (an outage that happened while the fleet was down is not
+hidden); one that is still there confirms with its next heartbeat (no fake
+outage from the fleet's own downtime); one that died without a will (a broker
+that lost it) times out one timeout after the restart, its outage starting at the
+last time the fleet heard it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import JSON, bindparam, null, select, update
+from sqlalchemy.engine import Connection
+
+from .models import (DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, RETIRED, STATES, Kiosk, Outage,
+                     PresenceEvent)
+from .sqlinsert import insert_ignore
+
+log = logging.getLogger("greengate.fleet.presence")
+
+CONNECTED = (ONLINE, DEGRADED)
+STOPPED, LOST, SILENT = "stopped", "connection lost", "silent"
+TIMEOUT_FACTOR = 1.5  # x keepalive: MQTT's own keepalive rule, applied to heartbeats
+
+
+@dataclass
+class KioskPresence:
+    id: str
+    state: str = NEVER_SEEN
+    since: float | None = None
+    detail: str = ""
+    session: int = 0
+    last_seen: float | None = None
+    heartbeat: dict | None = None
+    deadline: float | None = None  # connected: offline ("silent") if nothing heard by then
+    heard: bool = False  # heard live since the tracker (re)started listening
+    in_db: bool = True  # False: the row must be created before it is updated
+
+
+@dataclass
+class Change:
+    """One kiosk row to write, with the event and outage edge that go with it."""
+    kiosk: str
+    at: float
+    state: str
+    since: float | None
+    detail: str
+    session: int
+    last_seen: float | None
+    heartbeat: dict | None
+    create: bool = False  # the kiosk row may not exist yet
+    previous: str | None = None  # set: a transition (a PresenceEvent)
+    open_outage: float | None = None  # started (into offline)
+    close_outage: bool = False  # out of offline
+    cause: str = ""
+
+
+def degradation(doc: dict, backlog: int) -> str:
+    """Why a heartbeat makes its kiosk degraded ("" if it does not). Only categories,
+    no numbers: the detail changes (and is written) when the reason does, not with
+    every heartbeat's outbox depth."""
+    reasons = []
+    if doc.get("lists") in ("stale", "missing"):
+        reasons.append(f"lists {doc['lists']}")
+    if doc.get("clock") == "unknown":
+        reasons.append("clock unknown")
+    if int(doc.get("outbox") or 0) > backlog:
+        reasons.append(f"outbox over {backlog}")
+    return "; ".join(reasons)
+
+
+@dataclass
+class Tracker:
+    keepalive: float = 30.0
+    backlog: int = 1000
+    kiosks: dict[str, KioskPresence] = field(default_factory=dict)
+    listening: bool = False
+    stats: dict[str, int] = field(default_factory=lambda: {"stale": 0, "retired": 0})
+
+    def __post_init__(self):
+        self._changes: list[Change] = []
+        self._seen: set[str] = set()
+
+    @property
+    def timeout(self) -> float:
+        return TIMEOUT_FACTOR * self.keepalive
+
+    # --- lifecycle -----------------------------------------------------------------
+    def load(self, rows) -> None:
+        """rows: (id, state, state_since, detail, session, last_seen, heartbeat)."""
+        for kid, state, since, detail, session, last_seen, heartbeat in rows:
+            self.kiosks[kid] = KioskPresence(kid, state if state in STATES else NEVER_SEEN,
+                                             since, detail or "", int(session or 0), last_seen,
+                                             heartbeat)
+
+    def resume(self, now: float) -> None:
+        """We hear the broker (first connection or a reconnect): every connected kiosk
+        is unknown until heard from, with one full timeout from now."""
+        self.listening = True
+        for k in self.kiosks.values():
+            k.heard = False
+            k.deadline = now + self.timeout if k.state in CONNECTED else None
+
+    def suspend(self) -> None:
+        """No broker, no news: silence means nothing until resume()."""
+        self.listening = False
+
+    def retired(self, ids) -> None:
+        """Kiosks the database says are retired (the API retires them while we run)."""
+        for kid in ids:
+            k = self.kiosks.get(kid)
+            if k is None:
+                self.kiosks[kid] = KioskPresence(kid, RETIRED)
+            elif k.state != RETIRED:
+                k.state, k.deadline = RETIRED, None
+
+    # --- messages ------------------------------------------------------------------
+    def _kiosk(self, kid: str) -> KioskPresence:
+        k = self.kiosks.get(kid)
+        if k is None:  # not in the database when we loaded it: created on first write
+            k = self.kiosks[kid] = KioskPresence(kid, in_db=False)
+        return k
+
+    def _current(self, k: KioskPresence, session: int, kind: str) -> bool:
+        if k.state == RETIRED:
+            self.stats["retired"] += 1
+            return False
+        if session < k.session:
+            self.stats["stale"] += 1
+            log.info("kiosk %s: %s of session %d ignored, session %d is newer", k.id, kind,
+                     session, k.session)
+            return False
+        return True
+
+    def _heard(self, k: KioskPresence, now: float) -> None:
+        k.last_seen = now
+        k.heard = True
+        self._seen.add(k.id)
+
+    def presence(self, kid: str, doc: dict, now: float, *, retained: bool = False) -> None:
+        """A parsed presence message. retained: a stored copy the broker handed us on
+        subscribing, not news: it sets the state but is no sign of life."""
+        k = self._kiosk(kid)
+        session = doc["session"]
+        if not self._current(k, session, "presence"):
+            return
+        new_session = session > k.session
+        if doc["state"] == "online":
+            if not new_session and k.state == OFFLINE:
+                return  # the online of a session that is over already (a retained copy)
+            if not retained:
+                self._heard(k, now)
+            if k.deadline is None or not retained:
+                k.deadline = now + self.timeout
+            if k.state in CONNECTED:
+                if new_session:  # a reconnect: same state, but the session is kept durably
+                    k.session, k.heartbeat = session, None
+                    self._transition(k, now, k.state, k.detail, force=True)
+                return
+            if new_session:
+                k.session, k.heartbeat = session, None
+            self._transition(k, now, ONLINE, "")
+            return
+        # offline
+        if not new_session and k.state == OFFLINE:
+            return  # a copy, or the will after our own silence verdict
+        if not retained:
+            self._heard(k, now)
+        k.session = session
+        k.deadline = None
+        self._transition(k, now, OFFLINE, doc.get("cause") or LOST, started=now)
+
+    def heartbeat(self, kid: str, doc: dict, now: float) -> None:
+        k = self._kiosk(kid)
+        session = doc["session"]
+        if not self._current(k, session, "heartbeat"):
+            return
+        new_session = session > k.session
+        self._heard(k, now)
+        k.session, k.heartbeat = session, doc
+        k.deadline = now + self.timeout
+        why = degradation(doc, self.backlog)
+        self._transition(k, now, DEGRADED if why else ONLINE, why, force=new_session)
+
+    def sweep(self, now: float) -> list[str]:
+        """Offline ("silent") every connected kiosk past its deadline; their ids."""
+        if not self.listening:
+            return []
+        silent = []
+        for k in self.kiosks.values():
+            if k.state in CONNECTED and k.deadline is not None and now >= k.deadline:
+                k.deadline = None
+                quiet = f"nothing heard for {self.timeout:g} s"
+                if not k.heard:
+                    quiet += " since the fleet (re)connected"
+                self._transition(k, now, OFFLINE, f"{SILENT}: {quiet}",
+                                 started=k.last_seen if k.last_seen is not None else now)
+                silent.append(k.id)
+        return silent
+
+    # --- changes -------------------------------------------------------------------
+    def _transition(self, k: KioskPresence, now: float, state: str, detail: str, *,
+                    started: float | None = None, force: bool = False) -> None:
+        previous = k.state
+        if previous == state and detail == k.detail and not force:
+            return
+        change = Change(k.id, now, state, k.since, detail, k.session, k.last_seen, k.heartbeat,
+                        create=not k.in_db)
+        if previous != state:
+            k.since = change.since = now
+            change.previous = previous
+            if state == OFFLINE:
+                change.open_outage = min(started if started is not None else now, now)
+                change.cause = detail.split(":", 1)[0]
+            elif previous == OFFLINE:
+                change.close_outage = True
+        k.state, k.detail = state, detail
+        k.in_db = True
+        self._changes.append(change)
+        self._seen.discard(k.id)  # the change carries last_seen and heartbeat
+
+    def take_changes(self) -> list[Change]:
+        changes, self._changes = self._changes, []
+        return changes
+
+    def give_back(self, changes: list[Change]) -> None:
+        """A write failed: keep the changes, in order, ahead of newer ones."""
+        self._changes[:0] = changes
+
+    def take_seen(self) -> list[tuple[str, float | None, dict | None]]:
+        seen, self._seen = self._seen, set()
+        return [(kid, self.kiosks[kid].last_seen, self.kiosks[kid].heartbeat) for kid in seen
+                if kid in self.kiosks]
+
+    def give_back_seen(self, seen) -> None:
+        self._seen.update(kid for kid, _, _ in seen)
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        for k in self.kiosks.values():
+            out[k.state] = out.get(k.state, 0) + 1
+        return out
+
+
+# --- the database side ---------------------------------------------------------------
+KIOSK = Kiosk.__table__
+EVENT = PresenceEvent.__table__
+OUTAGE = Outage.__table__
+
+
+def load_rows(connection: Connection):
+    return connection.execute(select(KIOSK.c.id, KIOSK.c.state, KIOSK.c.state_since,
+                                     KIOSK.c.detail, KIOSK.c.session, KIOSK.c.last_seen,
+                                     KIOSK.c.heartbeat)).all()
+
+
+def new_kiosk_row(kid: str, at: float, deployment: str, detail: str) -> dict:
+    """A kiosk the fleet hears of before anyone enrolled it (docs/fleet.md#ingest)."""
+    return {"id": kid, "location_id": None, "deployment": deployment, "policy": "hcmc-2021",
+            "state": NEVER_SEEN, "state_since": at, "detail": detail, "session": 0,
+            "enrolled_at": None}
+
+
+# none_as_null: no heartbeat yet is SQL NULL, not the JSON text 'null'
+_SEEN = (update(KIOSK).where(KIOSK.c.id == bindparam("kid"))
+         .values(last_seen=bindparam("seen"),
+                 heartbeat=bindparam("beat", type_=JSON(none_as_null=True))))
+
+
+def write(connection: Connection, changes: list[Change], deployment: str) -> list[str]:
+    """Apply changes inside the caller's transaction. Returns the ids found retired
+    (by the API while we were not looking): their changes are skipped."""
+    retired = []
+    missing = [c for c in changes if c.create]
+    if missing:
+        connection.execute(insert_ignore(connection, KIOSK, ["id"]),
+                           [new_kiosk_row(c.kiosk, c.at, deployment,
+                                          "not enrolled: first heard by the presence tracker")
+                            for c in missing])
+    for c in changes:
+        if c.kiosk in retired:
+            continue
+        done = connection.execute(
+            update(KIOSK).where(KIOSK.c.id == c.kiosk, KIOSK.c.state != RETIRED)
+            .values(state=c.state, state_since=c.since, detail=c.detail[:400], session=c.session,
+                    last_seen=c.last_seen,
+                    heartbeat=c.heartbeat if c.heartbeat is not None else null()))
+        if done.rowcount == 0:  # retired under us: it stays retired, no event, no outage
+            retired.append(c.kiosk)
+            continue
+        if c.previous is not None:
+            connection.execute(EVENT.insert().values(
+                kiosk_id=c.kiosk, at=c.at, previous=c.previous, state=c.state,
+                session=c.session, detail=c.detail[:400]))
+        if c.close_outage:
+            connection.execute(update(OUTAGE).where(OUTAGE.c.kiosk_id == c.kiosk,
+                                                    OUTAGE.c.ended.is_(None)).values(ended=c.at))
+        if c.open_outage is not None:
+            connection.execute(OUTAGE.insert().values(kiosk_id=c.kiosk, started=c.open_outage,
+                                                      ended=None, cause=c.cause[:200]))
+    return retired
+
+
+def write_seen(connection: Connection, seen) -> None:
+    if seen:
+        connection.execute(_SEEN, [{"kid": kid, "seen": at, "beat": beat}
+                                   for kid, at, beat in seen])
