@@ -1,7 +1,7 @@
 """Fleet ingest: scans published -> committed, against Mosquitto's own delivery rate.
 
     python -m bench ingest [--messages N] [--publishers P] [--backends sqlite,postgresql]
-                           [--batch-size B] [--workers W] [--profile]
+                           [--batch-size B] [--workers W] [--repeat R] [--profile]
 
 For each consumer, on a fresh Mosquitto (plain TCP listener on 127.0.0.1: the TLS
 cost is the same for every consumer and is left out; production runs TLS) and a
@@ -296,39 +296,42 @@ def _wait(consumer, n: int, timeout: float = 600) -> float:
     return time.monotonic()
 
 
-def measure(make_consumer, n: int, publishers: int, tmp: Path, tag: str) -> dict:
-    out = {}
-    # live
-    broker = _broker(tmp / f"{tag}-live")
-    try:
-        consumer = make_consumer(broker.port, "live").start()
-        pubs = Publishers(publishers, n, broker.port)
-        t0 = pubs.start()
-        t1 = _wait(consumer, n)
-        published = pubs.finished()
-        out["live"] = n / (t1 - t0)
-        out["publish"] = n / (published - t0)
-        consumer.stop()
-    finally:
-        broker.stop()
-    # drain
-    broker = _broker(tmp / f"{tag}-drain")
-    try:
-        consumer = make_consumer(broker.port, "drain").start()
-        consumer.stop()  # the persistent session now queues for it
-        pubs = Publishers(publishers, n, broker.port)
-        pubs.start()
-        pubs.finished()
-        time.sleep(0.5)
-        consumer = make_consumer(broker.port, "drain", again=True)
-        t0 = time.monotonic()
-        consumer.start()
-        t1 = _wait(consumer, n)
-        out["drain"] = n / (t1 - t0)
-        out["consumer"] = consumer
-        consumer.stop()
-    finally:
-        broker.stop()
+def measure(make_consumer, n: int, publishers: int, tmp: Path, tag: str,
+            repeat: int) -> dict:
+    """The best of `repeat` runs of each mode, each on a fresh broker and database: the
+    publishers share the 2 cores, so single runs scatter by 20 % and more."""
+    out = {"live": 0.0, "publish": 0.0, "drain": 0.0}
+    for run in range(repeat):
+        broker = _broker(tmp / f"{tag}-live{run}")
+        try:
+            consumer = make_consumer(broker.port, f"live{run}").start()
+            pubs = Publishers(publishers, n, broker.port)
+            t0 = pubs.start()
+            t1 = _wait(consumer, n)
+            published = pubs.finished()
+            if n / (t1 - t0) > out["live"]:
+                out["live"], out["publish"] = n / (t1 - t0), n / (published - t0)
+            consumer.stop()
+        finally:
+            broker.stop()
+        broker = _broker(tmp / f"{tag}-drain{run}")
+        try:
+            consumer = make_consumer(broker.port, f"drain{run}").start()
+            consumer.stop()  # the persistent session now queues for it
+            pubs = Publishers(publishers, n, broker.port)
+            pubs.start()
+            pubs.finished()
+            time.sleep(0.5)
+            consumer = make_consumer(broker.port, f"drain{run}", again=True)
+            t0 = time.monotonic()
+            consumer.start()
+            t1 = _wait(consumer, n)
+            out["drain"] = max(out["drain"], n / (t1 - t0))
+            if getattr(consumer, "profiles", None):
+                out["profiles"] = consumer.profiles
+            consumer.stop()
+        finally:
+            broker.stop()
     return out
 
 
@@ -340,6 +343,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--profile", action="store_true", help="cProfile the SQLite drain")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per measurement; the best "
+                    "counts")
     ap.add_argument("--workers", type=int, default=2,
                     help="also measure this many worker processes on one share group (1: skip)")
     args = ap.parse_args(argv)
@@ -348,14 +353,14 @@ def main(argv: list[str]) -> int:
                  + " ".join(argv)))
     print(f"{args.messages} scans from {args.publishers} publisher processes x {KIOSKS} "
           f"kiosks; plain TCP Mosquitto on 127.0.0.1; batch_size {args.batch_size}, "
-          f"Receive Maximum {2 * args.batch_size}")
+          f"Receive Maximum {2 * args.batch_size}; best of {args.repeat} runs each")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     tmp = Path(tempfile.mkdtemp(prefix="greengate-bench-ingest-"))
     cluster = None
     results = {}
     try:
         bare = measure(lambda port, mode, again=False: Bare(port, 2 * args.batch_size),
-                       args.messages, args.publishers, tmp, "bare")
+                       args.messages, args.publishers, tmp, "bare", args.repeat)
         results["bare paho (no database)"] = bare
         for backend in backends:
             if backend == "postgresql":
@@ -377,7 +382,8 @@ def main(argv: list[str]) -> int:
                     migrate.upgrade(engine)
                     enrol(engine, args.publishers)
                     engine.dispose()
-                profile = args.profile and backend == "sqlite" and mode == "drain" and again
+                profile = (args.profile and backend == "sqlite" and mode == "drain0" and again
+                           and not processes)
                 if processes:
                     return WorkerProcesses(processes, port, urls[mode],
                                            tmp / backend / f"{mode}_{processes}",
@@ -385,12 +391,12 @@ def main(argv: list[str]) -> int:
                 return Worker(port, urls[mode], tmp / backend, args.batch_size, profile)
             processes = 0
             results[f"worker, {backend}"] = measure(make, args.messages, args.publishers, tmp,
-                                                    backend)
+                                                    backend, args.repeat)
             if args.workers > 1:
                 urls.clear()
                 processes = args.workers
                 results[f"{args.workers} workers, {backend}"] = measure(
-                    make, args.messages, args.publishers, tmp, f"{backend}-n")
+                    make, args.messages, args.publishers, tmp, f"{backend}-n", args.repeat)
             if cluster is not None:
                 cluster.close()
                 cluster = None
@@ -421,7 +427,7 @@ def main(argv: list[str]) -> int:
                   f"{'met' if ok else 'MISSED'}")
     sqlite = results.get("worker, sqlite")
     if args.profile and sqlite is not None:
-        for thread, profile in sqlite["consumer"].profiles.items():
+        for thread, profile in sqlite.get("profiles", {}).items():
             print(f"\n--- cProfile, SQLite drain: {thread}, by own time")
             pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(15)
     return status

@@ -21,13 +21,12 @@ import ssl
 from datetime import timedelta
 from pathlib import Path
 
-from greengate import messages
+from greengate import messages, watchdog
 from greengate.bundle import load_public_key
 from greengate.decision import Reason, red
 
 from . import config as config_module
 from .cli import source_overrides
-from . import watchdog
 from .clock import UNKNOWN, Clock
 from .feed import StatusFeed
 from .pipeline import Pipeline

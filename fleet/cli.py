@@ -7,6 +7,7 @@
     greengate-fleet [--config FILE] user create NAME --role ROLE [--district CODE]
     greengate-fleet [--config FILE] token create USER --name NAME
     greengate-fleet [--config FILE] bundles refresh [--force] | publish | key [--create]
+    greengate-fleet [--config FILE] scans purge [--days N]     (retention)
 
 Production web: gunicorn 'fleet.wsgi:app' (GREENGATE_FLEET_CONFIG names the file).
 The config file may also come from GREENGATE_FLEET_CONFIG; every key can be set
@@ -86,6 +87,13 @@ def main(argv=None) -> int:
     lists.add_argument("--timeout", type=float, default=60.0,
                        help="seconds to wait for the broker's acknowledgements")
     lists.set_defaults(handler=_lazy("fleet.bundles"))
+
+    scans = sub.add_parser("scans", help="retention: delete scans older than [fleet] "
+                                         "retention_days (run from a timer)")
+    scans.add_argument("action", choices=("purge",))
+    scans.add_argument("--days", type=float, metavar="N",
+                       help="keep N days instead of [fleet] retention_days")
+    scans.set_defaults(handler=_lazy("fleet.retention"))
 
     try:
         args = parser.parse_args(argv)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -51,14 +52,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.exc import SQLAlchemyError
 
-from device import watchdog  # plain sd_notify, no kiosk dependencies
-from greengate import messages
+from greengate import messages, watchdog
 
 from . import presence as presence_db
 from .db import make_engine
 from .ingest_metrics import IngestMetrics
 from .ingest_store import ScanStore
 from .presence import Tracker
+from .tracker_lock import TrackerBusy, TrackerLock
 
 log = logging.getLogger("greengate.fleet.ingest")
 
@@ -133,6 +134,7 @@ class IngestWorker:
         self._last_ping = 0.0
         self._db_was_down = False
         self._idle_since: float | None = None  # --leave: since the last message (once up)
+        self._tracker_lock: TrackerLock | None = None
 
     # --- filters ----------------------------------------------------------------------
     @property
@@ -152,6 +154,14 @@ class IngestWorker:
                                metrics=self.metrics, refresh=REFRESH, clock=self.clock)
         self._retry_db(self.store.refresh, "load the kiosk directory")
         if self.tracker is not None:
+            self._tracker_lock = TrackerLock(self.engine)
+            try:
+                self._retry_db(self._tracker_lock.acquire, "take the presence tracker lock")
+            except TrackerBusy:
+                self._tracker_lock = None
+                self.engine.dispose()
+                raise
+
             def load():
                 with self.engine.connect() as connection:
                     self.tracker.load(presence_db.load_rows(connection))
@@ -210,6 +220,9 @@ class IngestWorker:
                 props.SessionExpiryInterval = 0
             client.disconnect(properties=props)
             client.loop_stop()
+        if self._tracker_lock is not None:
+            self._tracker_lock.release()
+            self._tracker_lock = None
         if self.engine is not None:
             self.engine.dispose()
 
@@ -568,7 +581,13 @@ def run(config, args) -> int:
         worker.metrics.serve(port, getattr(args, "metrics_addr", None) or "127.0.0.1")
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.request_stop())
-    worker.start()
+    try:
+        worker.start()
+    except TrackerBusy as exc:
+        print(f"greengate-fleet: another ingest worker already tracks presence for this "
+              f"database ({exc}); start this one with --no-presence (docs/fleet.md#one-tracker)",
+              file=sys.stderr)
+        return 2
     while not worker.wait(0.5):  # a short wait keeps the main thread responsive to signals
         pass
     worker.stop()

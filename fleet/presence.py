@@ -20,11 +20,12 @@ Rules (docs/fleet.md#presence):
   every change, so the rule survives a fleet restart;
 * `offline` for the current session is an outage: cause "stopped" when the kiosk
   said so (graceful stop, `"cause": "stopped"`), else "connection lost" (the will);
-  an `online` for a session that is already over (a retained or replayed copy) does
-  not bring a kiosk back;
+  that session is then over: neither its `online` (a retained or replayed copy) nor
+  its heartbeats bring the kiosk back, only a newer session does;
 * silence: a connected kiosk that sent nothing (heartbeat or live presence) for
   1.5 x keepalive is offline, cause "silent", found by the sweep (so at most one
-  sweep interval later). The outage starts at the last message heard;
+  sweep interval later). The outage starts at the last message heard. That verdict
+  is a guess: a heartbeat of the same session proves it wrong and ends the outage;
 * degraded: a heartbeat saying lists stale/missing, clock unknown, or an outbox
   deeper than `backlog`; the next clean heartbeat makes it online again;
 * retired kiosks stay retired whatever they send (the API retires them);
@@ -214,6 +215,10 @@ class Tracker:
         if not self._current(k, session, "heartbeat"):
             return
         new_session = session > k.session
+        if not new_session and k.state == OFFLINE and not k.detail.startswith(SILENT):
+            # its will or its stop ended this session: nothing of it can follow
+            self.stats["stale"] += 1
+            return
         self._heard(k, now)
         k.session, k.heartbeat = session, doc
         k.deadline = now + self.timeout

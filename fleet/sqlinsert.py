@@ -53,7 +53,7 @@ class BulkInsert:
         if per_statement is None:
             per_statement = 100 if self.dialect.name == "sqlite" else 1
         self.per_statement = max(1, per_statement)
-        self._sql: dict[int, tuple[str, list[str] | None]] = {}
+        self._sql: dict[int, tuple] = {}  # multi-row statements by row count
         # for_executemany: no implicit RETURNING of the new primary key per row
         compiled = insert_ignore(self.dialect, table, conflict).compile(
             dialect=self.dialect, column_keys=self.columns, for_executemany=True)
@@ -62,40 +62,46 @@ class BulkInsert:
         self.order = [self.columns.index(name) for name in compiled.positiontup] \
             if compiled.positional else None
 
-    def _multi(self, n: int) -> str:
-        """The statement for n rows at once (positional drivers: row-major parameters)."""
-        sql = self._sql.get(n)
-        if sql is None:
+    def _multi(self, n: int) -> tuple[str, list[tuple[int, int]] | None]:
+        """The statement for n rows at once, and for positional drivers the (row, column)
+        of each parameter in order (None: row-major in `columns` order, the usual case)."""
+        entry = self._sql.get(n)
+        if entry is None:
             rows = [{c: bindparam(f"r{i}_{j}") for j, c in enumerate(self.columns)}
                     for i in range(n)]
             compiled = insert_ignore(self.dialect, self.table, self.conflict).values(
                 rows).compile(dialect=self.dialect)
-            expected = [f"r{i}_{j}" for i in range(n) for j in range(len(self.columns))]
-            if compiled.positional and list(compiled.positiontup) != expected:
-                raise NotImplementedError("multi-row VALUES: unexpected parameter order")
-            sql = self._sql[n] = compiled.string
-        return sql
+            pairs = None
+            if compiled.positional:
+                pairs = [tuple(int(x) for x in name[1:].split("_"))
+                         for name in compiled.positiontup]
+                if pairs == [(i, j) for i in range(n) for j in range(len(self.columns))]:
+                    pairs = None
+            entry = self._sql[n] = (compiled.string, pairs)
+        return entry
 
     def execute(self, connection, rows: list[tuple]) -> int:
         """Insert rows (tuples in `columns` order) in the connection's transaction; the
         number actually inserted."""
         if not rows:
             return 0
-        if self.order is not None and self.order != list(range(len(self.columns))):
-            rows = [tuple(row[i] for i in self.order) for row in rows]
         if self.per_statement > 1:
-            inserted, step, width = 0, self.per_statement, len(self.columns)
+            inserted, step = 0, self.per_statement
             for start in range(0, len(rows), step):
                 chunk = rows[start:start + step]
-                flat = [value for row in chunk for value in row]
-                if self.positional:
-                    params = tuple(flat)
+                sql, pairs = self._multi(len(chunk))
+                if not self.positional:  # named r<row>_<column>
+                    params = {f"r{i}_{j}": v for i, row in enumerate(chunk)
+                              for j, v in enumerate(row)}
+                elif pairs is None:
+                    params = tuple(v for row in chunk for v in row)
                 else:
-                    params = {f"r{k // width}_{k % width}": v for k, v in enumerate(flat)}
-                inserted += connection.exec_driver_sql(self._multi(len(chunk)),
-                                                       params).rowcount
+                    params = tuple(chunk[i][j] for i, j in pairs)
+                inserted += connection.exec_driver_sql(sql, params).rowcount
             return inserted
         if not self.positional:  # pyformat (psycopg): named parameters
             names = self.columns
             rows = [dict(zip(names, row)) for row in rows]
+        elif self.order != list(range(len(self.columns))):  # qmark in the table's order
+            rows = [tuple(row[i] for i in self.order) for row in rows]
         return connection.exec_driver_sql(self.sql, rows).rowcount

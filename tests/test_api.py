@@ -284,6 +284,29 @@ def test_kiosk_enrol_move_policy_and_retire_are_audited(fleet):
     assert retire.detail == {"previous": "offline", "reason": "stolen"}
 
 
+def test_enrolling_a_kiosk_the_fleet_already_heard_adopts_its_row(fleet):
+    """The ingest worker creates a row, never enrolled, for a kiosk it hears of first
+    (fleet/presence.py new_kiosk_row); enrolling it keeps that row and its history."""
+    with fleet.sessions() as s:
+        s.add(Kiosk(id="early", deployment="test", policy="hcmc-2021", state="online",
+                    state_since=NOW - HOUR, detail="", session=4, enrolled_at=None))
+        s.add(PresenceEvent(kiosk_id="early", at=NOW - HOUR, previous="never_seen",
+                            state="online", detail=""))
+        s.commit()
+    made = send(fleet, "POST", "/api/v1/kiosks", {"id": "early", "location": "q1-market"},
+                "operator", 201)
+    assert (made["state"], made["enrolled_at"], made["location"]["code"]) == (
+        "online", iso(NOW), "q1-market")
+    with fleet.sessions() as s:
+        assert s.scalars(select(PresenceEvent.state).where(
+            PresenceEvent.kiosk_id == "early")).all() == ["online"]
+    (entry,) = audit_entries(fleet, "kiosk.create")
+    assert entry.detail["adopted"] is True and entry.target == "early"
+    # once enrolled, a second enrolment is a conflict like any other
+    assert send(fleet, "POST", "/api/v1/kiosks", {"id": "early"}, status=409)["message"] == \
+        "a kiosk 'early' exists already"
+
+
 # --- presence and outages ---------------------------------------------------------------------
 def test_presence_counts_per_state_and_district(fleet):
     answer = get(fleet, "/api/v1/presence")

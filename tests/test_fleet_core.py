@@ -2,6 +2,7 @@
 the command line (db upgrade, users, tokens) and the app factory."""
 
 import io
+from pathlib import Path
 import sys
 
 import pytest
@@ -38,6 +39,7 @@ def test_config_defaults_file_and_environment(tmp_path):
     ('[fleet]\ncolour = 1\n', "line 2: unknown key 'colour'"),
     ('[fleat]\n', "line 1: unknown section [fleat]"),
     ('[presence]\nsweep = 0\n', "sweep must be positive"),
+    ('[fleet]\nretention_days = 0\n', "line 2: [fleet] retention_days must be at least 1"),
     ('[fleet\n', "not valid TOML"),
 ])
 def test_config_errors_name_the_file_and_line(tmp_path, text, words):
@@ -115,3 +117,15 @@ def test_app_factory_takes_its_config(fleet_app, fleet_config):
     assert fleet_app.config["SECRET_KEY"]
     # the generated secret is kept: a restarted server keeps the dashboard's sessions
     assert (fleet_config.data_dir / "secret_key").read_text().strip() == fleet_app.config["SECRET_KEY"]
+
+
+def test_config_reference_is_in_step_with_the_schema():
+    """docs/fleet-config.md is what `python -m fleet.config` prints: no key undocumented."""
+    from fleet import config as fleet_config_module
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "fleet-config.md").read_text()
+    assert doc == fleet_config_module.reference(), \
+        "run: .venv/bin/python -m fleet.config > docs/fleet-config.md"
+    for section, keys in fleet_config_module.SCHEMA.items():
+        for key in keys:
+            assert f"`GREENGATE_{section.upper()}_{key.upper()}`" in doc

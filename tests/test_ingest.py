@@ -16,6 +16,7 @@ from sqlalchemy import select, text
 
 from fleet.ingest import bad_reason
 from fleet.models import RETIRED, District, Kiosk, Location, Scan
+from fleet.sqlinsert import BulkInsert
 from greengate import messages
 from tests.broker import free_port
 from tests.ingestkit import (KioskClient, Workers, count_scans, ingest_config, kiosk, scan,
@@ -122,6 +123,26 @@ def test_unknown_and_retired_kiosks_are_stored_and_counted(config, fleet_db, wor
     m = worker.metrics
     assert m.value("greengate_ingest_unknown_kiosk_messages_total", kind="scan") == 1
     assert m.value("greengate_ingest_retired_kiosk_messages_total", kind="scan") == 1
+
+
+@pytest.mark.parametrize("per_statement", [1, 3])
+def test_bulk_insert_counts_what_it_inserted(fleet_db, per_statement):
+    """fleet/sqlinsert.py on both databases: ON CONFLICT DO NOTHING, the rowcount of
+    what went in, columns in any order, batches not a multiple of the statement size."""
+    engine = fleet_db.kw["bind"]
+    columns = ["scan_id", "kiosk_id", "ts", "received", "decision", "reason", "policy"]
+    bulk = BulkInsert(engine, Scan.__table__, ["kiosk_id", "scan_id"], columns,
+                      per_statement=per_statement)
+    rows = [(f"scan-{i:04d}", f"k{i % 2}", 1.0 + i, 2.0, "green", "ok", "p") for i in range(7)]
+    with engine.begin() as c:
+        assert bulk.execute(c, rows) == 7
+        assert bulk.execute(c, rows[2:5] + [("scan-new0", "k1", 9.0, 2.0, "red", "x", "p")]) == 1
+        assert bulk.execute(c, []) == 0
+    with fleet_db() as session:
+        got = {(k, sid): ts for k, sid, ts in session.execute(
+            select(Scan.kiosk_id, Scan.scan_id, Scan.ts))}
+    assert got == {**{(f"k{i % 2}", f"scan-{i:04d}"): 1.0 + i for i in range(7)},
+                   ("k1", "scan-new0"): 9.0}
 
 
 # --- bad messages ------------------------------------------------------------------------
@@ -246,8 +267,10 @@ def test_sigterm_commits_and_acknowledges_the_batch_in_hand(fleet_config, broker
     # ... and acknowledged: the same worker name (quick batches now) gets no redelivery
     again = workers.start(ingest_config(fleet_config, broker), worker="w1", presence=False)
     k1.publish(topic, scan("k1", "scan-sync"))
-    wait_for(lambda: stored(again) == 1, 20, "a new scan")
-    assert dups(again) == 0 and again.stats["acked"] == 1
+    # (stored counts at the commit, acked just after it: wait for both)
+    wait_for(lambda: stored(again) == 1 and again.stats["acked"] == 1, 20, "a new scan")
+    settle()
+    assert dups(again) == 0 and stored(again) == 1 and again.stats["acked"] == 1
 
 
 def test_broker_restart_is_ridden_out(config, fleet_db, workers, kiosks, broker):

@@ -52,6 +52,17 @@ def tracker():
     return t
 
 
+# --- the wire: a stop says so, a will does not ------------------------------------------
+def test_a_graceful_stop_is_marked_and_the_will_is_not():
+    stop = messages.presence(kiosk="k1", session=2, state="offline", cause="stopped")
+    will = messages.presence(kiosk="k1", session=2, state="offline")
+    assert messages.parse_presence(messages.encode(stop), "k1")["cause"] == "stopped"
+    assert "cause" not in will  # byte for byte what kiosks without the field sent
+    for bad in ("x" * 41, 5):
+        with pytest.raises(messages.MessageError, match="cause"):
+            messages.parse_presence(messages.encode({**stop, "cause": bad}), "k1")
+
+
 # --- the state machine ----------------------------------------------------------------
 def test_first_contact_then_heartbeats_change_nothing(tracker):
     tracker.presence("k1", online(3), T0)
@@ -115,7 +126,9 @@ def test_the_online_of_a_session_that_ended_does_not_bring_it_back(tracker):
     tracker.presence("k1", offline(1), T0 + 1)
     tracker.presence("k1", online(1), T0 + 2, retained=True)  # the broker's stored copy
     tracker.presence("k1", offline(1), T0 + 3)  # and the will again
+    tracker.heartbeat("k1", beat(1), T0 + 4)  # nothing of an ended session can follow
     assert transitions(tracker) == [(NEVER_SEEN, ONLINE, ""), (ONLINE, OFFLINE, LOST)]
+    assert tracker.stats["stale"] == 1
 
 
 def test_a_reconnect_keeps_the_state_and_writes_the_new_session(tracker):
@@ -328,6 +341,9 @@ def test_kiosk_killed_the_will_opens_an_outage_and_its_return_closes_it(
     assert worker.metrics.value("greengate_presence_transitions_total", state=OFFLINE) == 2
 
 
+# Mosquitto checks keepalives every few seconds (about 5 s here): one database is enough
+# for what is the broker's behaviour
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 def test_a_frozen_kiosk_is_offline_when_the_broker_gives_up_on_it(fleet_config, broker,
                                                                   fleet_db, workers, tmp_path):
     """A kiosk that stops answering without closing its connection (a hung Pi, a cable
@@ -374,22 +390,25 @@ def test_silence_times_out_and_a_heartbeat_brings_it_back(fleet_config, broker, 
     config = ingest_config(fleet_config, broker, presence={"keepalive": 0.6, "sweep": 0.1})
     workers.start(config)
     # the kiosk's own MQTT keepalive is long: the broker sends no will, only the fleet's
-    # heartbeat timer can notice that it went quiet
+    # heartbeat timer can notice that it went quiet (0.9 s here)
     r = reporters("k1", keepalive=60)
-    wait_for(lambda: state(fleet_db) == (ONLINE, 1), 15, "online")
+
+    def history():  # judged on the events, not on a state that changes again in 0.9 s
+        return [e[:2] for e in events(fleet_db, "k1")]
+
+    wait_for(lambda: history()[:2] == [(NEVER_SEEN, ONLINE), (ONLINE, OFFLINE)], 15,
+             "online, then silent")
+    (outage,) = outages(fleet_db, "k1")
+    assert outage.cause == SILENT and outage.ended is None
     heartbeat = messages.heartbeat(kiosk="k1", session=0, ts=time.time(), uptime=1.0,
                                    bundles={"trust": 1, "policy": 1, "status": 1}, outbox=0,
                                    clock="synced", lists="fresh", cpu_temp=None)
-    wait_for(lambda: state(fleet_db) == (OFFLINE, 1), 10, "silent: offline")
-    (outage,) = outages(fleet_db, "k1")
-    assert outage.cause == SILENT and outage.ended is None
     assert r.publish_heartbeat(heartbeat)
-    wait_for(lambda: state(fleet_db) == (ONLINE, 1), 10, "back with a heartbeat")
-    # (it goes quiet again 0.9 s later: only the first outage and events are looked at)
-    outage = outages(fleet_db, "k1")[0]
+    wait_for(lambda: history()[:3] == [(NEVER_SEEN, ONLINE), (ONLINE, OFFLINE),
+                                       (OFFLINE, ONLINE)], 10, "back with a heartbeat")
+    outage = outages(fleet_db, "k1")[0]  # (it goes quiet again 0.9 s later)
     assert outage.ended is not None and outage.ended > outage.started
-    assert [e[:2] for e in events(fleet_db, "k1")][:3] == [
-        (NEVER_SEEN, ONLINE), (ONLINE, OFFLINE), (OFFLINE, ONLINE)]
+    assert events(fleet_db, "k1")[1][3].startswith(SILENT)
 
 
 def test_degraded_from_a_real_heartbeat(fleet_config, broker, fleet_db, workers, reporters):
@@ -450,3 +469,24 @@ def test_no_presence_workers_leave_presence_alone(fleet_config, broker, fleet_db
     assert worker.metrics.value("greengate_ingest_messages_total", kind="presence") == 0
     with fleet_db() as s:
         assert s.query(Outage).count() == 0
+
+
+def test_a_second_tracker_is_refused_until_the_first_is_gone(fleet_config, broker, fleet_db,
+                                                             workers):
+    """Two trackers would write every transition twice (docs/fleet.md#one-tracker): the
+    second is refused at start, with what to do; the lock dies with the first, kill -9
+    included, so a replacement starts without anything to clean up."""
+    config = ingest_config(fleet_config, broker)
+    first = workers.spawn(config, "w1")
+    wait_for(lambda: "subscribed" in workers.log("w1"), 20, "first tracker subscribed")
+    second = workers.spawn(config, "w2")
+    assert second.wait(20) == 2
+    assert "another ingest worker already tracks presence for this database" in \
+        workers.log("w2") and "--no-presence" in workers.log("w2")
+    scans_only = workers.start(config, worker="w3", presence=False)  # these may join
+    wait_for(lambda: scans_only.ready, 15, "scans-only worker subscribed")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    replacement = workers.start(config, worker="w4")
+    wait_for(lambda: replacement.ready, 15, "the replacement tracks presence")
+    assert replacement.tracker is not None

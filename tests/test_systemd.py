@@ -1,4 +1,4 @@
-"""The kiosk's systemd unit (systemd/greengate-kiosk.service) and sd_notify (device/watchdog.py)."""
+"""The kiosk's systemd unit (systemd/greengate-kiosk.service) and sd_notify (greengate/watchdog.py)."""
 
 import os
 import re
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from device import watchdog
+from greengate import watchdog
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "greengate-kiosk.service"
@@ -303,3 +303,115 @@ def test_ingest_unit_security_review_is_ok(ingest_copy):
         pytest.skip("systemd-analyze older than 250 has no offline security review")
     assert result.returncode == 0, output
     assert "Overall exposure level" in output
+
+
+# --- the fleet's web server unit ----------------------------------------------------------
+WEB = ROOT / "systemd" / "greengate-fleet-web.service"
+GUNICORN_EXEC = "/opt/greengate/.venv/bin/gunicorn"
+
+
+def web_service() -> dict[str, list[str]]:
+    return parse_unit(WEB.read_text())["Service"]
+
+
+@pytest.fixture
+def web_copy(tmp_path):
+    text = WEB.read_text()
+    assert text.count(f"ExecStart={GUNICORN_EXEC} ") == 1
+    copy = tmp_path / WEB.name
+    copy.write_text(re.sub(r"/opt/greengate/\.venv/bin/[\w.-]+", sys.executable, text))
+    return copy
+
+
+def test_web_unit_upgrades_the_schema_then_runs_gunicorn_on_the_wsgi_entry():
+    s = web_service()
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert s["ExecStartPre"] == [f"{FLEET_EXEC} db upgrade"]
+    assert "GREENGATE_FLEET_CONFIG=/etc/greengate/fleet.toml" in s["Environment"]
+    start = s["ExecStart"][0].split()
+    assert start[0] == GUNICORN_EXEC and start[-1] == "fleet.wsgi:app"
+    # the same user and state directory as the ingest worker: one SQLite file, one key
+    assert (s["User"], s["StateDirectory"]) == (ingest_service()["User"],
+                                                ingest_service()["StateDirectory"])
+    assert s["ReadWritePaths"] == ["/var/lib/greengate-fleet"]
+
+
+def test_web_unit_gunicorn_arguments_parse():
+    """ExecStart's options are gunicorn's (a typo would stop the service at boot)."""
+    from gunicorn.config import Config
+
+    args = web_service()["ExecStart"][0].split()[1:]
+    parser = Config(usage="%(prog)s").parser()
+    parsed = parser.parse_args(args)
+    assert parsed.workers == 4 and parsed.bind == ["127.0.0.1:8000"]
+    assert parsed.args == ["fleet.wsgi:app"]
+
+
+@needs_analyze
+def test_web_unit_passes_systemd_analyze_verify(web_copy):
+    result = analyze("verify", "--man=no", str(web_copy), cwd=web_copy.parent)
+    output = result.stdout + result.stderr
+    assert _about(output, web_copy) == [], output
+    assert result.returncode == 0, output
+
+
+@needs_analyze
+def test_web_unit_security_review_is_ok(web_copy):
+    result = analyze("security", "--offline=yes", "--threshold=20", str(web_copy),
+                     cwd=web_copy.parent)
+    output = result.stdout + result.stderr
+    if "--offline" in output and "unrecognized" in output:
+        pytest.skip("systemd-analyze older than 250 has no offline security review")
+    assert result.returncode == 0, output
+
+
+# --- the fleet's hourly upkeep ------------------------------------------------------------
+MAINTAIN = ROOT / "systemd" / "greengate-fleet-maintain.service"
+MAINTAIN_TIMER = ROOT / "systemd" / "greengate-fleet-maintain.timer"
+
+
+@pytest.fixture
+def maintain_copy(tmp_path):
+    for unit in (MAINTAIN, MAINTAIN_TIMER):
+        (tmp_path / unit.name).write_text(
+            re.sub(r"/opt/greengate/\.venv/bin/[\w.-]+", sys.executable, unit.read_text()))
+    return tmp_path / MAINTAIN.name, tmp_path / MAINTAIN_TIMER.name
+
+
+def test_upkeep_purges_then_refreshes_the_lists_with_real_commands(tmp_path, capsys):
+    """Both ExecStart lines parse with the real command line (a typo is a usage error)."""
+    from fleet import cli
+
+    s = parse_unit(MAINTAIN.read_text())["Service"]
+    assert s["Type"] == ["oneshot"]
+    starts = [line.split() for line in s["ExecStart"]]
+    assert [start[1:3] for start in starts] == [["scans", "purge"], ["bundles", "refresh"]]
+    for start in starts:
+        assert start[0] == FLEET_EXEC
+        args = ["--config", str(tmp_path / "missing.toml"), *start[1:]]
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert "cannot read the configuration" in err and "usage" not in err
+    assert s["User"] == ingest_service()["User"]
+
+
+def test_upkeep_runs_hourly_well_inside_the_offline_budget():
+    from device.config import SCHEMA as KIOSK_SCHEMA
+    from fleet.config import SCHEMA as FLEET_SCHEMA
+
+    timer = parse_unit(MAINTAIN_TIMER.read_text())
+    assert timer["Timer"]["OnCalendar"] == ["hourly"] and timer["Timer"]["Persistent"] == ["true"]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+    refresh = FLEET_SCHEMA["bundles"]["refresh_hours"][1]
+    budget = KIOSK_SCHEMA["bundles"]["offline_budget_hours"].default
+    assert refresh + 1 <= budget / 2  # a list is re-signed long before a kiosk gives up
+
+
+@needs_analyze
+def test_upkeep_units_pass_systemd_analyze_verify(maintain_copy):
+    service_copy, timer_copy = maintain_copy
+    result = analyze("verify", "--man=no", str(service_copy), str(timer_copy),
+                     cwd=service_copy.parent)
+    output = result.stdout + result.stderr
+    assert _about(output, service_copy) == [] and _about(output, timer_copy) == [], output
+    assert result.returncode == 0, output

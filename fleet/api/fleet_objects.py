@@ -425,15 +425,24 @@ def create_kiosk():
                         rule=CODE_RULE) or "hcmc-2021"
     _check_policy(session, deployment, policy)
     location = _location_field(session, body)
-    if session.get(Kiosk, kiosk_id) is not None:
-        raise ApiError(409, f"a kiosk {kiosk_id!r} exists already")
     at = now()
-    kiosk = Kiosk(id=kiosk_id, location_id=location.id if location else None,
-                  deployment=deployment, policy=policy, state=NEVER_SEEN, state_since=at,
-                  detail="", session=0, enrolled_at=at)
-    session.add(kiosk)
+    kiosk = session.get(Kiosk, kiosk_id)
+    adopted = kiosk is not None and kiosk.enrolled_at is None and kiosk.state != RETIRED
+    if kiosk is not None and not adopted:
+        raise ApiError(409, f"a kiosk {kiosk_id!r} exists already")
+    if adopted:
+        # The ingest worker heard of it before anyone enrolled it (a kiosk set up ahead of
+        # its record): enrolling adopts that row and keeps its presence history.
+        kiosk.location_id = location.id if location else None
+        kiosk.deployment, kiosk.policy, kiosk.enrolled_at = deployment, policy, at
+    else:
+        kiosk = Kiosk(id=kiosk_id, location_id=location.id if location else None,
+                      deployment=deployment, policy=policy, state=NEVER_SEEN, state_since=at,
+                      detail="", session=0, enrolled_at=at)
+        session.add(kiosk)
     audit.record(session, _actor(), "kiosk.create", kiosk_id, deployment=deployment,
-                 policy=policy, location=location.code if location else None)
+                 policy=policy, location=location.code if location else None,
+                 **({"adopted": True} if adopted else {}))
     _commit(session, f"a kiosk {kiosk_id!r} exists already")
     return jsonify(_kiosk_response(session, kiosk_id, at)), 201
 

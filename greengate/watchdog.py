@@ -1,9 +1,9 @@
 """systemd service notifications (sd_notify) without a dependency.
 
-systemd starts the kiosk with $NOTIFY_SOCKET (Type=notify) and, with
-WatchdogSec=, $WATCHDOG_USEC. The kiosk sends READY=1 once its pipeline runs,
-WATCHDOG=1 at least every watchdog_interval() seconds, and STOPPING=1 on the
-way out. Outside systemd every call is a cheap no-op that returns False.
+systemd starts a service (the kiosk, the fleet's ingest worker) with
+$NOTIFY_SOCKET (Type=notify) and, with WatchdogSec=, $WATCHDOG_USEC. The service
+sends READY=1 once its work runs, WATCHDOG=1 at least every watchdog_interval()
+seconds, and STOPPING=1 on the way out. Outside systemd every call is a cheap no-op that returns False.
 
 The unit sets NotifyAccess=main: send from the main process (any thread),
 never from a forked child.

@@ -1,0 +1,80 @@
+"""Retention: scans (and the counted-only summaries beside them) older than
+`[fleet] retention_days` are deleted (DESIGN: 21 days by default). They hold a
+holder's pseudonym and where and when they were seen; past the tracing window
+nobody may keep that.
+
+`greengate-fleet scans purge`, run hourly by systemd/greengate-fleet-maintain.timer.
+Rows go in chunks, each its own short transaction, so the ingest worker sharing a
+SQLite file waits at most one chunk, never the whole purge. Age is the kiosk's
+decision time (`ts`), the moment the person stood there.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from sqlalchemy import delete, select
+
+from . import audit
+from .models import Scan, ScanSummary
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+CHUNK = 5000
+
+
+def cutoff(config, now: float | None = None, days: float | None = None) -> float:
+    days = config.fleet.retention_days if days is None else days
+    return (time.time() if now is None else now) - days * DAY
+
+
+def _purge_table(sessions, table, id_column, where, chunk: int) -> int:
+    total = 0
+    while True:
+        with sessions() as session:
+            ids = session.scalars(select(id_column).where(where)
+                                  .order_by(id_column).limit(chunk)).all()
+            if not ids:
+                return total
+            session.execute(delete(table).where(id_column.in_(ids)))
+            session.commit()
+        total += len(ids)
+
+
+def purge(sessions, before: float, *, actor: str = "system", chunk: int = CHUNK) -> dict:
+    """Delete scans decided before `before` (epoch seconds) and summaries of hours that
+    ended before it; audited with the counts. Returns {"scans": n, "summaries": m}."""
+    scans = _purge_table(sessions, Scan, Scan.id, Scan.ts < before, chunk)
+    # a summary's hour (epoch seconds of its start) goes once all of it is older
+    summaries = _purge_table(sessions, ScanSummary, ScanSummary.id,
+                             ScanSummary.hour + 3600 <= before, chunk)
+    counts = {"scans": scans, "summaries": summaries}
+    if scans or summaries:
+        with sessions() as session:
+            audit.record(session, actor, "scans.purge", "", before=before, **counts)
+            session.commit()
+        log.info("purged %d scan(s) and %d summary row(s) decided before %s", scans, summaries,
+                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(before)))
+    return counts
+
+
+def run(config, args) -> int:
+    """greengate-fleet scans purge [--days N]."""
+    from .db import make_engine, make_sessions
+
+    if args.days is not None and args.days < 1:
+        print("greengate-fleet: --days must be at least 1", file=sys.stderr)
+        return 2
+    engine = make_engine(config.database_url)
+    try:
+        before = cutoff(config, days=args.days)
+        counts = purge(make_sessions(engine), before, actor="cli")
+    finally:
+        engine.dispose()
+    days = config.fleet.retention_days if args.days is None else args.days
+    print(f"purged {counts['scans']} scan(s) and {counts['summaries']} summary row(s) "
+          f"older than {days:g} days")
+    return 0
