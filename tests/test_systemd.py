@@ -222,16 +222,6 @@ def ingest_service() -> dict[str, list[str]]:
     return parse_unit(INGEST.read_text())["Service"]
 
 
-@pytest.fixture
-def ingest_copy(tmp_path):
-    """The ingest unit with its program swapped for an existing one, the rest as shipped."""
-    text = INGEST.read_text()
-    assert text.count(f"ExecStart={FLEET_EXEC} ") == 1
-    copy = tmp_path / INGEST.name
-    copy.write_text(re.sub(r"/opt/greengate/\.venv/bin/[\w.-]+", sys.executable, text))
-    return copy
-
-
 def test_ingest_unit_runs_the_presence_worker_as_a_notify_service():
     s = ingest_service()
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
@@ -285,24 +275,6 @@ def test_ingest_unit_is_hardened():
     assert s["SystemCallFilter"] == ["@system-service", "~@privileged"]
 
 
-@needs_analyze
-def test_ingest_unit_passes_systemd_analyze_verify(ingest_copy):
-    result = analyze("verify", "--man=no", str(ingest_copy), cwd=ingest_copy.parent)
-    output = result.stdout + result.stderr
-    assert _about(output, ingest_copy) == [], output
-    assert result.returncode == 0, output
-
-
-@needs_analyze
-def test_ingest_unit_security_review_is_ok(ingest_copy):
-    """Overall exposure below 2.0 ("OK") in systemd's offline security review."""
-    result = analyze("security", "--offline=yes", "--threshold=20", str(ingest_copy),
-                     cwd=ingest_copy.parent)
-    output = result.stdout + result.stderr
-    if "--offline" in output and "unrecognized" in output:
-        pytest.skip("systemd-analyze older than 250 has no offline security review")
-    assert result.returncode == 0, output
-    assert "Overall exposure level" in output
 
 
 # --- the fleet's web server unit ----------------------------------------------------------
@@ -312,15 +284,6 @@ GUNICORN_EXEC = "/opt/greengate/.venv/bin/gunicorn"
 
 def web_service() -> dict[str, list[str]]:
     return parse_unit(WEB.read_text())["Service"]
-
-
-@pytest.fixture
-def web_copy(tmp_path):
-    text = WEB.read_text()
-    assert text.count(f"ExecStart={GUNICORN_EXEC} ") == 1
-    copy = tmp_path / WEB.name
-    copy.write_text(re.sub(r"/opt/greengate/\.venv/bin/[\w.-]+", sys.executable, text))
-    return copy
 
 
 def test_web_unit_upgrades_the_schema_then_runs_gunicorn_on_the_wsgi_entry():
@@ -347,35 +310,11 @@ def test_web_unit_gunicorn_arguments_parse():
     assert parsed.args == ["fleet.wsgi:app"]
 
 
-@needs_analyze
-def test_web_unit_passes_systemd_analyze_verify(web_copy):
-    result = analyze("verify", "--man=no", str(web_copy), cwd=web_copy.parent)
-    output = result.stdout + result.stderr
-    assert _about(output, web_copy) == [], output
-    assert result.returncode == 0, output
-
-
-@needs_analyze
-def test_web_unit_security_review_is_ok(web_copy):
-    result = analyze("security", "--offline=yes", "--threshold=20", str(web_copy),
-                     cwd=web_copy.parent)
-    output = result.stdout + result.stderr
-    if "--offline" in output and "unrecognized" in output:
-        pytest.skip("systemd-analyze older than 250 has no offline security review")
-    assert result.returncode == 0, output
 
 
 # --- the fleet's hourly upkeep ------------------------------------------------------------
 MAINTAIN = ROOT / "systemd" / "greengate-fleet-maintain.service"
 MAINTAIN_TIMER = ROOT / "systemd" / "greengate-fleet-maintain.timer"
-
-
-@pytest.fixture
-def maintain_copy(tmp_path):
-    for unit in (MAINTAIN, MAINTAIN_TIMER):
-        (tmp_path / unit.name).write_text(
-            re.sub(r"/opt/greengate/\.venv/bin/[\w.-]+", sys.executable, unit.read_text()))
-    return tmp_path / MAINTAIN.name, tmp_path / MAINTAIN_TIMER.name
 
 
 def test_upkeep_purges_then_refreshes_the_lists_with_real_commands(tmp_path, capsys):
@@ -407,11 +346,40 @@ def test_upkeep_runs_hourly_well_inside_the_offline_budget():
     assert refresh + 1 <= budget / 2  # a list is re-signed long before a kiosk gives up
 
 
+# --- every fleet unit, as systemd reads it ----------------------------------------------------
+FLEET_UNITS = {"ingest": (INGEST,), "web": (WEB,), "upkeep": (MAINTAIN, MAINTAIN_TIMER)}
+
+
+def fleet_copies(tmp_path, units) -> list[Path]:
+    """The units with their programs (not installed here) swapped for an existing one,
+    everything else as shipped."""
+    copies = []
+    for unit in units:
+        copy = tmp_path / unit.name
+        copy.write_text(re.sub(r"/opt/greengate/\.venv/bin/[\w.-]+", sys.executable,
+                               unit.read_text()))
+        copies.append(copy)
+    return copies
+
+
 @needs_analyze
-def test_upkeep_units_pass_systemd_analyze_verify(maintain_copy):
-    service_copy, timer_copy = maintain_copy
-    result = analyze("verify", "--man=no", str(service_copy), str(timer_copy),
-                     cwd=service_copy.parent)
+@pytest.mark.parametrize("name", FLEET_UNITS)
+def test_fleet_units_pass_systemd_analyze_verify(tmp_path, name):
+    copies = fleet_copies(tmp_path, FLEET_UNITS[name])
+    result = analyze("verify", "--man=no", *map(str, copies), cwd=tmp_path)
     output = result.stdout + result.stderr
-    assert _about(output, service_copy) == [] and _about(output, timer_copy) == [], output
+    assert [line for c in copies for line in _about(output, c)] == [], output
     assert result.returncode == 0, output
+
+
+@needs_analyze
+@pytest.mark.parametrize("name", FLEET_UNITS)
+def test_fleet_unit_security_review_is_ok(tmp_path, name):
+    """Overall exposure below 2.0 ("OK") in systemd's offline security review."""
+    service = fleet_copies(tmp_path, FLEET_UNITS[name])[0]
+    result = analyze("security", "--offline=yes", "--threshold=20", str(service), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    if "--offline" in output and "unrecognized" in output:
+        pytest.skip("systemd-analyze older than 250 has no offline security review")
+    assert result.returncode == 0, output
+    assert "Overall exposure level" in output

@@ -194,24 +194,31 @@ def create_district():
     return jsonify(_district_json(district, {"locations": 0, "kiosks": 0})), 201
 
 
+def _code_and_name(session, row, model, body, what: str) -> dict:
+    """A PATCH of a district's or location's code and name, applied to row: the changes
+    as {field: [old, new]} for the audit log."""
+    changes = {}
+    new_code = text_field(body, "code", required=False, max_length=64, pattern=CODE, rule=CODE_RULE)
+    if new_code is not None and new_code != row.code:
+        if session.scalar(select(model.id).where(model.code == new_code)) is not None:
+            raise ApiError(409, f"a {what} with code {new_code!r} exists already")
+        changes["code"] = [row.code, new_code]
+        row.code = new_code
+    if "name" in body:
+        name = text_field(body, "name", required=True, max_length=200)
+        if name != row.name:
+            changes["name"] = [row.name, name]
+            row.name = name
+    return changes
+
+
 @bp.patch("/districts/<code>")
 @require(ADMIN, OPERATOR)
 def update_district(code):
     session = db()
     district = district_by_code(session, code)
     body = json_body({"code", "name"})
-    changes = {}
-    new_code = text_field(body, "code", required=False, max_length=64, pattern=CODE, rule=CODE_RULE)
-    if new_code is not None and new_code != district.code:
-        if session.scalar(select(District.id).where(District.code == new_code)) is not None:
-            raise ApiError(409, f"a district with code {new_code!r} exists already")
-        changes["code"] = [district.code, new_code]
-        district.code = new_code
-    if "name" in body:
-        name = text_field(body, "name", required=True, max_length=200)
-        if name != district.name:
-            changes["name"] = [district.name, name]
-            district.name = name
+    changes = _code_and_name(session, district, District, body, "district")
     if changes:
         audit.record(session, _actor(), "district.update", code, **changes)
         _commit(session, f"a district with code {district.code!r} exists already")
@@ -251,13 +258,18 @@ def get_location(code):
     return jsonify(_location_response(session, location_by_code(session, code)))
 
 
+def _referenced(session, body, field: str, model):
+    """The district or location a body names by its code; 422 saying how to create it."""
+    code = text_field(body, field, required=True, max_length=64)
+    row = session.scalar(select(model).where(model.code == code))
+    if row is None:
+        raise ApiError(422, f"no {field} with code {code!r}: create it first "
+                            f"(POST /api/v1/{field}s)")
+    return row
+
+
 def _district_field(session, body) -> District:
-    code = text_field(body, "district", required=True, max_length=64)
-    district = session.scalar(select(District).where(District.code == code))
-    if district is None:
-        raise ApiError(422, f"no district with code {code!r}: create it first "
-                            "(POST /api/v1/districts)")
-    return district
+    return _referenced(session, body, "district", District)
 
 
 @bp.post("/locations")
@@ -284,18 +296,7 @@ def update_location(code):
     session = db()
     location = location_by_code(session, code)
     body = json_body({"code", "name", "address", "district"})
-    changes = {}
-    new_code = text_field(body, "code", required=False, max_length=64, pattern=CODE, rule=CODE_RULE)
-    if new_code is not None and new_code != location.code:
-        if session.scalar(select(Location.id).where(Location.code == new_code)) is not None:
-            raise ApiError(409, f"a location with code {new_code!r} exists already")
-        changes["code"] = [location.code, new_code]
-        location.code = new_code
-    if "name" in body:
-        name = text_field(body, "name", required=True, max_length=200)
-        if name != location.name:
-            changes["name"] = [location.name, name]
-            location.name = name
+    changes = _code_and_name(session, location, Location, body, "location")
     if "address" in body:
         address = text_field(body, "address", required=False, max_length=400) or ""
         if address != location.address:
@@ -401,12 +402,7 @@ def _check_policy(session, deployment: str, name: str) -> None:
 def _location_field(session, body) -> Location | None:
     if body.get("location") is None:
         return None
-    code = text_field(body, "location", required=True, max_length=64)
-    location = session.scalar(select(Location).where(Location.code == code))
-    if location is None:
-        raise ApiError(422, f"no location with code {code!r}: create it first "
-                            "(POST /api/v1/locations)")
-    return location
+    return _referenced(session, body, "location", Location)
 
 
 @bp.post("/kiosks")
