@@ -4,6 +4,8 @@
     [mqtt]        broker and the fleet's client certificate
     [bundles]     the bundle-signing key and how often lists are re-issued
     [presence]    keepalive and sweep timing
+    [pki]         where the fleet PKI is, and how the broker learns of a new CRL
+    [enrol]       what enrolled kiosks are told (broker, URL) and token rules
     [metrics]     an optional bearer token for /metrics
 
 Every key, type and default is in SCHEMA (docs/fleet-config.md is generated from it:
@@ -46,8 +48,9 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
         "batch_seconds": (float, 0.2, "a batch is written at the latest after this long"),
     },
     "bundles": {
-        "signing_key": (str, "bundle-signing.key", "PEM of the fleet's bundle-signing private "
-                                                   "key (P-256), relative to data_dir"),
+        "signing_key": (str, "pki/bundle-signing.key", "PEM of the fleet's bundle-signing "
+                                                       "private key (P-256), relative to "
+                                                       "data_dir (`greengate-provision init`)"),
         "refresh_hours": (float, 24.0, "re-issue unchanged lists this often, well inside the "
                                        "kiosks' offline budget"),
         "deltas": (int, 8, "status versions back for which a delta is published"),
@@ -56,6 +59,26 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
         "keepalive": (float, 30.0, "the kiosks' MQTT keepalive / heartbeat, seconds"),
         "sweep": (float, 5.0, "seconds between presence sweeps"),
         "backlog": (int, 1000, "an outbox deeper than this makes a kiosk degraded"),
+    },
+    "pki": {
+        "dir": (str, "pki", "the fleet PKI made by `greengate-provision init` (CA, broker "
+                            "certificate, keys, CRL), relative to data_dir"),
+        "broker_crl": (str, "", "a copy of crl.pem the broker reads (`greengate-provision "
+                                "mosquitto-config` sets it up); empty: Mosquitto reads "
+                                "the PKI's own crl.pem"),
+        "broker_reload": (str, "systemctl reload mosquitto", "command run after the CRL "
+                                                             "changed (Mosquitto re-reads "
+                                                             "it on SIGHUP); empty: none"),
+    },
+    "enrol": {
+        "broker_host": (str, "", "the broker's name as kiosks reach it; empty: [mqtt] host"),
+        "broker_port": (int, 8883, "the broker's TLS port as kiosks reach it"),
+        "http_url": (str, "", "the fleet web server's base URL as kiosks reach it (HTTPS: "
+                              "list fallback and token enrolment), e.g. `https://fleet:8443`"),
+        "token_hours": (float, 24.0, "an enrolment token expires after this long"),
+        "cert_days": (int, 825, "validity of kiosk client certificates"),
+        "max_failures": (int, 10, "failed token exchanges per client address in 10 minutes "
+                                  "before it is refused (HTTP 429)"),
     },
     "metrics": {
         "token": (str, "", "if set, /metrics asks for 'Authorization: Bearer <token>'; "

@@ -10,8 +10,9 @@ counted as a duplicate. Each scan gets the location and district its kiosk has a
 time, from an in-memory directory of kiosks refreshed every `refresh` seconds:
 a kiosk moved in the dashboard tags its scans with the new place at the latest
 that much later. A kiosk nobody enrolled is created (never_seen, no location)
-in the same transaction, so the dashboard shows it; scans of retired kiosks are
-stored and counted.
+in the same transaction, so the dashboard shows it. Messages of retired kiosks are
+refused: counted, logged, acknowledged (so the broker forgets them), never stored:
+a retired kiosk no longer speaks for anyone (its certificate is revoked too).
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ class ScanStore:
         nowhere = (None, None, False)
         out = Written()
         received = self.clock()
+        if any(places.get(k, nowhere)[2] for k, _ in scans) or \
+                any(places.get(k, nowhere)[2] for k, _ in summaries):
+            scans, summaries = self._refuse_retired(scans, summaries)
         with self.engine.begin() as connection:
             if unknown:
                 connection.execute(self._kiosk_insert, [
@@ -137,6 +141,18 @@ class ScanStore:
         self._count(scans, summaries, out, received, unknown)
         return out
 
+    def _refuse_retired(self, scans, summaries):
+        places = self.directory.places
+        kept = []
+        for kind, items in (("scan", scans), ("summary", summaries)):
+            gone = [k for k, _ in items if places.get(k, (0, 0, False))[2]]
+            if gone:
+                self.metrics.retired_kiosk.labels(kind=kind).inc(len(gone))
+                log.warning("refused %d %s message(s) of retired kiosk(s) %s", len(gone), kind,
+                            ", ".join(sorted(set(gone))))
+            kept.append([(k, d) for k, d in items if not places.get(k, (0, 0, False))[2]])
+        return kept[0], kept[1]
+
     def _unknown(self, scans, summaries) -> set[str]:
         places = self.directory.places
         unknown = {k for k, _ in scans if k not in places}
@@ -149,11 +165,7 @@ class ScanStore:
         m.duplicates.labels(kind="scan").inc(out.scan_duplicates)
         m.stored.labels(kind="summary").inc(out.summaries)
         m.duplicates.labels(kind="summary").inc(out.summary_duplicates)
-        places = self.directory.places
         for kind, items in (("scan", scans), ("summary", summaries)):
-            gone = sum(1 for k, _ in items if places.get(k, (0, 0, False))[2])
-            if gone:
-                m.retired_kiosk.labels(kind=kind).inc(gone)
             new = sum(1 for k, _ in items if k in unknown)
             if new:
                 m.unknown_kiosk.labels(kind=kind).inc(new)

@@ -256,3 +256,39 @@ class AuditLog(Base):
     target: Mapped[str] = mapped_column(String(200), default="")
     detail: Mapped[dict | None] = mapped_column(JSON)
     __table_args__ = (Index("ix_audit_at", "at"),)
+
+
+class KioskCertificate(Base):
+    """A client certificate the fleet CA issued to a kiosk (provisioning/pki.py). Retiring
+    the kiosk revokes them all; the broker's CRL is made from the revoked ones."""
+    __tablename__ = "kiosk_certificate"
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # hex
+    kiosk_id: Mapped[str] = mapped_column(String(63))
+    issued_at: Mapped[float] = mapped_column(Float)
+    not_after: Mapped[float] = mapped_column(Float)
+    via: Mapped[str] = mapped_column(String(16))  # bundle | token
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (Index("ix_kiosk_certificate_kiosk", "kiosk_id"),)
+
+
+class EnrolmentToken(Base):
+    """A one-time enrolment token (docs/provisioning.md): only its SHA-256 is stored;
+    `used_at` is set in the same statement that checks it is still unused."""
+    __tablename__ = "enrolment_token"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kiosk_id: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float)
+    used_from: Mapped[str | None] = mapped_column(String(64))
+
+
+class EnrolmentAttempt(Base):
+    """Failed token exchanges, for the per-address rate limit."""
+    __tablename__ = "enrolment_attempt"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    address: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (Index("ix_enrolment_attempt_address_at", "address", "at"),)

@@ -30,8 +30,8 @@ declare -A PKG_GROUPS=(
     [postgres]="postgresql"
     [browser]="chromium|chromium-browser"
 )
-# Always installed (libzbar0 became libzbar0t64 in Debian trixie).
-BASE_PACKAGES=("libzbar0|libzbar0t64")
+# Always installed (libzbar0 became libzbar0t64 in Debian trixie; DejaVu Sans prints the cards).
+BASE_PACKAGES=("libzbar0|libzbar0t64" fonts-dejavu-core)
 
 MIN_PY=(3 11)
 VENV=.venv

@@ -67,7 +67,8 @@ def test_migrations_build_exactly_the_models_schema(database_url):
         assert diff == [], diff
         tables = set(inspect(engine).get_table_names())
         assert {"scan", "kiosk", "status_entry", "presence_event", "outage", "audit_log",
-                "user_account", "api_token", "bundle", "trust_entry", "policy"} <= tables
+                "user_account", "api_token", "bundle", "trust_entry", "policy",
+                "kiosk_certificate", "enrolment_token", "enrolment_attempt"} <= tables
         migrate.upgrade(engine)  # idempotent
     finally:
         engine.dispose()

@@ -106,23 +106,33 @@ def test_replayed_stream_counts_once(config, fleet_db, workers, kiosks):
     assert worker.metrics.value("greengate_ingest_commit_seconds_count") >= 1
 
 
-def test_unknown_and_retired_kiosks_are_stored_and_counted(config, fleet_db, workers,
-                                                           kiosks):
+def test_unknown_kiosks_are_stored_and_retired_ones_refused(config, fleet_db, workers,
+                                                             kiosks):
     place(fleet_db, "gone", retired=True)
     worker = workers.start(config, presence=False)
     stranger, gone = kiosks("stranger"), kiosks("gone")
-    stranger.publish(messages.scan_topic("stranger"), scan("stranger", "scan-0001"))
     gone.publish(messages.scan_topic("gone"), scan("gone", "scan-0001"))
-    wait_for(lambda: stored(worker) == 2, 15, "both scans")
+    gone.publish(messages.summary_topic("gone"), summary("gone", "s" + "0" * 16))
+    stranger.publish(messages.scan_topic("stranger"), scan("stranger", "scan-0001"))
+    wait_for(lambda: stored(worker) == 1, 15, "the stranger's scan")
+    m = worker.metrics
+    wait_for(lambda: m.value("greengate_ingest_retired_kiosk_messages_total", kind="summary")
+             == 1, 15, "the retired kiosk's summary refused")
 
-    assert sorted(scan_ids(fleet_db)) == [("gone", "scan-0001"), ("stranger", "scan-0001")]
+    assert scan_ids(fleet_db) == [("stranger", "scan-0001")]  # nothing of the retired one
+    assert summaries(fleet_db) == []
     new = kiosk(fleet_db, "stranger")  # created, so the dashboard shows it
     assert (new.state, new.location_id, new.enrolled_at) == ("never_seen", None, None)
     assert new.deployment == "test" and "not enrolled" in new.detail
     assert kiosk(fleet_db, "gone").state == RETIRED  # untouched
-    m = worker.metrics
     assert m.value("greengate_ingest_unknown_kiosk_messages_total", kind="scan") == 1
     assert m.value("greengate_ingest_retired_kiosk_messages_total", kind="scan") == 1
+    # refused, yet acknowledged: the broker does not hand them to the next worker
+    worker.stop()
+    again = workers.start(config, worker="1", presence=False)
+    settle(1.0)
+    assert again.metrics.value("greengate_ingest_retired_kiosk_messages_total",
+                               kind="scan") == 0
 
 
 @pytest.mark.parametrize("per_statement", [1, 3])

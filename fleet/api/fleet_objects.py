@@ -13,13 +13,11 @@ from flask import g, jsonify, request
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from greengate import policy as greengate_policy
-
-from .. import audit
+from .. import audit, kiosks
 from ..app import current_fleet, db
 from ..auth import require
 from ..models import (ADMIN, DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, OPERATOR, RETIRED, STATES,
-                      District, Kiosk, Location, Outage, Policy, PresenceEvent, PublishedBundle,
+                      District, Kiosk, Location, Outage, PresenceEvent, PublishedBundle,
                       Scan)
 from . import ApiError, bp
 from .common import (CODE, CODE_RULE, bool_arg, choice_arg, district_by_code, int_arg, iso,
@@ -382,21 +380,17 @@ def get_kiosk(kiosk_id):
 
 
 def _check_deployment(deployment: str) -> None:
-    known = current_fleet().config.fleet.deployments
-    if deployment not in known:
-        raise ApiError(422, f"unknown deployment {deployment!r}; this fleet serves: "
-                            f"{', '.join(known)}")
+    try:
+        kiosks.check_deployment(current_fleet().config, deployment)
+    except kiosks.KioskError as exc:
+        raise ApiError(exc.status, exc.message) from None
 
 
 def _check_policy(session, deployment: str, name: str) -> None:
-    """The policy must be one the deployment's policy bundle carries: a kiosk refuses a
-    policy bundle that lacks its policy (docs/bundles.md). A deployment without policies
-    yet gets the built-ins on first use (fleet/policies.py)."""
-    names = set(session.scalars(select(Policy.name).where(Policy.deployment == deployment)))
-    names = names or set(greengate_policy.BUILTIN)
-    if name not in names:
-        raise ApiError(422, f"deployment {deployment!r} has no policy {name!r}; its policies: "
-                            f"{', '.join(sorted(names))}")
+    try:
+        kiosks.check_policy(session, deployment, name)
+    except kiosks.KioskError as exc:
+        raise ApiError(exc.status, exc.message) from None
 
 
 def _location_field(session, body) -> Location | None:
@@ -422,23 +416,12 @@ def create_kiosk():
     _check_policy(session, deployment, policy)
     location = _location_field(session, body)
     at = now()
-    kiosk = session.get(Kiosk, kiosk_id)
-    adopted = kiosk is not None and kiosk.enrolled_at is None and kiosk.state != RETIRED
-    if kiosk is not None and not adopted:
-        raise ApiError(409, f"a kiosk {kiosk_id!r} exists already")
-    if adopted:
-        # The ingest worker heard of it before anyone enrolled it (a kiosk set up ahead of
-        # its record): enrolling adopts that row and keeps its presence history.
-        kiosk.location_id = location.id if location else None
-        kiosk.deployment, kiosk.policy, kiosk.enrolled_at = deployment, policy, at
-    else:
-        kiosk = Kiosk(id=kiosk_id, location_id=location.id if location else None,
-                      deployment=deployment, policy=policy, state=NEVER_SEEN, state_since=at,
-                      detail="", session=0, enrolled_at=at)
-        session.add(kiosk)
-    audit.record(session, _actor(), "kiosk.create", kiosk_id, deployment=deployment,
-                 policy=policy, location=location.code if location else None,
-                 **({"adopted": True} if adopted else {}))
+    try:
+        kiosks.register(session, current_fleet().config, kiosk_id=kiosk_id,
+                        deployment=deployment, policy=policy, location=location,
+                        actor=_actor(), at=at)
+    except kiosks.KioskError as exc:
+        raise ApiError(exc.status, exc.message) from None
     _commit(session, f"a kiosk {kiosk_id!r} exists already")
     return jsonify(_kiosk_response(session, kiosk_id, at)), 201
 
@@ -481,25 +464,18 @@ def update_kiosk(kiosk_id):
 @bp.post("/kiosks/<kiosk_id>/retire")
 @require(ADMIN, OPERATOR)
 def retire_kiosk(kiosk_id):
-    """Mark a kiosk retired (its certificate is revoked by provisioning, not here).
+    """Mark a kiosk retired and its certificates revoked in the database (the broker's
+    CRL and the live session are provisioning's: `greengate-provision retire`).
     Body (optional): {"reason": "..."}."""
     session = db()
     kiosk = _get_kiosk(session, kiosk_id)[0]
     body = json_body({"reason"}) if _has_body() else {}
     reason = text_field(body, "reason", required=False, max_length=400) or ""
-    if kiosk.state == RETIRED:
-        raise ApiError(409, f"kiosk {kiosk_id!r} is retired already (since "
-                            f"{iso(kiosk.retired_at or kiosk.state_since)})")
     at = now()
-    session.add(PresenceEvent(kiosk_id=kiosk.id, at=at, previous=kiosk.state, state=RETIRED,
-                              session=kiosk.session, detail=reason or "retired"))
-    for outage in session.scalars(select(Outage).where(Outage.kiosk_id == kiosk.id,
-                                                       Outage.ended.is_(None))):
-        outage.ended = at  # a retired kiosk is no longer an outage
-    previous = kiosk.state
-    kiosk.state, kiosk.state_since, kiosk.retired_at = RETIRED, at, at
-    kiosk.detail = reason or "retired"
-    audit.record(session, _actor(), "kiosk.retire", kiosk_id, previous=previous, reason=reason)
+    try:
+        kiosks.retire(session, kiosk, reason=reason, actor=_actor(), at=at)
+    except kiosks.KioskError as exc:
+        raise ApiError(exc.status, exc.message) from None
     session.commit()
     return jsonify(_kiosk_response(session, kiosk_id, at))
 

@@ -1,0 +1,207 @@
+"""Enrolling a kiosk: its record in the fleet, then what goes onto the Pi.
+
+Two ways (docs/provisioning.md#enrolling-a-kiosk):
+
+* a bundle: the key is made here, and the folder `greengate/` (kiosk.toml, kiosk.key,
+  kiosk.pem, ca.pem, fleet-bundle.pem) goes into a tar file or straight onto the SD
+  card's boot partition; scripts/install-kiosk.sh installs it on first boot;
+* a one-time token: the Pi makes its own key and exchanges a CSR and the token for its
+  certificate over HTTPS (`greengate-kiosk enrol`, fleet/api/enrol.py). The token is
+  `gge1.<secret>.<pin>`: the pin is the start of the fleet CA's SHA-256 fingerprint,
+  so the Pi can check it talks to this fleet before it sends anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import secrets
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from fleet import kiosks
+from fleet.models import District, EnrolmentToken, KioskCertificate, Location
+from greengate import enrolment
+from greengate.enrolment import BUNDLE_DIR
+from greengate.messages import KIOSK_ID
+
+from .pki import PKI
+
+
+class EnrolError(Exception):
+    pass
+
+
+@dataclass
+class KioskSpec:
+    kiosk_id: str
+    deployment: str
+    policy: str
+    location: Location | None
+    district: District | None
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url: str,
+               pseudonym_key: str) -> str:
+    """The kiosk's configuration; paths are relative to it (docs/kiosk-config.md)."""
+    location = spec.location.name if spec.location else ""
+    district = spec.district.name if spec.district else ""
+    return "\n".join([
+        "# GreenGate kiosk, made by `greengate-provision enrol`. Every key: docs/kiosk-config.md.",
+        "[kiosk]",
+        f"id = {_toml_string(spec.kiosk_id)}",
+        f"location = {_toml_string(location)}",
+        f"district = {_toml_string(district)}",
+        f"deployment = {_toml_string(spec.deployment)}",
+        f"policy = {_toml_string(spec.policy)}",
+        "",
+        "[mqtt]",
+        f"host = {_toml_string(broker_host)}",
+        f"port = {int(broker_port)}",
+        "tls = true",
+        f'ca = "{enrolment.CA}"',
+        f'cert = "{enrolment.CERT}"',
+        f'key = "{enrolment.KEY}"',
+        "",
+        "[bundles]",
+        f'fleet_key = "{enrolment.FLEET_KEY}"',
+        f"http_url = {_toml_string(http_url)}",
+        "",
+        "[privacy]",
+        "pseudonyms = true",
+        f"pseudonym_key = {_toml_string(pseudonym_key)}",
+        "",
+    ])
+
+
+# --- the fleet's record --------------------------------------------------------------
+def register(session, config, *, kiosk_id: str, location_code: str | None,
+             location_name: str | None, district_code: str | None, deployment: str | None,
+             policy: str, actor: str) -> KioskSpec:
+    """Register the kiosk (fleet/kiosks.py rules). A new location is created when a
+    district is named; a named district must match an existing location's."""
+    if not KIOSK_ID.match(kiosk_id):
+        raise EnrolError(f"kiosk id {kiosk_id!r} is not valid: 1 to 63 letters, digits, '_', "
+                         "'.' or '-', starting with a letter or digit")
+    deployments = config.fleet.deployments
+    if deployment is None:
+        if len(deployments) > 1:
+            raise EnrolError(f"this fleet serves several deployments ({', '.join(deployments)}):"
+                             " name one with --deployment")
+        deployment = deployments[0]
+    district = None
+    if district_code:
+        district = session.scalar(select(District).where(District.code == district_code))
+        if district is None:
+            raise EnrolError(f"no district with code {district_code!r}: create it in the "
+                             "dashboard or with POST /api/v1/districts")
+    location = None
+    if location_code:
+        location = session.scalar(select(Location).where(Location.code == location_code))
+        if location is None:
+            if district is None:
+                raise EnrolError(f"no location with code {location_code!r}: name its district "
+                                 "(--district) to create it, with --location-name")
+            location = Location(code=location_code, name=location_name or location_code,
+                                address="", district_id=district.id)
+            session.add(location)
+            session.flush()
+        elif district is not None and location.district_id != district.id:
+            raise EnrolError(f"location {location_code!r} is not in district {district_code!r}")
+        if district is None and location.district_id is not None:
+            district = session.get(District, location.district_id)
+    try:
+        kiosks.register(session, config, kiosk_id=kiosk_id, deployment=deployment,
+                        policy=policy, location=location, actor=actor, at=time.time())
+    except kiosks.KioskError as exc:
+        raise EnrolError(exc.message) from None
+    return KioskSpec(kiosk_id, deployment, policy, location, district)
+
+
+def record_certificate(session, kiosk_id: str, cert, via: str) -> None:
+    session.add(KioskCertificate(
+        serial=format(cert.serial_number, "x"), kiosk_id=kiosk_id, issued_at=time.time(),
+        not_after=cert.not_valid_after_utc.timestamp(), via=via))
+
+
+# --- bundle -------------------------------------------------------------------------------
+def bundle_files(pki: PKI, key, cert, config_text: str) -> dict[str, tuple[bytes, int]]:
+    """name -> (content, mode) of the folder `greengate/` for the Pi."""
+    return {
+        enrolment.CONFIG: (config_text.encode(), 0o600),
+        enrolment.KEY: (key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()), 0o600),
+        enrolment.CERT: (cert.public_bytes(serialization.Encoding.PEM), 0o644),
+        enrolment.CA: (pki.ca_pem(), 0o644),
+        enrolment.FLEET_KEY: (pki.bundle_public_pem(), 0o644),
+    }
+
+
+def write_tar(path: Path, files: dict[str, tuple[bytes, int]]) -> Path:
+    """A tar (gzip when the name ends .gz / .tgz) holding greengate/<files>, mode 0600:
+    it carries a private key."""
+    path = Path(path)
+    mode = "w:gz" if path.suffix in (".gz", ".tgz") else "w"
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode=mode) as tar:
+        now = time.time()
+        folder = tarfile.TarInfo(BUNDLE_DIR)
+        folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o700, now
+        tar.addfile(folder)
+        for name, (data, file_mode) in files.items():
+            info = tarfile.TarInfo(f"{BUNDLE_DIR}/{name}")
+            info.size, info.mode, info.mtime = len(data), file_mode, now
+            tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, path)
+    return path
+
+
+def write_folder(boot: Path, files: dict[str, tuple[bytes, int]], force: bool = False) -> Path:
+    """greengate/ on a mounted boot partition (FAT: modes mean nothing there; the install
+    script moves the files to /etc/greengate and deletes them from the card)."""
+    boot = Path(boot)
+    if not boot.is_dir():
+        raise EnrolError(f"{boot} is not a directory: mount the SD card's boot partition "
+                         "(bookworm: the FAT partition with config.txt) and name it")
+    folder = boot / BUNDLE_DIR
+    if (folder / enrolment.CONFIG).exists() and not force:
+        raise EnrolError(f"{folder} holds an enrolment already; --force replaces it")
+    folder.mkdir(exist_ok=True)
+    for name, (data, mode) in files.items():
+        target = folder / name
+        with open(target, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.chmod(target, mode)
+        except OSError:  # FAT
+            pass
+    return folder
+
+
+# --- token --------------------------------------------------------------------------------
+def create_token(session, pki: PKI, kiosk_id: str, hours: float, actor: str) -> tuple[str, float]:
+    """A one-time token for the kiosk; only its hash is stored. Returns (token, expires)."""
+    secret = secrets.token_urlsafe(24)
+    now = time.time()
+    expires = now + hours * 3600
+    session.add(EnrolmentToken(token_hash=enrolment.secret_hash(secret), kiosk_id=kiosk_id,
+                               created_at=now, created_by=actor, expires_at=expires))
+    return enrolment.format_token(secret, pki.ca_fingerprint()), expires
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

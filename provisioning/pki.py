@@ -1,0 +1,256 @@
+"""The fleet's PKI, in one directory (docs/provisioning.md#the-fleet-pki).
+
+    ca.pem, ca.key                 the fleet CA: signs kiosk client certificates, the
+                                   server certificate and the fleet's own client certificate
+    server.pem, server.key         the broker's (and the fleet web server's) TLS certificate
+    fleet.pem, fleet.key           the fleet services' MQTT identity (CN greengate-fleet)
+    bundle-signing.key, .pub.pem   signs trust list, policies, status lists; kiosks pin
+                                   the public half
+    pseudonym.key                  hex key of the holder pseudonyms (every kiosk has it)
+    crl.pem                        revoked kiosk certificates, for Mosquitto's crlfile
+
+EC P-256 throughout (small, fast on a Pi). Private keys are written 0600 in a 0700
+directory; nothing is overwritten unless the caller says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+FLEET_IDENTITY = "greengate-fleet"  # CN of the fleet services' client certificate
+CA_DAYS = 20 * 365
+SERVER_DAYS = 825
+CLIENT_DAYS = 825
+# Mosquitto (OpenSSL) refuses every client once the CRL's nextUpdate has passed, so a
+# CRL nobody regenerated must not lock the whole fleet out: it is re-signed at every
+# retire and at every `greengate-provision crl`, and valid for a year meanwhile.
+CRL_DAYS = 365
+
+KEY_FILES = ("ca.key", "server.key", "fleet.key", "bundle-signing.key", "pseudonym.key")
+
+
+class PKIError(Exception):
+    pass
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Atomically, with its mode from the start (a key is never readable by others)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "GreenGate"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+@dataclass
+class PKI:
+    dir: Path
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    # --- loading ---------------------------------------------------------------------
+    def _load_key(self, name: str):
+        try:
+            return serialization.load_pem_private_key(self.path(name).read_bytes(), None)
+        except FileNotFoundError:
+            raise PKIError(f"{self.path(name)} is missing: create the PKI with "
+                           "`greengate-provision init`") from None
+
+    def _load_cert(self, name: str) -> x509.Certificate:
+        try:
+            return x509.load_pem_x509_certificate(self.path(name).read_bytes())
+        except FileNotFoundError:
+            raise PKIError(f"{self.path(name)} is missing: create the PKI with "
+                           "`greengate-provision init`") from None
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        return self._load_cert("ca.pem")
+
+    def ca_pem(self) -> bytes:
+        return self.path("ca.pem").read_bytes()
+
+    def ca_fingerprint(self) -> str:
+        """SHA-256 of the CA certificate (DER), hex: what an enrolment token pins."""
+        return hashlib.sha256(self.ca_cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+    def bundle_public_pem(self) -> bytes:
+        return self.path("bundle-signing.pub.pem").read_bytes()
+
+    def pseudonym_key(self) -> str:
+        return self.path("pseudonym.key").read_text().strip()
+
+    # --- issuing ---------------------------------------------------------------------
+    def _sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        ca_key, ca = self._load_key("ca.key"), self.ca_cert
+        return (builder.issuer_name(ca.subject)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    ca_key.public_key()), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+
+    def issue_client(self, cn: str, public_key, days: int = CLIENT_DAYS) -> x509.Certificate:
+        """A TLS client certificate with CN = the identity Mosquitto uses as username."""
+        now = _now()
+        return self._sign(
+            x509.CertificateBuilder()
+            .subject_name(_name(cn)).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,
+                                         content_commitment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False))
+
+    def issue_kiosk(self, kiosk_id: str, days: int = CLIENT_DAYS):
+        """A new key and certificate for a kiosk (the enrolment-bundle path)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        return key, self.issue_client(kiosk_id, key.public_key(), days)
+
+    def sign_csr(self, csr_pem: bytes, kiosk_id: str, days: int = CLIENT_DAYS) -> x509.Certificate:
+        """The token path: the kiosk made its key and sent a CSR. Whatever subject it asked
+        for, the certificate names the kiosk the token was made for."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError:
+            raise PKIError("the certificate request is not a PEM CSR") from None
+        if not csr.is_signature_valid:
+            raise PKIError("the certificate request's signature does not verify")
+        key = csr.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            if key.curve.name not in ("secp256r1", "secp384r1"):
+                raise PKIError(f"EC curve {key.curve.name} is not accepted (P-256 or P-384)")
+        elif isinstance(key, rsa.RSAPublicKey):
+            if key.key_size < 2048:
+                raise PKIError(f"RSA key of {key.key_size} bits is too small (2048 or more)")
+        else:
+            raise PKIError("only EC (P-256, P-384) and RSA keys are accepted")
+        return self.issue_client(kiosk_id, key, days)
+
+    # --- revocation ------------------------------------------------------------------
+    def write_crl(self, revoked: list[tuple[int, dt.datetime]], extra: list[Path] = ()) -> bytes:
+        """Re-sign crl.pem listing exactly `revoked` (serial, when); also copy it to each
+        path in `extra` (the broker's copy)."""
+        ca_key, ca = self._load_key("ca.key"), self.ca_cert
+        now = _now()
+        builder = (x509.CertificateRevocationListBuilder()
+                   .issuer_name(ca.subject).last_update(now)
+                   .next_update(now + dt.timedelta(days=CRL_DAYS)))
+        for serial, when in sorted(revoked):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial)
+                .revocation_date(when).build())
+        pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        for target in (self.path("crl.pem"), *map(Path, extra)):
+            _write(target, pem, 0o644)
+        return pem
+
+    def revoked_serials(self) -> set[int]:
+        crl = x509.load_pem_x509_crl(self.path("crl.pem").read_bytes())
+        return {entry.serial_number for entry in crl}
+
+
+def init(directory: Path, hosts: list[str], *, force: bool = False) -> PKI:
+    """Create the fleet PKI in `directory` (PKIError if keys exist and not force)."""
+    if not hosts:
+        raise PKIError("name at least one --host: the broker's (and fleet web server's) DNS "
+                       "name or IP address as kiosks will reach it")
+    directory = Path(directory)
+    existing = [name for name in KEY_FILES if (directory / name).exists()]
+    if existing and not force:
+        raise PKIError(f"{directory} holds keys already ({', '.join(existing)}); replacing "
+                       "them cuts every enrolled kiosk off. Use --force to do it anyway.")
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    pki = PKI(directory)
+    now = _now()
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("GreenGate fleet CA")
+    ca = (x509.CertificateBuilder()
+          .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, key_cert_sign=True,
+                                       crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False,
+                                       decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    _write(pki.path("ca.key"), _key_pem(ca_key), 0o600)
+    _write(pki.path("ca.pem"), _cert_pem(ca), 0o644)
+
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = pki._sign(
+        x509.CertificateBuilder()
+        .subject_name(_name(hosts[0])).public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                       critical=False))
+    _write(pki.path("server.key"), _key_pem(server_key), 0o600)
+    _write(pki.path("server.pem"), _cert_pem(server), 0o644)
+
+    fleet_key = ec.generate_private_key(ec.SECP256R1())
+    _write(pki.path("fleet.key"), _key_pem(fleet_key), 0o600)
+    _write(pki.path("fleet.pem"),
+           _cert_pem(pki.issue_client(FLEET_IDENTITY, fleet_key.public_key())), 0o644)
+
+    signing = ec.generate_private_key(ec.SECP256R1())
+    _write(pki.path("bundle-signing.key"), _key_pem(signing), 0o600)
+    _write(pki.path("bundle-signing.pub.pem"), signing.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
+    _write(pki.path("pseudonym.key"), (secrets.token_hex(32) + "\n").encode(), 0o600)
+    pki.write_crl([])
+    return pki
