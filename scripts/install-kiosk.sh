@@ -63,40 +63,9 @@ usage() {
     sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
 }
 
-pkg_installed() {
-    local status
-    status=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) || return 1
-    [[ $status == *" ok installed" ]]
-}
-
-item_installed() {  # any alternative of "a|b|c" installed
-    local alt
-    local -a alts
-    IFS='|' read -ra alts <<<"$1"
-    for alt in "${alts[@]}"; do
-        pkg_installed "$alt" && return 0
-    done
-    return 1
-}
-
-has_candidate() {
-    local cand
-    cand=$(apt-cache policy -- "$1" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
-    [[ -n $cand && $cand != "(none)" ]]
-}
-
-item_pick() {  # the alternative of "a|b|c" apt can install (after apt-get update)
-    local alt
-    local -a alts
-    IFS='|' read -ra alts <<<"$1"
-    for alt in "${alts[@]}"; do
-        if has_candidate "$alt"; then
-            printf '%s' "$alt"
-            return 0
-        fi
-    done
-    printf '%s' "${alts[0]}"  # let apt report the error
-}
+# pkg_installed, item_installed, has_candidate, item_pick
+# shellcheck source=scripts/apt-alternatives.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-alternatives.sh"
 
 # The gid of a group in the target system ($ROOT/etc/group), or nothing.
 group_gid() {

@@ -85,22 +85,9 @@ as_root() {
     fi
 }
 
-pkg_installed() {
-    local status
-    status=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) || return 1
-    [[ $status == *" ok installed" ]]
-}
-
-# True if any alternative of "a|b|c" is installed.
-item_installed() {
-    local alt
-    local -a alts
-    IFS='|' read -ra alts <<<"$1"
-    for alt in "${alts[@]}"; do
-        pkg_installed "$alt" && return 0
-    done
-    return 1
-}
+# pkg_installed, item_installed, has_candidate, item_pick
+# shellcheck source=scripts/apt-alternatives.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-alternatives.sh"
 
 # The postgres group is for the tests, which run their own throw-away clusters
 # (tests/databases.py). Keep Debian's postgresql package from creating (and starting)
@@ -115,25 +102,7 @@ pg_no_main_cluster() {
         "create_main_cluster = false" | as_root tee "$PG_NO_MAIN_CLUSTER" >/dev/null
 }
 
-has_candidate() {
-    local cand
-    cand=$(apt-cache policy -- "$1" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')
-    [[ -n $cand && $cand != "(none)" ]]
-}
 
-# Pick the package to install for "a|b|c" (call after apt-get update).
-item_pick() {
-    local alt
-    local -a alts
-    IFS='|' read -ra alts <<<"$1"
-    for alt in "${alts[@]}"; do
-        if has_candidate "$alt"; then
-            printf '%s' "$alt"
-            return 0
-        fi
-    done
-    printf '%s' "${alts[0]}"  # let apt report the error
-}
 
 py_ok() {  # $1: interpreter; true if it runs and is >= MIN_PY
     "$1" -c "import sys; sys.exit(sys.version_info < (${MIN_PY[0]}, ${MIN_PY[1]}))" >/dev/null 2>&1
