@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from flask import Flask, current_app, g
 from sqlalchemy.engine import Engine
@@ -34,9 +35,17 @@ def create_app(config: config_module.FleetConfig | None = None, *, publisher=Non
     app.extensions["greengate"] = Fleet(config, engine, make_sessions(engine), publisher)
     app.config["SECRET_KEY"] = config.fleet.secret_key or _secret_key(config)
     app.config["JSON_SORT_KEYS"] = False
+    app.config.update(SESSION_COOKIE_NAME="greengate", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=config.web.secure_cookies,
+                      PERMANENT_SESSION_LIFETIME=timedelta(hours=config.web.session_hours))
 
+    from . import i18n
+    i18n.init_app(app, config)
     from .api import bp as api_bp
     app.register_blueprint(api_bp)
+    from .web import bp as web_bp
+    app.register_blueprint(web_bp)
     from .metrics import bp as metrics_bp
     app.register_blueprint(metrics_bp)
 

@@ -13,13 +13,17 @@ import hashlib
 import secrets
 import time
 
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from flask import g, request
-from sqlalchemy import select
-from werkzeug.security import check_password_hash, generate_password_hash
+from sqlalchemy import func, select
+from werkzeug.security import check_password_hash
 
-from .models import ADMIN, ROLES, ApiToken, User
+from .models import ADMIN, ROLES, ApiToken, LoginFailure, User
 
 TOKEN_PREFIX = "ggt_"
+_hasher = PasswordHasher()  # argon2id, the library's current recommended parameters
+LOGIN_WINDOW = 900.0  # seconds over which failed logins count
 
 
 class AuthError(Exception):
@@ -38,14 +42,46 @@ def create_user(session, username: str, password: str, role: str, district_id=No
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     if len(password) < 10:
         raise ValueError("a password needs at least 10 characters")
-    user = User(username=username, password_hash=generate_password_hash(password), role=role,
+    user = User(username=username, password_hash=_hasher.hash(password), role=role,
                 district_id=district_id, created_at=time.time())
     session.add(user)
     return user
 
 
 def check_password(user: User | None, password: str) -> bool:
-    return bool(user and not user.disabled and check_password_hash(user.password_hash, password))
+    """Argon2id; an older werkzeug hash still verifies and is replaced on success (the
+    caller commits)."""
+    if user is None or user.disabled:
+        _hasher.hash(password)  # the same work either way: no timing hint that it is unknown
+        return False
+    stored = user.password_hash
+    if stored.startswith("$argon2"):
+        try:
+            _hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+        if _hasher.check_needs_rehash(stored):
+            user.password_hash = _hasher.hash(password)
+        return True
+    if check_password_hash(stored, password):
+        user.password_hash = _hasher.hash(password)
+        return True
+    return False
+
+
+def login_blocked(session, username: str, address: str, limit: int, now: float) -> bool:
+    """Too many failed logins for this account, or from this address, lately."""
+    since = now - LOGIN_WINDOW
+    by_user = session.scalar(select(func.count()).select_from(LoginFailure).where(
+        LoginFailure.username == username, LoginFailure.at > since))
+    by_address = session.scalar(select(func.count()).select_from(LoginFailure).where(
+        LoginFailure.address == address, LoginFailure.at > since))
+    # an address may try a few accounts (a shared office) before it is stopped too
+    return by_user >= limit or by_address >= 4 * limit
+
+
+def login_failed(session, username: str, address: str, now: float) -> None:
+    session.add(LoginFailure(at=now, username=username[:100], address=address[:64]))
 
 
 def create_token(session, user: User, name: str) -> str:
@@ -69,7 +105,7 @@ def user_for_token(session, token: str) -> User | None:
 
 
 def current_user(session) -> User | None:
-    """The caller: a bearer token, else the dashboard login session (later), else None."""
+    """The caller: a bearer token, else the dashboard login session, else None."""
     if "user" in g:
         return g.user
     user = None
@@ -86,8 +122,33 @@ def current_user(session) -> User | None:
             user = session.get(User, user_id)
             if user is not None and user.disabled:
                 user = None
+            if user is not None and request.method not in SAFE_METHODS:
+                check_csrf(request.headers.get("X-CSRF-Token"))
     g.user = user
     return user
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def csrf_token() -> str:
+    """The login session's CSRF token (made at first use)."""
+    from flask import session as web_session
+    token = web_session.get("csrf")
+    if token is None:
+        token = web_session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def check_csrf(sent: str | None) -> None:
+    """A change made with the login cookie must carry the session's CSRF token (a form
+    field or the X-CSRF-Token header): another site can make the browser send the
+    cookie, not the token."""
+    from flask import session as web_session
+    expected = web_session.get("csrf")
+    if not expected or not sent or not secrets.compare_digest(expected, sent):
+        raise AuthError(403, "the form was too old or did not come from this site (CSRF "
+                             "check); reload the page and try again")
 
 
 def require(*roles: str):

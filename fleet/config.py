@@ -6,6 +6,7 @@
     [presence]    keepalive and sweep timing
     [pki]         where the fleet PKI is, and how the broker learns of a new CRL
     [enrol]       what enrolled kiosks are told (broker, URL) and token rules
+    [web]         the dashboard: language, cookies, login limits, silent kiosks, tracing
     [metrics]     an optional bearer token for /metrics
 
 Every key, type and default is in SCHEMA (docs/fleet-config.md is generated from it:
@@ -79,6 +80,19 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
         "cert_days": (int, 825, "validity of kiosk client certificates"),
         "max_failures": (int, 10, "failed token exchanges per client address in 10 minutes "
                                   "before it is refused (HTTP 429)"),
+    },
+    "web": {
+        "language": (str, "vi", "the dashboard's default language: vi or en (each user may "
+                                "switch)"),
+        "secure_cookies": (bool, True, "session cookie only over HTTPS; false only for a "
+                                       "plain-HTTP test set-up"),
+        "session_hours": (float, 12.0, "a dashboard login lasts this long"),
+        "login_failures": (int, 5, "failed logins per account (or per address) in 15 minutes "
+                                   "before logins are refused for a while"),
+        "silent_hours": (float, 2.0, "an online kiosk with no scans for this long is listed "
+                                     "as silent"),
+        "trace_minutes": (float, 30.0, "tracing: other holders scanned at the same place "
+                                       "within this many minutes of the case"),
     },
     "metrics": {
         "token": (str, "", "if set, /metrics asks for 'Authorization: Bearer <token>'; "
@@ -196,6 +210,9 @@ def load(path: str | Path | None = None, env: dict | None = None, **overrides) -
     config = FleetConfig(Path(path) if path else None, sections)
     if config.presence.keepalive <= 0 or config.presence.sweep <= 0:
         raise ConfigError(f"{where}: [presence] keepalive and sweep must be positive")
+    if config.web.language not in ("vi", "en"):
+        raise ConfigError(f"{where}{_line(text, 'web', 'language')}: [web] language must be "
+                          "vi or en")
     if config.fleet.retention_days < 1:
         raise ConfigError(f"{where}{_line(text, 'fleet', 'retention_days')}: [fleet] "
                           "retention_days must be at least 1")

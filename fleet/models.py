@@ -292,3 +292,14 @@ class EnrolmentAttempt(Base):
     at: Mapped[float] = mapped_column(Float)
     address: Mapped[str] = mapped_column(String(64))
     __table_args__ = (Index("ix_enrolment_attempt_address_at", "address", "at"),)
+
+
+class LoginFailure(Base):
+    """Failed dashboard logins, for the per-account and per-address limits."""
+    __tablename__ = "login_failure"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    username: Mapped[str] = mapped_column(String(100))
+    address: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (Index("ix_login_failure_username_at", "username", "at"),
+                      Index("ix_login_failure_address_at", "address", "at"))

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # The MQTT tests run a real mosquitto; the fleet's database tests run on SQLite and on a
-# real PostgreSQL (tests/databases.py starts its own clusters; no system service is used).
+# real PostgreSQL (tests/databases.py starts its own clusters; no system service is used);
+# the dashboard tests drive a real headless Chromium (Debian's chromium, via Playwright).
 # GREENGATE_TEST_DB=sqlite|postgresql|both (default both) picks the fleet test databases.
-bash scripts/setup.sh --with mqtt,postgres
+bash scripts/setup.sh --with mqtt,postgres,browser
 exec .venv/bin/python -m pytest -q "$@"

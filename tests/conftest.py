@@ -18,7 +18,8 @@ from greengate.verifier import Verifier
 from provisioning.issuer import Issuer
 
 # real Mosquitto; SQLite + real PostgreSQL databases (database_url); the fleet app
-pytest_plugins = ["tests.conftest_broker", "tests.conftest_db", "tests.conftest_fleet"]
+pytest_plugins = ["tests.conftest_broker", "tests.conftest_db", "tests.conftest_fleet",
+                  "tests.conftest_browser"]
 
 UTC = timezone.utc
 HCMC = ZoneInfo("Asia/Ho_Chi_Minh")

@@ -1,0 +1,64 @@
+"""The dashboard: server-rendered pages for operators, district officers, health
+officials and admins (docs/dashboard.md). Each module registers its pages on `bp`.
+
+Pages use the same login, roles and district scope as the JSON API (fleet/auth.py);
+every POST form carries the session's CSRF token, checked before the view runs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from flask import Blueprint, g, redirect, render_template, request, url_for
+from flask_babel import get_locale
+from flask_babel import gettext as _
+
+from ..auth import AuthError, SAFE_METHODS, check_csrf, csrf_token, current_user
+
+bp = Blueprint("web", __name__, template_folder="../templates", static_folder="../static",
+               static_url_path="/static")
+
+
+@bp.before_request
+def _csrf():
+    if request.method not in SAFE_METHODS:
+        check_csrf(request.form.get("csrf_token") or request.headers.get("X-CSRF-Token"))
+
+
+@bp.app_context_processor
+def _template_globals():
+    from ..app import db
+    try:
+        user = current_user(db())
+    except AuthError:
+        user = None
+    return {"csrf_token": csrf_token, "user": user, "get_locale": get_locale}
+
+
+def page(*roles: str):
+    """Decorator for pages: logged in (else to the login page), with one of `roles`
+    (admin always may)."""
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            from ..app import db
+            from ..models import ADMIN
+            user = current_user(db())
+            if user is None:
+                return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
+            if roles and user.role not in roles and user.role != ADMIN:
+                raise AuthError(403, _("Your role may not open this page."))
+            g.actor = user.username
+            return view(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+@bp.errorhandler(AuthError)
+def _auth_error(exc: AuthError):
+    return render_template("error.html", status=exc.status, message=exc.message), exc.status
+
+
+# Page modules, one per line (each registers its routes on bp).
+from . import session_views  # noqa: E402,F401
+from . import home  # noqa: E402,F401
