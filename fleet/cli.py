@@ -4,7 +4,7 @@
     greengate-fleet [--config FILE] serve [--host H] [--port P]     (development server)
     greengate-fleet [--config FILE] ingest [--no-presence] [--worker NAME] [--leave]
                                            [--metrics-port P]  (MQTT ingest worker)
-    greengate-fleet [--config FILE] user create NAME --role ROLE [--district CODE]
+    greengate-fleet [--config FILE] user create|add NAME --role ROLE [--district CODE]
     greengate-fleet [--config FILE] token create USER --name NAME
     greengate-fleet [--config FILE] bundles refresh [--force] | publish | key [--create]
     greengate-fleet [--config FILE] scans purge [--days N]     (retention)
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ingest.set_defaults(handler=_lazy("fleet.ingest"))
 
     user = sub.add_parser("user", help="dashboard and API accounts")
-    user.add_argument("action", choices=("create",))
+    user.add_argument("action", choices=("create", "add"), help="add: the same as create")
     user.add_argument("name")
     user.add_argument("--role", required=True, choices=("admin", "operator", "district_officer",
                                                         "health_official"))

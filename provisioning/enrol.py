@@ -25,7 +25,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from fleet import kiosks
+from fleet import audit, kiosks
 from fleet.models import District, EnrolmentToken, KioskCertificate, Location
 from greengate import enrolment
 from greengate.enrolment import BUNDLE_DIR
@@ -87,9 +87,11 @@ def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url:
 # --- the fleet's record --------------------------------------------------------------
 def register(session, config, *, kiosk_id: str, location_code: str | None,
              location_name: str | None, district_code: str | None, deployment: str | None,
-             policy: str, actor: str) -> KioskSpec:
+             policy: str, actor: str, district_name: str | None = None) -> KioskSpec:
     """Register the kiosk (fleet/kiosks.py rules). A new location is created when a
-    district is named; a named district must match an existing location's."""
+    district is named; a new district only when its name is given too (a typo in a
+    code must not make a district); a named district must match an existing
+    location's."""
     if not KIOSK_ID.match(kiosk_id):
         raise EnrolError(f"kiosk id {kiosk_id!r} is not valid: 1 to 63 letters, digits, '_', "
                          "'.' or '-', starting with a letter or digit")
@@ -102,9 +104,15 @@ def register(session, config, *, kiosk_id: str, location_code: str | None,
     district = None
     if district_code:
         district = session.scalar(select(District).where(District.code == district_code))
+        if district is None and district_name:
+            district = District(code=district_code, name=district_name)
+            session.add(district)
+            session.flush()
+            audit.record(session, actor, "district.create", district_code, name=district_name)
         if district is None:
-            raise EnrolError(f"no district with code {district_code!r}: create it in the "
-                             "dashboard or with POST /api/v1/districts")
+            raise EnrolError(f"no district with code {district_code!r}: create it with "
+                             "--district-name NAME, in the dashboard or with POST "
+                             "/api/v1/districts")
     location = None
     if location_code:
         location = session.scalar(select(Location).where(Location.code == location_code))
@@ -116,6 +124,8 @@ def register(session, config, *, kiosk_id: str, location_code: str | None,
                                 address="", district_id=district.id)
             session.add(location)
             session.flush()
+            audit.record(session, actor, "location.create", location_code,
+                         name=location.name, district=district.code)
         elif district is not None and location.district_id != district.id:
             raise EnrolError(f"location {location_code!r} is not in district {district_code!r}")
         if district is None and location.district_id is not None:

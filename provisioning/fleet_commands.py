@@ -68,6 +68,8 @@ def add_parsers(sub) -> None:
                    help="creates the location with this name if it does not exist")
     p.add_argument("--district", metavar="CODE",
                    help="the location's district (needed to create a location)")
+    p.add_argument("--district-name", metavar="NAME",
+                   help="creates the district with this name if it does not exist")
     p.add_argument("--policy", default="hcmc-2021", help="its entry policy (default hcmc-2021)")
     p.add_argument("--deployment", help="its deployment (needed if the fleet serves several)")
     how = p.add_mutually_exclusive_group(required=True)
@@ -147,6 +149,7 @@ def _enrol(args) -> int:
                 spec = enrolling.register(
                     session, config, kiosk_id=args.kiosk_id, location_code=args.location,
                     location_name=args.location_name, district_code=args.district,
+                    district_name=args.district_name,
                     deployment=args.deployment, policy=args.policy, actor=_actor())
                 if args.token:
                     token, expires = enrolling.create_token(

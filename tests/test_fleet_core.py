@@ -88,6 +88,8 @@ def test_cli_db_upgrade_users_and_tokens(database_url, tmp_path, monkeypatch, ca
     assert "at least 10 characters" in capsys.readouterr().err
     monkeypatch.setattr(sys, "stdin", io.StringIO("a long enough secret\n"))
     assert main(["user", "create", "lan", "--role", "operator", "--password-stdin"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the first admin's secret\n"))
+    assert main(["user", "add", "mai", "--role", "admin", "--password-stdin"]) == 0
     assert main(["token", "create", "nobody", "--name", "ci"]) == 2
     assert "no user 'nobody'" in capsys.readouterr().err
     assert main(["token", "create", "lan", "--name", "ci"]) == 0
@@ -106,7 +108,7 @@ def test_cli_db_upgrade_users_and_tokens(database_url, tmp_path, monkeypatch, ca
             assert auth.user_for_token(session, token).username == "lan"
             assert auth.user_for_token(session, token + "x") is None
             actions = [a.action for a in session.scalars(select(AuditLog).order_by(AuditLog.id))]
-            assert actions == ["user.create", "token.create"]
+            assert actions == ["user.create", "user.create", "token.create"]
     finally:
         engine.dispose()
 

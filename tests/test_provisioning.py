@@ -352,6 +352,14 @@ def test_bundle_holds_what_the_pi_needs(fleet, district):
     assert done.returncode == 0, done.stdout + done.stderr
     for name in enrolment.FILES:
         assert (root / "etc" / "greengate" / name).read_bytes() == (folder / name).read_bytes()
+    # a district is created only when it is named too: a mistyped code is an error
+    assert provision(["enrol", "q1-a", "--location", "q1-market", "--district", "q11",
+                      "--out", str(fleet.tmp / "q1.tar")]) == 2
+    assert provision(["enrol", "q1-a", "--location", "q1-market", "--district", "q1",
+                      "--district-name", "Quận 1", "--out", str(fleet.tmp / "q1.tar")]) == 0
+    config = tomllib.loads(tarfile.open(fleet.tmp / "q1.tar").extractfile(
+        "greengate/kiosk.toml").read().decode())
+    assert config["kiosk"]["district"] == "Quận 1"
     # the same id again is refused; so are names of the fleet's own services
     assert provision(["enrol", "q7-a", "--out", str(fleet.tmp / "again.tar")]) == 2
     assert provision(["enrol", "greengate-fleet", "--out", str(fleet.tmp / "x.tar")]) == 2
