@@ -2,10 +2,10 @@
 
 import sys
 
-from . import decode, ingest, status, verify
+from . import dashboard, decode, ingest, status, verify
 
 BENCHMARKS = {"verify": verify.main, "decode": decode.main, "status": status.main,
-              "ingest": ingest.main}
+              "ingest": ingest.main, "dashboard": dashboard.main}
 
 
 def main(argv: list[str]) -> int:

@@ -8,6 +8,7 @@
     greengate-fleet [--config FILE] token create USER --name NAME
     greengate-fleet [--config FILE] bundles refresh [--force] | publish | key [--create]
     greengate-fleet [--config FILE] scans purge [--days N]     (retention)
+    greengate-fleet [--config FILE] alerts [--once]            (alert dispatcher)
 
 Production web: gunicorn 'fleet.wsgi:app' (GREENGATE_FLEET_CONFIG names the file).
 The config file may also come from GREENGATE_FLEET_CONFIG; every key can be set
@@ -94,6 +95,12 @@ def main(argv=None) -> int:
     scans.add_argument("--days", type=float, metavar="N",
                        help="keep N days instead of [fleet] retention_days")
     scans.set_defaults(handler=_lazy("fleet.retention"))
+
+    alerts = sub.add_parser("alerts", help="run the alert dispatcher: webhooks and e-mail when "
+                                           "kiosks go offline (docs/dashboard.md#alerts)")
+    alerts.add_argument("--once", action="store_true",
+                        help="one round (decide, send, wait for the sends), then exit")
+    alerts.set_defaults(handler=_lazy("fleet.alerts"))
 
     try:
         args = parser.parse_args(argv)

@@ -7,6 +7,7 @@
     [pki]         where the fleet PKI is, and how the broker learns of a new CRL
     [enrol]       what enrolled kiosks are told (broker, URL) and token rules
     [web]         the dashboard: language, cookies, login limits, silent kiosks, tracing
+    [alerts]      the alert dispatcher: timing, webhook, SMTP (fleet/alerts.py)
     [metrics]     an optional bearer token for /metrics
 
 Every key, type and default is in SCHEMA (docs/fleet-config.md is generated from it:
@@ -93,6 +94,30 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
                                      "as silent"),
         "trace_minutes": (float, 30.0, "tracing: other holders scanned at the same place "
                                        "within this many minutes of the case"),
+    },
+    "alerts": {
+        "poll": (float, 5.0, "`greengate-fleet alerts`: seconds between looks at the kiosks' "
+                             "states and outages"),
+        "grace_seconds": (float, 60.0, "a kiosk offline for less than this (a reboot) does not "
+                                       "alert; counted from its outage's start"),
+        "dashboard_url": (str, "", "the dashboard's base URL as people reach it, e.g. "
+                                   "`https://fleet.example`; set: alerts carry a link"),
+        "webhook_timeout": (float, 10.0, "seconds a webhook may take to answer"),
+        "webhook_secret": (str, "", "if set, webhooks carry `X-GreenGate-Signature: sha256=` "
+                                    "HMAC of the body with this key"),
+        "retry_seconds": (float, 30.0, "a failed delivery is tried again after this, doubling "
+                                       "each time"),
+        "retry_max_seconds": (float, 900.0, "longest wait between two tries"),
+        "max_attempts": (int, 12, "tries before a delivery is given up as failed (shown on "
+                                  "/alerts)"),
+        "senders": (int, 4, "deliveries in flight at once (a slow target holds one)"),
+        "smtp_host": (str, "", "mail server for e-mail alerts; empty: e-mail is off"),
+        "smtp_port": (int, 587, "its port"),
+        "smtp_from": (str, "greengate-fleet@localhost", "sender address of alert e-mails"),
+        "smtp_starttls": (bool, True, "STARTTLS before logging in / sending"),
+        "smtp_user": (str, "", "SMTP login; empty: none"),
+        "smtp_password": (str, "", "SMTP password"),
+        "smtp_timeout": (float, 10.0, "seconds for the mail server to answer"),
     },
     "metrics": {
         "token": (str, "", "if set, /metrics asks for 'Authorization: Bearer <token>'; "
@@ -216,6 +241,10 @@ def load(path: str | Path | None = None, env: dict | None = None, **overrides) -
     if config.fleet.retention_days < 1:
         raise ConfigError(f"{where}{_line(text, 'fleet', 'retention_days')}: [fleet] "
                           "retention_days must be at least 1")
+    if config.alerts.poll <= 0 or config.alerts.retry_seconds <= 0 \
+            or config.alerts.senders < 1 or config.alerts.max_attempts < 1:
+        raise ConfigError(f"{where}: [alerts] poll and retry_seconds must be positive, "
+                          "senders and max_attempts at least 1")
     if not config.fleet.deployments:
         raise ConfigError(f"{where}: [fleet] deployments must name at least one deployment")
     return config

@@ -330,6 +330,21 @@ class Publisher:
                                if k in kinds and k in current))
 
 
+def hand_off(publisher: Publisher | None, deployment: str, kinds) -> str:
+    """Hand a new list version to the app's publisher after its commit; what to tell the
+    caller ("published" in API answers, the dashboard's result page). The database already
+    holds the change and HTTP serves it, so a failure here is logged, never raised: MQTT is
+    a cache and must not undo a committed change."""
+    if publisher is None:
+        return "not configured (kiosks get it over HTTP)"
+    try:
+        publisher.notify(deployment, kinds)
+    except Exception:
+        log.exception("could not hand %s %s to the publisher", deployment, kinds)
+        return "failed; retried at the next publication"
+    return "queued"
+
+
 def for_app(config, sessions=None) -> Publisher | None:
     """The web server's publisher (started), or None when [mqtt] host is empty or the MQTT
     TLS files cannot be read (logged: the web server runs on; kiosks have HTTP)."""

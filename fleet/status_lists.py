@@ -244,12 +244,31 @@ def reinstate(session, config, deployment: str, items, *, actor: str, reason: st
                    key=key, allow_revoked=allow_revoked)
 
 
+def preview(session, config, deployment: str, action: str, items, *, actor: str,
+            until=None, reason: str = "", now: float | None = None, key=None,
+            allow_revoked: bool = False) -> ChangeResult:
+    """What revoke / suspend / reinstate would do, changing nothing (the dashboard's
+    confirmation step). The very same code runs, inside a transaction that is then rolled
+    back, so the preview cannot drift from the change; errors are the same ListErrors.
+    `version` is None: no version is made."""
+    if action not in ("revoke", "suspend", "reinstate"):
+        raise ListError(f"unknown status change {action!r}: revoke, suspend or reinstate")
+    targets = targets_from(session, deployment, items,
+                           until=until if action == "suspend" else None, reason=reason)
+    return _change(session, config, deployment, action, targets, actor=actor, now=now, key=key,
+                   allow_revoked=allow_revoked, dry_run=True)
+
+
 class _Nothing(Exception):
     """Nothing changed: roll back the version claimed."""
 
 
+class _DryRun(Exception):
+    """A preview: roll back everything."""
+
+
 def _change(session, config, deployment, action, targets, *, actor, now, key,
-            allow_revoked=False) -> ChangeResult:
+            allow_revoked=False, dry_run=False) -> ChangeResult:
     bundles.check_deployment(config, deployment)
     at = time.time() if now is None else float(now)
     if action == "suspend":
@@ -288,6 +307,8 @@ def _change(session, config, deployment, action, targets, *, actor, now, key,
             results.append({"key": target.key.hex(), "ci": target.ci or (entry.ci if entry else None),
                             "result": result, "note": note,
                             "until": iso(target.until) if action == "suspend" else None})
+        if dry_run:
+            raise _DryRun
         if not changed:
             raise _Nothing
         row.changes = changed
@@ -307,6 +328,9 @@ def _change(session, config, deployment, action, targets, *, actor, now, key,
     except _Nothing:
         version = bundles.current_version(session, deployment, "status")
         changed = 0
+    except _DryRun:
+        return ChangeResult(None, sum(r["result"] != "unchanged" for r in results),
+                            list(results))
     return ChangeResult(version, changed, list(results))
 
 

@@ -519,8 +519,24 @@ def test_overview_counts_and_silent_kiosks(fleet):
     assert utc["scans"]["today"] == 3 + 5 and utc["scans"]["today_since"] == "2021-10-05T00:00:00.000Z"
     # Five minutes: q1-c (back 10 minutes ago, never scanned) and q1-a count too.
     assert [k["id"] for k in utc["silent"]] == ["q1-c", "q1-d", "q1-a"]
+    assert utc["silent_total"] == 3
+    first = get(fleet, "/api/v1/stats/overview?silent_minutes=5&silent_limit=2")
+    assert [k["id"] for k in first["silent"]] == ["q1-c", "q1-d"] and first["silent_total"] == 3
     assert get(fleet, "/api/v1/stats/overview?tz=Mars/Olympus", status=400)["message"] == (
         "tz='Mars/Olympus' is not a time zone: use an IANA name such as Asia/Ho_Chi_Minh, or UTC")
+
+
+def test_kiosks_come_in_pages(fleet):
+    whole = get(fleet, "/api/v1/kiosks?order=attention")
+    assert len(whole["items"]) == 7 and whole["next_offset"] is None
+    pages, offset = [], 0
+    while offset is not None:
+        answer = get(fleet, f"/api/v1/kiosks?order=attention&limit=3&offset={offset}")
+        assert len(answer["items"]) <= 3
+        pages += answer["items"]
+        offset = answer["next_offset"]
+    assert [k["id"] for k in pages] == [k["id"] for k in whole["items"]]  # no gap, no repeat
+    assert get(fleet, "/api/v1/kiosks?limit=0", status=400)
 
 
 # --- the district officer's scope ---------------------------------------------------------------

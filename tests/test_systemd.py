@@ -348,6 +348,8 @@ def test_upkeep_runs_hourly_well_inside_the_offline_budget():
 
 # --- every fleet unit, as systemd reads it ----------------------------------------------------
 FLEET_UNITS = {"ingest": (INGEST,), "web": (WEB,), "upkeep": (MAINTAIN, MAINTAIN_TIMER)}
+ALERTS = ROOT / "systemd" / "greengate-fleet-alerts.service"
+FLEET_UNITS["alerts"] = (ALERTS,)  # the alert dispatcher (tests at the end of this file)
 
 
 def fleet_copies(tmp_path, units) -> list[Path]:
@@ -383,3 +385,55 @@ def test_fleet_unit_security_review_is_ok(tmp_path, name):
         pytest.skip("systemd-analyze older than 250 has no offline security review")
     assert result.returncode == 0, output
     assert "Overall exposure level" in output
+
+
+# --- the fleet's alert dispatcher (systemd/greengate-fleet-alerts.service) -------------------
+def alerts_service() -> dict[str, list[str]]:
+    return parse_unit(ALERTS.read_text())["Service"]
+
+
+def test_alerts_unit_runs_the_dispatcher_as_a_notify_service():
+    s = alerts_service()
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert s["ExecStart"] == [f"{FLEET_EXEC} --config /etc/greengate/fleet.toml alerts"]
+    assert s["Restart"] == ["on-failure"]
+    # the same user and state directory as the ingest worker: one SQLite file and its locks
+    for key in ("User", "Group", "StateDirectory", "ReadWritePaths"):
+        assert s[key] == ingest_service()[key], key
+    unit = parse_unit(ALERTS.read_text())
+    assert unit["Unit"]["StartLimitIntervalSec"] == ["0"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_alerts_unit_arguments_are_the_cli_s(tmp_path, capsys):
+    from fleet import cli
+
+    args = alerts_service()["ExecStart"][0].split()[1:]
+    args[args.index("--config") + 1] = str(tmp_path / "missing.toml")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the configuration" in err and "usage" not in err
+
+
+def test_alerts_watchdog_and_stop_timeouts_fit_the_dispatcher():
+    from fleet import alerts
+    from fleet.config import SCHEMA
+
+    s = alerts_service()
+    watchdog_sec = int(s["WatchdogSec"][0])
+    assert alerts.PING_EVERY <= watchdog_sec / 2
+    assert watchdog_sec > 30  # SQLite's busy timeout (fleet/db.py) is waited for
+    # SIGTERM: a send in progress may take its full timeout before it is recorded
+    longest = max(SCHEMA["alerts"]["webhook_timeout"][1], SCHEMA["alerts"]["smtp_timeout"][1])
+    assert int(s["TimeoutStopSec"][0]) > longest + 5
+
+
+def test_alerts_unit_is_hardened_like_the_ingest_worker():
+    s, ingest = alerts_service(), ingest_service()
+    keys = [k for k in ingest if k.startswith(("Protect", "Private", "Restrict", "Lock",
+                                               "Memory", "SystemCall", "NoNew", "Capability",
+                                               "Ambient", "Device", "Remove", "Keyring",
+                                               "ProcSubset"))]
+    assert len(keys) > 20
+    for key in keys:
+        assert s[key] == ingest[key], key

@@ -93,22 +93,62 @@ def list_scans():
 def _scan_filters(session, stmt, table):
     """The district officer's scope and the kiosk / location / district filters, on the
     scan or scan_summary table."""
+    kiosk_id = pattern_arg("kiosk", KIOSK_ID, KIOSK_RULE)
+    code = pattern_arg("location", CODE, CODE_RULE)
+    location_id = location_by_code(session, code, "filter").id if code is not None else None
+    code = pattern_arg("district", CODE, CODE_RULE)
+    district_id = district_by_code(session, code, "filter").id if code is not None else None
+    return scan_where(stmt, table, kiosk_id=kiosk_id, location_id=location_id,
+                      district_id=district_id)
+
+
+def scan_where(stmt, table, *, kiosk_id: str | None = None, location_id: int | None = None,
+               district_id: int | None = None):
+    """`stmt` on the scan or scan_summary table limited to the caller's scope (the district
+    recorded at ingest) and to the given kiosk / location / district ids."""
     limited = scope()
     if limited is not None:
         stmt = stmt.where(table.district_id == limited)
-    kiosk_id = pattern_arg("kiosk", KIOSK_ID, KIOSK_RULE)
     if kiosk_id is not None:
         stmt = stmt.where(table.kiosk_id == kiosk_id)
-    code = pattern_arg("location", CODE, CODE_RULE)
-    if code is not None:
-        stmt = stmt.where(table.location_id == location_by_code(session, code, "filter").id)
-    code = pattern_arg("district", CODE, CODE_RULE)
-    if code is not None:
-        stmt = stmt.where(table.district_id == district_by_code(session, code, "filter").id)
+    if location_id is not None:
+        stmt = stmt.where(table.location_id == location_id)
+    if district_id is not None:
+        stmt = stmt.where(table.district_id == district_id)
     return stmt
 
 
 # --- scans per hour ------------------------------------------------------------------------
+def hourly_volumes(session, first: int, end: int, filters) -> list[dict]:
+    """Scans per UTC hour from `first` to `end` (whole hours), summaries of full outboxes
+    added in: [{"hour", "total", "green", "red", "other", "summarized"}], every hour listed.
+    `filters(stmt, table)` limits the scan and scan_summary queries (scope, place); the
+    dashboard's stats page shares this with GET /stats/scans-per-hour."""
+    buckets = {h: {"hour": iso(h), "total": 0, "green": 0, "red": 0, "other": 0,
+                   "summarized": 0} for h in range(first, end, 3600)}
+    inner = (select(hour_bucket(session, Scan.ts).label("hour"), Scan.decision.label("decision"))
+             .where(Scan.ts >= first, Scan.ts < end))
+    inner = filters(inner, Scan).subquery()
+    scans = select(inner.c.hour, inner.c.decision, func.count()).group_by(inner.c.hour,
+                                                                         inner.c.decision)
+    summaries = (select(ScanSummary.hour, ScanSummary.decision, func.sum(ScanSummary.count))
+                 .where(ScanSummary.hour >= first, ScanSummary.hour < end)
+                 .group_by(ScanSummary.hour, ScanSummary.decision))
+    summaries = filters(summaries, ScanSummary)
+    for rows, summarized in ((session.execute(scans).all(), False),
+                             (session.execute(summaries).all(), True)):
+        for hour, decision, count in rows:
+            bucket = buckets.get(int(hour))
+            if bucket is None:  # cannot happen with the range above; never invent an hour
+                continue
+            count = int(count)
+            bucket[decision if decision in DECISIONS else "other"] += count
+            bucket["total"] += count
+            if summarized:
+                bucket["summarized"] += count
+    return list(buckets.values())
+
+
 @bp.get("/stats/scans-per-hour")
 @require()
 def scans_per_hour():
@@ -128,30 +168,8 @@ def scans_per_hour():
     if hours > MAX_HOURS:
         raise ApiError(400, f"the range spans {hours} hours; ask for at most {MAX_HOURS // 24} "
                             "days at a time")
-    buckets = {h: {"hour": iso(h), "total": 0, "green": 0, "red": 0, "other": 0,
-                   "summarized": 0} for h in range(first, end, 3600)}
-
-    inner = (select(hour_bucket(session, Scan.ts).label("hour"), Scan.decision.label("decision"))
-             .where(Scan.ts >= first, Scan.ts < end))
-    inner = _scan_filters(session, inner, Scan).subquery()
-    scans = select(inner.c.hour, inner.c.decision, func.count()).group_by(inner.c.hour,
-                                                                         inner.c.decision)
-    summaries = (select(ScanSummary.hour, ScanSummary.decision, func.sum(ScanSummary.count))
-                 .where(ScanSummary.hour >= first, ScanSummary.hour < end)
-                 .group_by(ScanSummary.hour, ScanSummary.decision))
-    summaries = _scan_filters(session, summaries, ScanSummary)
-    for rows, summarized in ((session.execute(scans).all(), False),
-                             (session.execute(summaries).all(), True)):
-        for hour, decision, count in rows:
-            bucket = buckets.get(int(hour))
-            if bucket is None:  # cannot happen with the range above; never invent an hour
-                continue
-            count = int(count)
-            bucket[decision if decision in DECISIONS else "other"] += count
-            bucket["total"] += count
-            if summarized:
-                bucket["summarized"] += count
-    series = list(buckets.values())
+    series = hourly_volumes(session, first, end, lambda stmt, table: _scan_filters(
+        session, stmt, table))
     totals = {key: sum(b[key] for b in series) for key in ("total", "green", "red", "other",
                                                           "summarized")}
     return jsonify(since=iso(first), until=iso(end), hours=series, totals=totals,
@@ -183,20 +201,9 @@ def _count_scans(session, since: float, until: float, district_id: int | None) -
     return int(session.scalar(scans)) + int(session.scalar(summaries))
 
 
-@bp.get("/stats/overview")
-@require()
-def overview():
-    """The dashboard's head: kiosks per state, scans in the last hour and today, open
-    outages, and the silent kiosks (connected for the whole last `silent_minutes`, default
-    30, without a scan), longest silent first."""
-    session = db()
-    at = now()
-    minutes = int_arg("silent_minutes", 30, 1, 7 * 24 * 60)
-    tz = _tz()
-    code = pattern_arg("district", CODE, CODE_RULE)
-    district = district_by_code(session, code, "filter") if code is not None else None
-    district_id = district.id if district is not None else None
-
+def state_counts(session, district_id: int | None = None) -> dict[str, int]:
+    """Kiosks per presence state (every state listed) and "total", in the caller's scope,
+    optionally of one district."""
     counts = select(Kiosk.state, func.count(Kiosk.id)).outerjoin(
         Location, Kiosk.location_id == Location.id).group_by(Kiosk.state)
     counts = _scoped_kiosks(counts)
@@ -206,21 +213,33 @@ def overview():
     for state, n in session.execute(counts).all():
         kiosks[state] = kiosks.get(state, 0) + n
     kiosks["total"] = sum(kiosks.values())
+    return kiosks
 
-    midnight = datetime.fromtimestamp(at, tz).replace(hour=0, minute=0, second=0,
-                                                      microsecond=0).timestamp()
-    scans = {"last_hour": _count_scans(session, at - 3600, at, district_id),
-             "today": _count_scans(session, midnight, at, district_id),
-             "today_since": iso(midnight)}
 
-    outages = (select(func.count(Outage.id)).select_from(Outage)
-               .outerjoin(Kiosk, Kiosk.id == Outage.kiosk_id)
-               .outerjoin(Location, Kiosk.location_id == Location.id)
-               .where(Outage.ended.is_(None)))
-    outages = _scoped_kiosks(outages)
-    if district_id is not None:
-        outages = outages.where(Location.district_id == district_id)
+def silent_kiosks(session, at: float, minutes: float, district_id: int | None = None,
+                  limit: int | None = None) -> list[dict]:
+    """Connected kiosks (for the whole window) without a scan in the last `minutes`, in
+    the caller's scope: kiosk objects plus "last_scan" and "silent_seconds", never-scanned
+    first, then the longest silent. Shared by GET /stats/overview and the dashboard."""
+    silent = _silent_select(at, minutes, district_id)
+    if limit is not None:
+        silent = silent.limit(limit)
+    versions = current_versions(session)
+    items = []
+    for k, loc, d, last in session.execute(silent).all():
+        item = kiosk_json(k, loc, d, versions, at)
+        item["last_scan"] = iso(last)
+        item["silent_seconds"] = None if last is None else round(at - last, 1)
+        items.append(item)
+    return items
 
+
+def silent_count(session, at: float, minutes: float, district_id: int | None = None) -> int:
+    return int(session.scalar(select(func.count()).select_from(
+        _silent_select(at, minutes, district_id).order_by(None).subquery())))
+
+
+def _silent_select(at: float, minutes: float, district_id: int | None):
     cutoff = at - minutes * 60
     recent_scan = exists().where(Scan.kiosk_id == Kiosk.id, Scan.ts >= cutoff)
     # Connected for the whole window: no transition into a connected state inside it, and
@@ -238,16 +257,49 @@ def overview():
     silent = _scoped_kiosks(silent)
     if district_id is not None:
         silent = silent.where(Location.district_id == district_id)
-    versions = current_versions(session)
-    silent_items = []
-    for k, loc, d, last in session.execute(silent).all():
-        item = kiosk_json(k, loc, d, versions, at)
-        item["last_scan"] = iso(last)
-        item["silent_seconds"] = None if last is None else round(at - last, 1)
-        silent_items.append(item)
+    return silent
+
+
+@bp.get("/stats/overview")
+@require()
+def overview():
+    """The dashboard's head: kiosks per state, scans in the last hour and today, open
+    outages, and the silent kiosks (connected for the whole last `silent_minutes`, default
+    30, without a scan), longest silent first: `silent_limit` (50) of them, and
+    `silent_total`."""
+    session = db()
+    at = now()
+    minutes = int_arg("silent_minutes", 30, 1, 7 * 24 * 60)
+    tz = _tz()
+    code = pattern_arg("district", CODE, CODE_RULE)
+    district = district_by_code(session, code, "filter") if code is not None else None
+    district_id = district.id if district is not None else None
+
+    kiosks = state_counts(session, district_id)
+
+    midnight = datetime.fromtimestamp(at, tz).replace(hour=0, minute=0, second=0,
+                                                      microsecond=0).timestamp()
+    scans = {"last_hour": _count_scans(session, at - 3600, at, district_id),
+             "today": _count_scans(session, midnight, at, district_id),
+             "today_since": iso(midnight)}
+
+    outages = (select(func.count(Outage.id)).select_from(Outage)
+               .outerjoin(Kiosk, Kiosk.id == Outage.kiosk_id)
+               .outerjoin(Location, Kiosk.location_id == Location.id)
+               .where(Outage.ended.is_(None)))
+    outages = _scoped_kiosks(outages)
+    if district_id is not None:
+        outages = outages.where(Location.district_id == district_id)
+
+    # the longest silent first, a page of them: at 10,000 kiosks a quiet half hour makes
+    # thousands silent (bench/dashboard.py), and the list is for reading, not exporting
+    silent_limit = int_arg("silent_limit", 50, 1, 1000)
+    silent_items = silent_kiosks(session, at, minutes, district_id, limit=silent_limit)
+    total = len(silent_items) if len(silent_items) < silent_limit else \
+        silent_count(session, at, minutes, district_id)
     return jsonify(at=iso(at), district=code, kiosks=kiosks, scans=scans,
                    open_outages=int(session.scalar(outages)), silent_minutes=minutes,
-                   silent=silent_items)
+                   silent=silent_items, silent_total=total)
 
 
 # --- audit log ------------------------------------------------------------------------------

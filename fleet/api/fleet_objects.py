@@ -30,6 +30,7 @@ POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUNDLE_KINDS = ("trust", "policy", "status")  # what a heartbeat reports as applied
 # order=attention: outages first, then problems, then the quiet ones.
 ATTENTION = (OFFLINE, DEGRADED, NEVER_SEEN, ONLINE, RETIRED)
+KIOSK_PAGE = 500
 CONNECTED = (ONLINE, DEGRADED)
 
 
@@ -320,20 +321,43 @@ def list_kiosks():
     order=map (district, location, id; default) or attention (outages first, longest first)."""
     session = db()
     at = now()
+    # Pages of `limit` (default 500): a whole 10,000-kiosk fleet in one answer is 7 MB
+    # and about a second of work (bench/dashboard.py). Offsets, not a keyset: the orders
+    # are by place and state, and a fleet's kiosk list changes slowly.
+    limit = int_arg("limit", KIOSK_PAGE, 1, 10_000)
+    offset = int_arg("offset", 0, 0)
+    items = find_kiosks(
+        session, at, district=pattern_arg("district", CODE, CODE_RULE),
+        location=pattern_arg("location", CODE, CODE_RULE),
+        states=choice_arg("state", STATES, many=True),
+        deployment=pattern_arg("deployment", CODE, CODE_RULE),
+        order=choice_arg("order", ("map", "attention", "id"), "map"),
+        behind=bool_arg("behind", None), limit=limit + 1, offset=offset)
+    more = len(items) > limit
+    return jsonify(items=items[:limit], at=iso(at), next_offset=offset + limit if more else None)
+
+
+def find_kiosks(session, at: float, *, district: str | None = None, location: str | None = None,
+                states=None, deployment: str | None = None, order: str = "map",
+                behind: bool | None = None, limit: int | None = None, offset: int = 0,
+                search: str | None = None) -> list[dict]:
+    """Kiosk objects in the caller's scope, filtered and ordered as GET /kiosks does; shared
+    with the dashboard's pages (fleet/web/) so both show the same fleet. `district` and
+    `location` are codes (another district's: ApiError 403); `search` is a case-insensitive
+    part of the kiosk id (the dashboard's search box)."""
     stmt = _scoped_kiosks(_kiosk_select())
-    code = pattern_arg("district", CODE, CODE_RULE)
-    if code is not None:
-        stmt = stmt.where(Location.district_id == district_by_code(session, code, "filter").id)
-    code = pattern_arg("location", CODE, CODE_RULE)
-    if code is not None:
-        stmt = stmt.where(Kiosk.location_id == location_by_code(session, code, "filter").id)
-    states = choice_arg("state", STATES, many=True)
+    if district is not None:
+        stmt = stmt.where(Location.district_id == district_by_code(session, district, "filter").id)
+    if location is not None:
+        stmt = stmt.where(Kiosk.location_id == location_by_code(session, location, "filter").id)
     if states:
         stmt = stmt.where(Kiosk.state.in_(states))
-    deployment = pattern_arg("deployment", CODE, CODE_RULE)
     if deployment is not None:
         stmt = stmt.where(Kiosk.deployment == deployment)
-    order = choice_arg("order", ("map", "attention", "id"), "map")
+    if search:
+        # ids are letters, digits, '_', '.', '-': escape LIKE's own wildcards all the same
+        text = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(func.lower(Kiosk.id).like(f"%{text}%", escape="\\"))
     if order == "attention":
         rank = case(*((Kiosk.state == s, i) for i, s in enumerate(ATTENTION)), else_=len(ATTENTION))
         stmt = stmt.order_by(rank, func.coalesce(Kiosk.state_since, Kiosk.enrolled_at, 0.0),
@@ -342,41 +366,44 @@ def list_kiosks():
         stmt = stmt.order_by(District.code.nulls_last(), Location.code.nulls_last(), Kiosk.id)
     else:
         stmt = stmt.order_by(Kiosk.id)
-    behind_only = bool_arg("behind", None)
-    limit = int_arg("limit", None, 1, 100_000)
-    if limit is not None and behind_only is None:
-        stmt = stmt.limit(limit)
+    if limit is not None and behind is None:
+        stmt = stmt.limit(limit).offset(offset)
     versions = current_versions(session)
     items = [kiosk_json(k, loc, d, versions, at) for k, loc, d in session.execute(stmt).all()]
-    if behind_only is not None:
+    if behind is not None:  # computed from the versions: filtered here, then paged
         items = [i for i in items if (i["bundles"]["behind_total"] > 0 or bool(i["bundles"]["missing"]))
-                 == behind_only]
-        if limit is not None:
-            items = items[:limit]
-    return jsonify(items=items, at=iso(at))
+                 == behind]
+        items = items[offset:offset + limit] if limit is not None else items[offset:]
+    return items
 
 
 @bp.get("/kiosks/<kiosk_id>")
 @require()
 def get_kiosk(kiosk_id):
     """One kiosk, its recent presence events (newest first), outages and scan activity."""
-    session = db()
-    at = now()
+    return jsonify(kiosk_detail(db(), kiosk_id, now(), events=int_arg("events", 50, 0, 1000),
+                                outages=int_arg("outages", 20, 0, 1000)))
+
+
+def kiosk_detail(session, kiosk_id: str, at: float, *, events: int = 50,
+                 outages: int = 20) -> dict:
+    """GET /kiosks/<id>'s object (also the dashboard's kiosk page): a kiosk outside the
+    caller's scope is ApiError 404, as if it did not exist."""
     k, loc, d = _get_kiosk(session, kiosk_id)
     out = kiosk_json(k, loc, d, current_versions(session), at)
-    events = session.scalars(select(PresenceEvent).where(PresenceEvent.kiosk_id == k.id)
-                             .order_by(PresenceEvent.at.desc(), PresenceEvent.id.desc())
-                             .limit(int_arg("events", 50, 0, 1000))).all()
+    rows = session.scalars(select(PresenceEvent).where(PresenceEvent.kiosk_id == k.id)
+                           .order_by(PresenceEvent.at.desc(), PresenceEvent.id.desc())
+                           .limit(events)).all()
     out["events"] = [{"at": iso(e.at), "previous": e.previous, "state": e.state,
-                      "session": e.session, "detail": e.detail} for e in events]
-    outages = session.scalars(select(Outage).where(Outage.kiosk_id == k.id)
-                              .order_by(Outage.started.desc(), Outage.id.desc())
-                              .limit(int_arg("outages", 20, 0, 1000))).all()
-    out["outages"] = [_outage_json(o, at) for o in outages]
+                      "session": e.session, "detail": e.detail} for e in rows]
+    rows = session.scalars(select(Outage).where(Outage.kiosk_id == k.id)
+                           .order_by(Outage.started.desc(), Outage.id.desc())
+                           .limit(outages)).all()
+    out["outages"] = [_outage_json(o, at) for o in rows]
     out["last_scan"] = iso(session.scalar(select(func.max(Scan.ts)).where(Scan.kiosk_id == k.id)))
     out["scans_last_hour"] = session.scalar(select(func.count(Scan.id)).where(
         Scan.kiosk_id == k.id, Scan.ts >= at - 3600, Scan.ts <= at))
-    return jsonify(out)
+    return out
 
 
 def _check_deployment(deployment: str) -> None:

@@ -25,6 +25,7 @@ from flask import g, jsonify, request
 from sqlalchemy import select
 
 from .. import bundles, policies, status_lists, trust_list
+from .. import publisher as publisher_module
 from ..app import current_fleet, db
 from ..auth import require
 from ..bundles import ListError
@@ -57,16 +58,8 @@ def _deployment(deployment: str) -> None:
 
 
 def _publish(deployment: str, kinds) -> str:
-    """Hand the new version to the MQTT publisher; the database already holds it."""
-    publisher = current_fleet().publisher
-    if publisher is None:
-        return "not configured (kiosks get it over HTTP)"
-    try:
-        publisher.notify(deployment, kinds)
-    except Exception:  # MQTT is a cache: a failure here must not undo the change
-        log.exception("could not hand %s %s to the publisher", deployment, kinds)
-        return "failed; retried at the next publication"
-    return "queued"
+    """Hand the new version to the MQTT publisher (shared with the dashboard)."""
+    return publisher_module.hand_off(current_fleet().publisher, deployment, kinds)
 
 
 # --- status lists ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ bp = Blueprint("web", __name__, template_folder="../templates", static_folder=".
 def _csrf():
     if request.method not in SAFE_METHODS:
         check_csrf(request.form.get("csrf_token") or request.headers.get("X-CSRF-Token"))
+        g.csrf_checked = True  # current_user() need not ask for the header again
 
 
 @bp.app_context_processor
@@ -62,3 +63,9 @@ def _auth_error(exc: AuthError):
 # Page modules, one per line (each registers its routes on bp).
 from . import session_views  # noqa: E402,F401
 from . import home  # noqa: E402,F401
+from . import lists_views  # noqa: E402,F401
+from . import audit_views  # noqa: E402,F401
+from . import trace_views  # noqa: E402,F401
+from . import kiosks  # noqa: E402,F401
+from . import stats  # noqa: E402,F401
+from . import alerts_views  # noqa: E402,F401

@@ -1,0 +1,146 @@
+"""What the operators' pages (home, kiosks, stats) share: Vietnam time, durations in
+words, labels for states and reason codes, API errors shown as pages, the inline SVG
+chart. The data itself comes from the JSON API's query functions (fleet/api/), so a page
+and the API never disagree about the fleet or about who may see what."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from flask import render_template
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from markupsafe import Markup, escape
+
+from ..api import ApiError
+from . import bp
+
+# The fleet serves Ho Chi Minh City and Hanoi: one zone (ICT, UTC+7, no summer time).
+# The API speaks UTC; people on the pages read the time on their wall.
+LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+
+STATE_LABELS = {"online": _l("online"), "degraded": _l("degraded"), "offline": _l("offline"),
+                "never_seen": _l("never seen"), "retired": _l("retired")}
+DECISION_LABELS = {"green": _l("green"), "red": _l("red"), "unknown": _l("unreadable")}
+# docs/verification.md: reason and sub-reason codes, in words an operator understands
+REASON_LABELS = {
+    "ok": _l("valid"), "unreadable": _l("QR code unreadable"),
+    "unknown_issuer": _l("unknown issuer"), "bad_signature": _l("bad signature"),
+    "wrong_key_usage": _l("issuer may not sign this type"),
+    "not_yet_valid": _l("not valid yet"), "expired": _l("expired"),
+    "invalid_content": _l("invalid content"), "revoked": _l("revoked"),
+    "suspended": _l("suspended"), "policy_failed": _l("does not meet the policy"),
+    "clock_unknown": _l("kiosk clock unknown"), "out_of_service": _l("kiosk out of service"),
+    "type_not_accepted": _l("certificate type not accepted"),
+    "incomplete_vaccination": _l("vaccination incomplete"),
+    "vaccination_too_recent": _l("vaccinated too recently"),
+    "recovery_too_recent": _l("recovered too recently"),
+    "recovery_expired": _l("recovery too long ago"), "test_positive": _l("positive test"),
+    "test_result_unknown": _l("test result unknown"), "test_in_future": _l("test in the future"),
+    "test_type_not_accepted": _l("test type not accepted"), "test_too_old": _l("test too old"),
+}
+
+
+def _epoch(value) -> float | None:
+    """Epoch seconds from the API's ISO strings (or numbers); None stays None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+@bp.app_template_filter("localtime")
+def localtime(value, fmt: str = "%d/%m %H:%M") -> str:
+    ts = _epoch(value)
+    if ts is None:
+        return "—"
+    return datetime.fromtimestamp(ts, timezone.utc).astimezone(LOCAL_TZ).strftime(fmt)
+
+
+@bp.app_template_filter("duration")
+def duration(seconds) -> str:
+    """Whole minutes at most: the home page's live fragment then changes (and its ETag
+    with it) once a minute, not on every poll."""
+    if seconds is None:
+        return "—"
+    minutes = int(max(0.0, float(seconds)) // 60)
+    if minutes < 1:
+        return _("under a minute")
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    if days:
+        return _("%(d)d d %(h)d h", d=days, h=hours)
+    if hours:
+        return _("%(h)d h %(m)d min", h=hours, m=minutes)
+    return _("%(m)d min", m=minutes)
+
+
+@bp.app_template_filter("state_label")
+def state_label(state) -> str:
+    return str(STATE_LABELS.get(state, state))
+
+
+@bp.app_template_filter("reason_label")
+def reason_label(code) -> str:
+    if not code:
+        return ""
+    return str(REASON_LABELS.get(code, code))
+
+
+@bp.app_template_filter("decision_label")
+def decision_label(code) -> str:
+    return str(DECISION_LABELS.get(code, code))
+
+
+@bp.app_template_filter("percent")
+def percent(part, whole) -> str:
+    return "—" if not whole else f"{100.0 * part / whole:.0f} %"
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    """The API's query functions raise ApiError: on a page it becomes the error page with
+    the same status (404 for another district's kiosk, as in the API, 403 for a filter on
+    another district)."""
+    message = {404: _("Not found: no such kiosk, location or district."),
+               403: _("You may only see your own district.")}.get(exc.status, exc.message)
+    return render_template("error.html", status=exc.status, message=message), exc.status
+
+
+def bar_chart(hours: list[dict], *, label_every: int, label_format: str) -> Markup:
+    """Scans per hour as stacked bars (green, red, other), an inline SVG made here: no
+    chart library, no CDN, and it prints. Each bar has a <title> (hover, screen readers)."""
+    width, height, left, bottom, top = 760, 220, 36, 22, 8
+    n = max(1, len(hours))
+    peak = max([h["total"] for h in hours] + [1])
+    step = (width - left) / n
+    bar = max(1.0, step * 0.8)
+    plot = height - bottom - top
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{escape(_("Scans per hour"))}" xmlns="http://www.w3.org/2000/svg">',
+             f'<line x1="{left}" y1="{top}" x2="{width}" y2="{top}" class="grid"/>',
+             f'<text x="{left - 4}" y="{top + 4}" class="axis" text-anchor="end">{peak}</text>',
+             f'<line x1="{left}" y1="{top + plot}" x2="{width}" y2="{top + plot}" class="base"/>',
+             f'<text x="{left - 4}" y="{top + plot}" class="axis" text-anchor="end">0</text>']
+    for i, h in enumerate(hours):
+        x = left + i * step + (step - bar) / 2
+        y = top + plot
+        when = localtime(h["hour"], "%d/%m %H:00")
+        tip = escape(_("%(when)s: %(total)d scans, %(green)d green, %(red)d red",
+                       when=when, total=h["total"], green=h["green"], red=h["red"]))
+        parts.append(f'<g class="hour"><title>{tip}</title>')
+        for key in ("green", "red", "other"):
+            if h[key]:
+                size = plot * h[key] / peak
+                y -= size
+                parts.append(f'<rect class="{key}" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" '
+                             f'height="{size:.1f}"/>')
+        parts.append("</g>")
+        if i % label_every == 0:
+            parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - 6}" class="axis" '
+                         f'text-anchor="middle">{escape(localtime(h["hour"], label_format))}'
+                         "</text>")
+    parts.append("</svg>")
+    return Markup("".join(parts))
