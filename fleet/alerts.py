@@ -22,7 +22,7 @@ a restarted dispatcher finds the episodes it opened (the unique key
 deliveries still pending. A delivery interrupted by a crash between "sent" and
 "recorded" is sent again: at least once, never silently lost; receivers can drop
 repeats by (episode, event). Exactly one dispatcher runs per database (a lock like
-the presence tracker's, fleet/tracker_lock.py).
+the presence tracker's, fleet/db_lock.py).
 
 Rule edits (page /alerts, API /api/v1/alerts/rules) go through `apply_rule()`,
 which checks the values and writes the audit entry.
@@ -30,12 +30,10 @@ which checks the values and writes the audit entry.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
 import logging
-import os
 import queue
 import re
 import signal
@@ -54,13 +52,14 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from urllib.parse import quote, urlsplit
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from greengate import watchdog
 
 from . import audit
 from .db import make_engine, make_sessions
+from .db_lock import DatabaseLock, LockBusy
 from .models import (ALERT_KINDS, DEGRADED, DISTRICT_LOSS, KIOSK_OFFLINE, OFFLINE, ONLINE,
                      RETIRED, AlertDelivery, AlertEpisode, AlertRule, District, Kiosk, Location,
                      Outage)
@@ -534,67 +533,6 @@ def email_message(payload: dict, sender: str, address: str) -> EmailMessage:
 
 
 # --- the dispatcher ----------------------------------------------------------------------
-class DispatcherBusy(RuntimeError):
-    pass
-
-
-PG_KEY = int.from_bytes(b"GGALERTS", "big", signed=True)
-
-
-class DispatcherLock:
-    """One dispatcher per database (two would each send every alert): a PostgreSQL
-    advisory lock on a connection held open, or flock() beside the SQLite file. Both
-    die with the process, so nothing stale is left behind."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self._connection = None
-        self._fd: int | None = None
-
-    @property
-    def where(self) -> str:
-        if self.engine.dialect.name == "sqlite":
-            return f"{self.engine.url.database}.alerts-lock"
-        return f"advisory lock {PG_KEY} on {self.engine.url.render_as_string(hide_password=True)}"
-
-    def acquire(self) -> None:
-        if self.engine.dialect.name == "sqlite":
-            if self.engine.url.database in (None, "", ":memory:"):
-                return
-            fd = os.open(self.where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise DispatcherBusy(self.where) from None
-            self._fd = fd
-            return
-        connection = self.engine.connect()
-        try:
-            got = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_KEY}).scalar()
-            connection.commit()
-        except Exception:
-            connection.close()
-            raise
-        if not got:
-            connection.close()
-            raise DispatcherBusy(self.where)
-        self._connection = connection
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._connection is not None:
-            try:  # a pooled connection outlives close(): unlock explicitly
-                self._connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_KEY})
-                self._connection.commit()
-            except Exception:
-                self._connection.invalidate()  # the lock goes with the server session
-            self._connection.close()
-            self._connection = None
-
-
 class Dispatcher:
     """decide → record finished sends → hand due deliveries to the senders, each
     `tick(now)`. Tests call tick() with their own clock and settle() to wait for the
@@ -612,7 +550,7 @@ class Dispatcher:
         self.pool = ThreadPoolExecutor(self.a.senders, thread_name_prefix="alert-send")
         self.in_flight: set[int] = set()
         self.done: queue.Queue = queue.Queue()  # (delivery id, attempts, error or None)
-        self.lock = DispatcherLock(self.engine)
+        self.lock = DatabaseLock(self.engine, "alerts", b"GGALERTS")
         self._stop = threading.Event()
 
     # --- one round ---------------------------------------------------------------------
@@ -780,7 +718,7 @@ def run(config, args) -> int:
             try:
                 dispatcher.lock.acquire()
                 break
-            except DispatcherBusy as exc:
+            except LockBusy as exc:
                 print(f"greengate-fleet: another alerts dispatcher runs for this database "
                       f"({exc}); one is enough", file=sys.stderr)
                 return 2

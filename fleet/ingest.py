@@ -59,7 +59,7 @@ from .db import make_engine
 from .ingest_metrics import IngestMetrics
 from .ingest_store import ScanStore
 from .presence import Tracker
-from .tracker_lock import TrackerBusy, TrackerLock
+from .db_lock import DatabaseLock, LockBusy
 
 log = logging.getLogger("greengate.fleet.ingest")
 
@@ -134,7 +134,7 @@ class IngestWorker:
         self._last_ping = 0.0
         self._db_was_down = False
         self._idle_since: float | None = None  # --leave: since the last message (once up)
-        self._tracker_lock: TrackerLock | None = None
+        self._tracker_lock: DatabaseLock | None = None
 
     # --- filters ----------------------------------------------------------------------
     @property
@@ -154,10 +154,10 @@ class IngestWorker:
                                metrics=self.metrics, refresh=REFRESH, clock=self.clock)
         self._retry_db(self.store.refresh, "load the kiosk directory")
         if self.tracker is not None:
-            self._tracker_lock = TrackerLock(self.engine)
+            self._tracker_lock = DatabaseLock(self.engine, "presence", b"GGPRESNC")
             try:
                 self._retry_db(self._tracker_lock.acquire, "take the presence tracker lock")
-            except TrackerBusy:
+            except LockBusy:
                 self._tracker_lock = None
                 self.engine.dispose()
                 raise
@@ -583,7 +583,7 @@ def run(config, args) -> int:
         signal.signal(sig, lambda *_: worker.request_stop())
     try:
         worker.start()
-    except TrackerBusy as exc:
+    except LockBusy as exc:
         print(f"greengate-fleet: another ingest worker already tracks presence for this "
               f"database ({exc}); start this one with --no-presence (docs/fleet.md#one-tracker)",
               file=sys.stderr)

@@ -24,7 +24,8 @@ import pytest
 from sqlalchemy import select
 
 from fleet import alerts, auth, kiosks
-from fleet.alerts import Dispatcher, DispatcherBusy, DispatcherLock, RuleError, apply_rule
+from fleet.alerts import Dispatcher, RuleError, apply_rule
+from fleet.db_lock import DatabaseLock, LockBusy
 from fleet.app import create_app
 from fleet.config import load
 from fleet.db import make_engine
@@ -420,13 +421,18 @@ def test_a_disabled_rule_sends_nothing_more(fleet, dispatcher, receiver):
 
 def test_one_dispatcher_per_database(alert_config):
     engine = make_engine(alert_config.database_url)
-    first, second = DispatcherLock(engine), DispatcherLock(engine)
+    first, second = (DatabaseLock(engine, "alerts", b"GGALERTS"),
+                     DatabaseLock(engine, "alerts", b"GGALERTS"))
     try:
         first.acquire()
-        with pytest.raises(DispatcherBusy):
+        with pytest.raises(LockBusy):
             second.acquire()
         first.release()
         second.acquire()  # free again once the holder is gone
+        # the presence tracker's lock is another one: both processes run side by side
+        presence = DatabaseLock(engine, "presence", b"GGPRESNC")
+        presence.acquire()
+        presence.release()
     finally:
         second.release()
         first.release()
