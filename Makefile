@@ -24,8 +24,12 @@ test:
 demo:
 	bash scripts/demo.sh
 
+# Every benchmark in one run, then bench/REPORT.md (~25 min on 2 cores; run it on a
+# quiet machine). One benchmark: .venv/bin/python -m bench NAME --help
+BENCH_ARGS ?=
+
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench report $(BENCH_ARGS)
 
 # Build/test leftovers. Keeps .venv (use distclean) and var/ (runtime data).
 clean:

@@ -1,11 +1,14 @@
-"""python -m bench [NAME [OPTIONS]]: run one benchmark with its options, or all of them."""
+"""python -m bench [NAME [OPTIONS]]: run one benchmark with its options, or all of them
+and write bench/REPORT.md (`python -m bench` = `python -m bench report`, what `make bench`
+runs)."""
 
 import sys
 
-from . import dashboard, decode, ingest, status, verify
+from . import dashboard, decode, ingest, outage, report, status, verify
 
 BENCHMARKS = {"verify": verify.main, "decode": decode.main, "status": status.main,
-              "ingest": ingest.main, "dashboard": dashboard.main}
+              "ingest": ingest.main, "outage": outage.main, "dashboard": dashboard.main,
+              "report": report.main}
 
 
 def main(argv: list[str]) -> int:
@@ -14,11 +17,7 @@ def main(argv: list[str]) -> int:
     if argv:
         print(f"unknown benchmark {argv[0]!r}; have: {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
-    status = 0
-    for run in BENCHMARKS.values():
-        status |= run([])
-        print()
-    return status
+    return report.main([])
 
 
 sys.exit(main(sys.argv[1:]))

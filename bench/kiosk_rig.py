@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from greengate import bundle
+from greengate import bundle, status
 
 DEPLOYMENT = "bench"
 
@@ -52,7 +52,7 @@ pseudonym_key = "{"00" * 16}"
     document = json.loads(resources.files("greengate").joinpath(f"policies/{policy}.json").read_text())
     for kind, body in (("trust", {"certificates": [issuer_der]}),
                        ("policy", {"policies": {policy: document}}),
-                       ("status", {"revoked": [], "suspended": []})):
+                       ("status", status.snapshot_body())):
         accepted, why = kiosk.store.offer(bundle.seal(kind, 1, issued, body, fleet, DEPLOYMENT),
                                           "bench")
         if not accepted:

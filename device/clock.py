@@ -8,8 +8,9 @@ kiosk answers clock_unknown instead of guessing.
 States (reported in heartbeats):
 - synced:  NTP synchronised and the clock is at or above the floor.
 - floor:   no NTP, but the clock is within [floor, floor + offline budget]:
-           bounded below by signed fleet data; beyond the budget the lists are
-           stale anyway and the kiosk is out of service.
+           bounded below by signed fleet data. Beyond the budget the state is
+           unknown, but the kiosk reports out_of_service (beyond_budget()): the
+           lists are stale by the same clock, and fresh ones fix both.
 - unknown: below the floor, or no floor and no NTP ever.
 """
 
@@ -91,6 +92,16 @@ class Clock:
         if floor is None or now < floor or now > floor + self.budget:
             return UNKNOWN
         return FLOOR
+
+    def beyond_budget(self) -> bool:
+        """No NTP and past floor + offline budget. The clock may well be right, but
+        nothing signed vouches for it any more, and the lists (signed at or before the
+        floor) are older than the budget by that same clock: what the kiosk needs is
+        fresh lists from the fleet, so it says out_of_service, not clock_unknown."""
+        now = self._now()
+        with self._lock:
+            floor = self._floor
+        return floor is not None and now > floor + self.budget and not self._ntp()
 
     def validation_time(self) -> datetime | None:
         """The time to verify at, or None when the clock cannot be trusted."""

@@ -43,11 +43,15 @@ DRAIN_SECONDS = 60.0  # a finished folder source waits this long for the broker'
 class LiveVerifier:
     """Verifies against whatever lists the store holds at this moment."""
 
-    def __init__(self, store: BundleStore):
+    def __init__(self, store: BundleStore, clock: Clock | None = None):
         self.store = store
+        self.clock = clock
 
     def verify(self, text, at):
         if at is None:
+            if self.clock is not None and self.clock.beyond_budget():
+                return red(Reason.OUT_OF_SERVICE, "no fresh lists for longer than the "
+                                                  "offline budget")
             return red(Reason.CLOCK_UNKNOWN, "the kiosk's clock is not trustworthy")
         verifier = self.store.verifier
         if verifier is None:
@@ -128,7 +132,7 @@ class Kiosk:
 
         cfg = self.cfg
         decoder = make_decoder(cfg.decoder.backend)
-        self.pipeline = Pipeline(decoder, LiveVerifier(self.store), self.on_decision,
+        self.pipeline = Pipeline(decoder, LiveVerifier(self.store, self.clock), self.on_decision,
                                  cfg.decoder.cooldown, clock=self.clock.validation_time)
         path = cfg.resolve(cfg.source.path) if cfg.source.path and cfg.source.kind == "folder" \
             else cfg.source.path
@@ -236,7 +240,9 @@ class Kiosk:
         if time.monotonic() - self._last_show < self.cfg.indicator.red_seconds:
             return
         at = self.clock.validation_time()
-        if self.clock.state() == UNKNOWN:
+        if self.clock.beyond_budget():
+            fault = red(Reason.OUT_OF_SERVICE, "no fresh lists for longer than the budget")
+        elif self.clock.state() == UNKNOWN:
             fault = red(Reason.CLOCK_UNKNOWN, "clock unknown")
         elif self.store.verifier is None or at > self.store.verifier.valid_until:
             fault = red(Reason.OUT_OF_SERVICE, self.store.problem or "lists older than the budget")

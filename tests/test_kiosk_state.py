@@ -172,6 +172,32 @@ def test_clock_below_persisted_floor_is_unknown_after_reboot(tmp_path):
     far = Clock(tmp_path / "clock.json", BUDGET.total_seconds(),
                 now=FakeTime(T0.timestamp() + BUDGET.total_seconds() + 7200), ntp=lambda: False)
     assert far.state() == UNKNOWN  # no NTP and beyond floor + budget: not trusted
+    assert far.beyond_budget() and not rebooted.beyond_budget() and not clock.beyond_budget()
+
+
+def test_past_the_budget_without_ntp_the_kiosk_is_out_of_service(tmp_path):
+    """Cut off from the fleet for longer than the offline budget, a kiosk without NTP
+    cannot vouch for its clock either; what fixes it is fresh lists, so the guard sees
+    out_of_service (call the operator: link to the fleet), not clock_unknown."""
+    from device.kiosk import LiveVerifier
+    from device.state import BundleStore  # noqa: F401  (the store the kiosk passes)
+
+    now = FakeTime(T0.timestamp())
+    ntp = {"on": False}
+    clock = Clock(tmp_path / "clock.json", BUDGET.total_seconds(), now=now,
+                  ntp=lambda: ntp["on"])
+    clock.raise_floor(T0.timestamp() - 60)  # lists signed a minute ago
+    live = LiveVerifier(store=None, clock=clock)
+    now.t = T0.timestamp() + BUDGET.total_seconds()
+    assert clock.validation_time() is None
+    assert live.verify("HC1:x", None).reason == "out_of_service"
+    ntp["on"] = True  # with NTP the same kiosk would have a time, and stale lists
+    assert not clock.beyond_budget()
+    ntp["on"] = False
+    below = Clock(tmp_path / "other.json", BUDGET.total_seconds(),
+                  now=FakeTime(T0.timestamp() - 3600), ntp=lambda: False)
+    below.raise_floor(T0.timestamp())  # a clock behind signed data: truly unknown
+    assert LiveVerifier(None, below).verify("HC1:x", None).reason == "clock_unknown"
 
 
 def test_ntp_clock_behind_floor_is_unknown(tmp_path):
