@@ -24,7 +24,7 @@ test:
 demo:
 	bash scripts/demo.sh
 
-# Every benchmark in one run, then bench/REPORT.md (~25 min on 2 cores; run it on a
+# Every benchmark in one run, then bench/REPORT.md (~12 min on 2 cores; run it on a
 # quiet machine). One benchmark: .venv/bin/python -m bench NAME --help
 BENCH_ARGS ?=
 

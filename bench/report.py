@@ -312,7 +312,8 @@ def reproduce_line(name: str, out: str) -> str:
     m = re.search(r"^reproduce: (.*)$", out, re.M)
     own = f"{PY} -m bench {name}"
     if m and "-m bench" in m.group(1) and "make bench" not in m.group(1):
-        return m.group(1).strip()
+        line = m.group(1).strip()
+        return f"{PY} {line[len('python '):]}" if line.startswith("python ") else line
     return own
 
 
