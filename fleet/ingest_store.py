@@ -57,6 +57,7 @@ class KioskDirectory:
         self.refresh = refresh
         self.clock = clock
         self.places: dict[str, tuple[int | None, int | None, bool]] = {}
+        self.retired_ids: frozenset[str] = frozenset()
         self.loaded_at: float | None = None
 
     def due(self) -> bool:
@@ -68,13 +69,15 @@ class KioskDirectory:
             .select_from(KIOSK.outerjoin(LOCATION, KIOSK.c.location_id == LOCATION.c.id)))
         self.places = {kid: (loc, district, state == RETIRED)
                        for kid, loc, district, state in rows}
+        # usually empty: then a batch costs no look-up for refusals at all
+        self.retired_ids = frozenset(kid for kid, (_, _, gone) in self.places.items() if gone)
         self.loaded_at = self.clock()
 
     def age(self) -> float:
         return float("inf") if self.loaded_at is None else self.clock() - self.loaded_at
 
     def retired(self) -> list[str]:
-        return [kid for kid, (_, _, gone) in self.places.items() if gone]
+        return list(self.retired_ids)
 
 
 class ScanStore:
@@ -107,8 +110,7 @@ class ScanStore:
         nowhere = (None, None, False)
         out = Written()
         received = self.clock()
-        if any(places.get(k, nowhere)[2] for k, _ in scans) or \
-                any(places.get(k, nowhere)[2] for k, _ in summaries):
+        if self.directory.retired_ids:
             scans, summaries = self._refuse_retired(scans, summaries)
         with self.engine.begin() as connection:
             if unknown:
@@ -142,15 +144,16 @@ class ScanStore:
         return out
 
     def _refuse_retired(self, scans, summaries):
-        places = self.directory.places
+        retired = self.directory.retired_ids
         kept = []
         for kind, items in (("scan", scans), ("summary", summaries)):
-            gone = [k for k, _ in items if places.get(k, (0, 0, False))[2]]
+            gone = [k for k, _ in items if k in retired]
             if gone:
                 self.metrics.retired_kiosk.labels(kind=kind).inc(len(gone))
                 log.warning("refused %d %s message(s) of retired kiosk(s) %s", len(gone), kind,
                             ", ".join(sorted(set(gone))))
-            kept.append([(k, d) for k, d in items if not places.get(k, (0, 0, False))[2]])
+                items = [(k, d) for k, d in items if k not in retired]
+            kept.append(items)
         return kept[0], kept[1]
 
     def _unknown(self, scans, summaries) -> set[str]:

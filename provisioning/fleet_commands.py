@@ -12,6 +12,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import enrol as enrolling
@@ -132,90 +133,98 @@ def _init(args) -> int:
     return 0
 
 
-def _enrol(args) -> int:
+@contextmanager
+def _fleet_session(config):
+    """A session on the fleet's database; the engine goes with it."""
     from fleet.db import make_engine, make_sessions
 
-    try:
-        config = _fleet_config(args)
-    except PKIError as exc:
-        return _error(str(exc))
-    pki = PKI(config.resolve(config.pki.dir))
-    if not pki.path("ca.key").exists():
-        return _error(f"no fleet PKI in {pki.dir}: run `greengate-provision init` first")
     engine = make_engine(config.database_url)
     try:
         with make_sessions(engine)() as session:
-            try:
-                spec = enrolling.register(
-                    session, config, kiosk_id=args.kiosk_id, location_code=args.location,
-                    location_name=args.location_name, district_code=args.district,
-                    district_name=args.district_name,
-                    deployment=args.deployment, policy=args.policy, actor=_actor())
-                if args.token:
-                    token, expires = enrolling.create_token(
-                        session, pki, spec.kiosk_id, config.enrol.token_hours, _actor())
-                    session.commit()
-                    url = config.enrol.http_url or "https://FLEET:8443"
-                    _say(f"kiosk {spec.kiosk_id} registered; one-time token, valid until "
-                         f"{enrolling.iso(expires)}:")
-                    _say(token)
-                    _say(f"on the Pi: sudo bash /opt/greengate/scripts/install-kiosk.sh "
-                         f"--fleet {url} --token {token}")
-                    return 0
-                key, cert = pki.issue_kiosk(spec.kiosk_id, config.enrol.cert_days)
-                text = enrolling.kiosk_toml(
-                    spec, broker_host=config.enrol.broker_host or config.mqtt.host,
-                    broker_port=config.enrol.broker_port, http_url=config.enrol.http_url,
-                    pseudonym_key=pki.pseudonym_key())
-                files = enrolling.bundle_files(pki, key, cert, text)
-                where = enrolling.write_tar(args.out, files) if args.out else \
-                    enrolling.write_folder(args.sd, files, args.force)
-                enrolling.record_certificate(session, spec.kiosk_id, cert, "bundle")
-                session.commit()
-            except enrolling.EnrolError as exc:
-                session.rollback()
-                return _error(str(exc))
+            yield session
     finally:
         engine.dispose()
+
+
+def _loaded(args):
+    """(config, PKI) of the fleet named by --fleet-config; PKIError says what is wrong."""
+    config = _fleet_config(args)
+    return config, PKI(config.resolve(config.pki.dir))
+
+
+def _new_crl(session, pki: PKI, config) -> list[str]:
+    """Re-sign the CRL and tell the broker; the problems, if any, as sentences."""
+    try:
+        count = retiring.write_crl(session, pki, config)
+    except (PKIError, OSError) as exc:
+        return [f"the CRL could not be written ({exc}); run this again once the PKI is "
+                "reachable"]
+    _say(f"CRL re-signed: {count} revoked certificate(s) in {pki.path('crl.pem')}, valid for "
+         "a year")
+    trouble = retiring.reload_broker(config.pki.broker_reload)
+    return [f"the broker was not told to re-read the CRL: {trouble}"] if trouble else []
+
+
+def _enrol(args) -> int:
+    try:
+        config, pki = _loaded(args)
+    except PKIError as exc:
+        return _error(str(exc))
+    if not pki.path("ca.key").exists():
+        return _error(f"no fleet PKI in {pki.dir}: run `greengate-provision init` first")
+    with _fleet_session(config) as session:
+        try:
+            spec = enrolling.register(
+                session, config, kiosk_id=args.kiosk_id, location_code=args.location,
+                location_name=args.location_name, district_code=args.district,
+                district_name=args.district_name,
+                deployment=args.deployment, policy=args.policy, actor=_actor())
+            if args.token:
+                token, expires = enrolling.create_token(
+                    session, pki, spec.kiosk_id, config.enrol.token_hours, _actor())
+                session.commit()
+                url = config.enrol.http_url or "https://FLEET:8443"
+                _say(f"kiosk {spec.kiosk_id} registered; one-time token, valid until "
+                     f"{enrolling.iso(expires)}:")
+                _say(token)
+                _say(f"on the Pi: sudo bash /opt/greengate/scripts/install-kiosk.sh "
+                     f"--fleet {url} --token {token}")
+                return 0
+            key, cert = pki.issue_kiosk(spec.kiosk_id, config.enrol.cert_days)
+            text = enrolling.kiosk_toml(
+                spec, broker_host=config.enrol.broker_host or config.mqtt.host,
+                broker_port=config.enrol.broker_port, http_url=config.enrol.http_url,
+                pseudonym_key=pki.pseudonym_key())
+            files = enrolling.bundle_files(pki, key, cert, text)
+            where = enrolling.write_tar(args.out, files) if args.out else \
+                enrolling.write_folder(args.sd, files, args.force)
+            enrolling.record_certificate(session, spec.kiosk_id, cert, "bundle")
+            session.commit()
+        except enrolling.EnrolError as exc:
+            session.rollback()
+            return _error(str(exc))
     _say(f"kiosk {spec.kiosk_id} registered; its bundle (private key inside: keep it safe) "
          f"is {where}")
     return 0
 
 
 def _retire(args) -> int:
-    from fleet.db import make_engine, make_sessions
-
     try:
-        config = _fleet_config(args)
+        config, pki = _loaded(args)
     except PKIError as exc:
         return _error(str(exc))
-    pki = PKI(config.resolve(config.pki.dir))
-    engine = make_engine(config.database_url)
-    try:
-        with make_sessions(engine)() as session:
-            try:
-                serials = retiring.mark_retired(session, args.kiosk_id, args.reason, _actor())
-            except retiring.RetireError as exc:
-                return _error(str(exc))
-            session.commit()
-            if serials is None:
-                _say(f"kiosk {args.kiosk_id} is retired already; bringing the CRL and the "
-                     "broker up to date")
-            else:
-                _say(f"kiosk {args.kiosk_id} retired; {len(serials)} certificate(s) revoked")
-            problems = []
-            try:
-                count = retiring.write_crl(session, pki, config)
-                _say(f"CRL re-signed: {count} revoked certificate(s) in {pki.path('crl.pem')}")
-            except (PKIError, OSError) as exc:
-                problems.append(f"the CRL could not be written ({exc}); run this again once "
-                                "the PKI is reachable")
-    finally:
-        engine.dispose()
-    if not problems:
-        trouble = retiring.reload_broker(config.pki.broker_reload)
-        if trouble:
-            problems.append(f"the broker was not told to re-read the CRL: {trouble}")
+    with _fleet_session(config) as session:
+        try:
+            serials = retiring.mark_retired(session, args.kiosk_id, args.reason, _actor())
+        except retiring.RetireError as exc:
+            return _error(str(exc))
+        session.commit()
+        if serials is None:
+            _say(f"kiosk {args.kiosk_id} is retired already; bringing the CRL and the "
+                 "broker up to date")
+        else:
+            _say(f"kiosk {args.kiosk_id} retired; {len(serials)} certificate(s) revoked")
+        problems = _new_crl(session, pki, config)
     trouble = retiring.disconnect(config, args.kiosk_id)
     if trouble:
         problems.append(f"its live session was not ended: {trouble}")
@@ -227,25 +236,17 @@ def _retire(args) -> int:
 
 
 def _crl(args) -> int:
-    from fleet.db import make_engine, make_sessions
-
     try:
-        config = _fleet_config(args)
-        pki = PKI(config.resolve(config.pki.dir))
-        engine = make_engine(config.database_url)
-        try:
-            with make_sessions(engine)() as session:
-                count = retiring.write_crl(session, pki, config)
-        finally:
-            engine.dispose()
-    except (PKIError, OSError) as exc:
+        config, pki = _loaded(args)
+    except PKIError as exc:
         return _error(str(exc))
-    _say(f"CRL re-signed: {count} revoked certificate(s), valid for a year")
-    trouble = retiring.reload_broker(config.pki.broker_reload)
-    if trouble:
-        print(f"greengate-provision: the broker was not told: {trouble}", file=sys.stderr)
-        return 1
-    return 0
+    if not pki.path("ca.key").exists():
+        return _error(f"no fleet PKI in {pki.dir}: run `greengate-provision init` first")
+    with _fleet_session(config) as session:
+        problems = _new_crl(session, pki, config)
+    for problem in problems:
+        print(f"greengate-provision: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _mosquitto(args) -> int:
