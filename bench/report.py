@@ -44,8 +44,8 @@ BENCHES = [
     ("status", "Status lists: size, delta, look-up vs a set and a Bloom filter", status.main,
      ["--n", "20000", "--also", "0", "--suspended", "0", "--delta", "1000", "--lookups",
       "5000"]),
-    ("ingest", "Fleet ingest vs Mosquitto's bare delivery", ingest.main,
-     ["--messages", "2000", "--repeat", "1", "--backends", "sqlite", "--workers", "1"]),
+    ("ingest", "Fleet ingest and its confirmations vs Mosquitto's bare delivery", ingest.main,
+     ["--quick"]),
     ("outage", "Outage detection delay (kill -9 / freeze -> offline on the API)", outage.main,
      ["--keepalives", "2", "--kills", "1", "--freezes", "1", "--sweep", "1"]),
     ("dashboard", "Dashboard and kiosks API on a 10k-kiosk / 10M-scan SQLite fleet",
@@ -150,7 +150,18 @@ def table_decode(out: str) -> str:
     return "\n".join(lines)
 
 
-INGEST_ROW = re.compile(r"^(\S.*?)\s{2,}([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+(\d+)%\s+(\d+)%$", re.M)
+# consumer, live, (publish), [(confirmed)], drain, [(confirmed)], live vs bare, drain vs bare:
+# the confirmed columns ("-" where nothing confirms) are absent from outputs before issue 12
+INGEST_ROW = re.compile(r"^(\S.*?)\s{2,}([\d,]+)\s+([\d,]+)(?:\s+([\d,]+|-))?\s+([\d,]+)"
+                        r"(?:\s+([\d,]+|-))?\s+(\d+)%\s+(\d+)%$", re.M)
+# offered, published, reached, committed, scans, p50, p95, max, missing, duplicate, ids
+INGEST_PACED = re.compile(r"^\s*([\d,]+)\s+([\d,]+)\s+(yes|NO)\s+([\d,]+)\s+([\d,]+)\s+"
+                          r"([\d.]+|-)\s+([\d.]+|-)\s+([\d.]+|-)\s+(\d+)\s+(\d+)\s+([\d.]+)$",
+                          re.M)
+INGEST_COST = re.compile(r"cost of confirming, this run \(([^)]*)\): live ([+\-\d.]+%), "
+                         r"drain ([+\-\d.]+%)")
+INGEST_DELETE = re.compile(r"^kiosk side, measured apart.*?: (Outbox\.confirm of \d+ id\(s\)).*?"
+                           r"(p50 [\d.]+ ms, p95 [\d.]+ ms)", re.M)
 
 
 def figures_ingest(out: str) -> list[tuple[str, str]]:
@@ -158,11 +169,26 @@ def figures_ingest(out: str) -> list[tuple[str, str]]:
     bare = next((r for r in rows if r[0].startswith("bare")), None)
     out_rows = []
     if bare:
-        out_rows.append(("Mosquitto bare delivery", f"live {bare[1]}/s, drain {bare[3]}/s"))
+        out_rows.append(("Mosquitto bare delivery", f"live {bare[1]}/s, drain {bare[4]}/s"))
     for r in rows:
         if r[0].startswith("worker"):
-            out_rows.append((f"ingest {r[0]}", f"live {r[1]}/s ({r[4]} % of bare), drain "
-                             f"{r[3]}/s ({r[5]} % of bare)"))
+            confirmed = (f"; confirmed at the kiosks live {r[3]}/s, drain {r[5]}/s"
+                         if r[3] and r[3] != "-" else "")
+            out_rows.append((f"ingest {r[0]}", f"live {r[1]}/s ({r[6]} % of bare), drain "
+                             f"{r[4]}/s ({r[7]} % of bare){confirmed}"))
+    for cost in INGEST_COST.finditer(out):
+        out_rows.append((f"ingest: cost of confirming ({cost.group(1)})",
+                         f"live {cost.group(2)}, drain {cost.group(3)}"))
+    for (offered, published, reached, committed, n, p50, p95, mx, missing, dup,
+         ids) in INGEST_PACED.findall(out):
+        out_rows.append((f"confirmation latency, {offered}/s offered (one SQLite worker)",
+                         f"p50 {p50} ms, p95 {p95} ms, max {mx} ms; published {published}/s"
+                         f"{'' if reached == 'yes' else ' (offered rate NOT reached)'}, "
+                         f"committed {committed}/s; {missing} missing, {dup} duplicate"))
+    delete = INGEST_DELETE.search(out)
+    if delete:
+        out_rows.append(("kiosk outbox delete on a confirmation (apart)",
+                         f"{delete.group(1)}: {delete.group(2)}"))
     return out_rows
 
 
@@ -170,10 +196,24 @@ def table_ingest(out: str) -> str:
     rows = INGEST_ROW.findall(out)
     if not rows:
         return ""
-    lines = ["| consumer | live /s | (publish /s) | drain /s | live vs bare | drain vs bare |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| consumer | live /s | (publish /s) | (confirmed /s) | drain /s | (confirmed /s) | "
+             "live vs bare | drain vs bare |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} % | {r[5]} % |")
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3] or '-'} | {r[4]} | {r[5] or '-'} | "
+                     f"{r[6]} % | {r[7]} % |")
+    paced = INGEST_PACED.findall(out)
+    if paced:
+        lines += ["", "Confirmation latency (publish -> confirmation received by the kiosk) at "
+                  "a fixed offered rate, one SQLite worker:", "",
+                  "| offered /s | published /s | reached | committed /s | scans | p50 ms | "
+                  "p95 ms | max ms | missing | duplicate | ids per confirmation |",
+                  "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in paced:
+            lines.append("| " + " | ".join(r) + " |")
+    delete = INGEST_DELETE.search(out)
+    if delete:
+        lines += ["", f"Kiosk side, measured apart (not in the latency above): "
+                  f"{delete.group(1)}, {delete.group(2)}."]
     return "\n".join(lines)
 
 

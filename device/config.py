@@ -80,6 +80,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "heartbeat": Key(float, 30.0, "seconds between heartbeats"),
         "replay_rate": Key(float, 50.0, "outbox messages per second replayed after an outage "
                                         "(live scans go first)"),
+        "confirm_timeout": Key(float, 30.0, "seconds a sent scan waits for the fleet's "
+                                            "confirmation before it is sent again (longer while "
+                                            "none comes, up to 8 x)"),
     },
     "bundles": {
         "fleet_key": Key(str, _REQUIRED, "PEM of the fleet's bundle-signing public key, pinned "
@@ -241,6 +244,8 @@ def _check(config: Config, text: str) -> None:
         fail("mqtt", "tls", "TLS needs 'ca', 'cert' and 'key' (the kiosk's certificate)")
     if config.mqtt.heartbeat <= 0 or config.mqtt.keepalive <= 0:
         fail("mqtt", "heartbeat", "'heartbeat' and 'keepalive' must be positive")
+    if config.mqtt.confirm_timeout < 1:
+        fail("mqtt", "confirm_timeout", "'confirm_timeout' must be at least 1 second")
     if config.bundles.offline_budget_hours <= 0:
         fail("bundles", "offline_budget_hours", "'offline_budget_hours' must be positive")
     key = config.privacy.pseudonym_key

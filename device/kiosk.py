@@ -37,7 +37,7 @@ from .state import STORED, BundleStore
 log = logging.getLogger("greengate.kiosk")
 
 LISTS_WAIT_SECONDS = 30.0  # a folder source waits this long for the first bundles
-DRAIN_SECONDS = 60.0  # a finished folder source waits this long for the broker's acks
+DRAIN_SECONDS = 60.0  # a finished folder source waits this long for the fleet's confirmations
 
 
 class LiveVerifier:
@@ -98,7 +98,8 @@ class Kiosk:
                    str(cfg.resolve(cfg.mqtt.key)))
         self.reporter = Reporter(self.outbox, self.id, cfg.mqtt.host, cfg.mqtt.port, tls=tls,
                                  keepalive=cfg.mqtt.keepalive, replay_rate=cfg.mqtt.replay_rate,
-                                 session_source=SessionCounter(data / "session"))
+                                 session_source=SessionCounter(data / "session"),
+                                 confirm_timeout=cfg.mqtt.confirm_timeout)
         self.feed = StatusFeed(self.store, self.reporter, cfg.kiosk.deployment)
         self.feed.start()
         self.pipeline = None  # built in run(): the decoder may be slow to load
@@ -110,12 +111,16 @@ class Kiosk:
     # --- the data path -----------------------------------------------------
     def on_decision(self, decision, now: float) -> None:
         scan_id = uuid.uuid4().hex
-        message = messages.scan(
-            scan_id=scan_id, kiosk=self.id, ts=now, decision=decision.decision,
-            reason=str(decision.reason), sub_reason=decision.sub_reason, cert_type=decision.type,
-            cert_hash=decision.cert_hash, holder=self.pseudonym(decision.holder),
-            policy=self.cfg.kiosk.policy)
-        stored = self.outbox.add(scan_id, messages.scan_topic(self.id), messages.encode(message),
+        holder = self.pseudonym(decision.holder)
+
+        def build(seq):  # the outbox gives the seq inside its transaction
+            return messages.encode(messages.scan(
+                scan_id=scan_id, kiosk=self.id, ts=now, decision=decision.decision,
+                reason=str(decision.reason), sub_reason=decision.sub_reason,
+                cert_type=decision.type, cert_hash=decision.cert_hash, holder=holder,
+                policy=self.cfg.kiosk.policy, seq=seq))
+
+        stored = self.outbox.add(scan_id, messages.scan_topic(self.id), build,
                                  decision=decision.decision, reason=str(decision.reason), ts=now)
         self.indicator.show(decision)
         self._last_show = time.monotonic()
@@ -187,16 +192,16 @@ class Kiosk:
             log.info("folder finished; still reporting and sending heartbeats until stopped")
             self.stopping.wait()
             return 0
-        log.info("folder finished; reporting the %d decision(s) left in the outbox",
-                 self.outbox.depth())
+        log.info("folder finished; reporting the %d decision(s) left in the outbox until the "
+                 "fleet confirms them", self.outbox.depth())
         deadline = time.monotonic() + DRAIN_SECONDS
         while (self.outbox.depth() or self.outbox.summaries()) and \
                 time.monotonic() < deadline and not self.stopping.wait(0.1):
             pass
         left = self.outbox.depth() + self.outbox.summaries()
         if left:
-            log.warning("%d message(s) not yet acknowledged by the broker; they stay in the "
-                        "outbox and go out on the next start", left)
+            log.warning("%d message(s) not yet confirmed by the fleet; they stay in the "
+                        "outbox and go out again on the next start", left)
         return 0
 
     def stop(self, *_):
@@ -219,11 +224,12 @@ class Kiosk:
         now = self.clock.validation_time()
         lists = self.store.freshness(now) if now else ("missing" if self.store.verifier is None
                                                         else "stale")
+        seq, confirmed = self.outbox.watermarks()
         return messages.heartbeat(
             kiosk=self.id, session=self.reporter.session, ts=time.time(),
             uptime=time.monotonic() - self.started, bundles=self.store.versions(),
             outbox=self.outbox.depth(), clock=clock, lists=lists, cpu_temp=cpu_temperature(),
-            overflow=self.outbox.overflow())
+            overflow=self.outbox.overflow(), seq=seq, confirmed=confirmed)
 
     def _heartbeats(self) -> None:
         while not self.stopping.wait(min(5.0, self.cfg.mqtt.heartbeat)):

@@ -1,4 +1,5 @@
-"""The kiosk's MQTT reporter: outbox rows to the broker, presence, heartbeats, bundles.
+"""The kiosk's MQTT reporter: outbox rows out, the fleet's confirmations in, presence,
+heartbeats, bundles.
 
 One thread owns one paho-mqtt 2.x client per connection (MQTT 5, clean start)
 and does all network work itself (its own select loop; paho's automatic
@@ -10,15 +11,27 @@ reconnect is not used), so that every connection gets a NEW last will:
     connect failed) is reused for the next attempt, so a long outage does not
     burn through numbers;
   * after CONNACK: presence ``online`` with the session (retained, QoS 1), then
-    every subscription again (bundle topics are retained: they arrive again);
-  * outbox rows are published with QoS 1 on their own topic; a row is deleted
-    only when the broker's PUBACK for that message id arrived with a success
-    reason code (a PUBACK that reports a failure, e.g. "not authorized", keeps
-    the row and pauses scan publishing for 30 s);
-  * the backlog is replayed at most ``replay_rate`` messages/s (token bucket,
-    burst 0.2 s worth) with at most ``window`` messages waiting for PUBACK;
-    a scan passed to notify(scan_id) is sent ahead of the backlog, outside the
-    rate limit;
+    every subscription again (bundle topics are retained: they arrive again),
+    and the kiosk's confirmation topic (QoS 1);
+  * outbox rows are published with QoS 1 on their own topic. A row is deleted
+    only when the FLEET confirms that it committed that scan (a message on
+    ``messages.confirm_topic(kiosk)``); the broker's PUBACK only frees the
+    row's slot in the in-flight window (a PUBACK that reports a failure, e.g.
+    "not authorized", pauses scan publishing for 30 s). An invalid confirmation
+    is logged and ignored;
+  * at most ``max_awaiting`` rows are "sent, not yet confirmed": when that many
+    wait, the backlog waits too (flow control while the fleet is down and the
+    broker up). A row unconfirmed after ``confirm_timeout`` is sent again; the
+    timeout doubles while no confirmation at all arrives (up to 8 x), so a fleet
+    outage does not turn into a steady stream of repeats;
+  * every connection starts over: everything unconfirmed is sent again, oldest
+    first. The backlog is replayed at most ``replay_rate`` messages/s (token
+    bucket, burst 0.2 s worth; repeats after a timeout too) with at most
+    ``window`` messages waiting for PUBACK; a scan passed to notify(scan_id) is
+    sent ahead of the backlog, outside the rate limit (and beyond a full
+    awaiting set by at most one window);
+  * overflow summaries are sent at connect and every ``summary_poll`` seconds
+    until the fleet confirms them;
   * a lost connection is retried with jittered exponential backoff (1 s doubling
     to 30 s by default; reset by a successful CONNACK);
   * stop(): presence ``offline`` (retained, QoS 1), wait for its PUBACK (which
@@ -26,7 +39,7 @@ reconnect is not used), so that every connection gets a NEW last will:
     the broker does not publish the will and the fleet sees a graceful stop.
 
 Broker, network and TLS errors are logged and retried, never raised.
-Wire format: docs/protocol.md.
+Wire format and guarantees: docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import paho.mqtt.client as mqtt
@@ -58,6 +71,10 @@ Callback = Callable[[str, bytes], None]
 REJECT_HOLD = 30.0  # seconds scan publishing pauses after the broker rejected one
 SUMMARY_POLL = 30.0  # seconds between looks at the overflow table while connected
 STOP_WAIT = 3.0  # seconds stop() waits for the PUBACK of presence offline
+CONFIRM_TIMEOUT = 30.0  # seconds a sent row waits for the fleet's confirmation
+MAX_AWAITING = 1000  # rows sent and not yet confirmed before the backlog waits
+CONFIRM_BACKOFF = 8  # the confirmation timeout grows to at most this many times itself
+LATENCIES = 10_000  # confirmation latencies kept for latency()
 
 
 class TLSFiles(NamedTuple):
@@ -112,9 +129,7 @@ class _Conn:
         self.lost_reason = ""
         self.last_error = ""
         self.inflight: dict[int, tuple[str, str]] = {}  # mid -> (kind, key)
-        self.keys: set[str] = set()  # scan ids / summary ids in flight
-        self.acked_scans: list[str] = []
-        self.acked_summaries: list[str] = []
+        self.keys: set[str] = set()  # scan ids / summary ids waiting for a PUBACK
         self.offline_mid: int | None = None
         self.offline_acked = False
 
@@ -126,6 +141,9 @@ class Reporter:
     session_source: called before a connection attempt; returns the next
     session number (the caller persists it; it must increase).
     subscriptions: {topic filter: callback(topic, payload bytes)}.
+    confirm_timeout: seconds before an unconfirmed row is sent again;
+    max_awaiting: rows sent and not yet confirmed before the backlog waits;
+    summary_poll: seconds between sends of the unconfirmed overflow summaries.
     """
 
     def __init__(self, outbox: Outbox, kiosk_id: str, host: str, port: int = 8883,
@@ -134,7 +152,9 @@ class Reporter:
                  session_source: Callable[[], int] | None = None,
                  subscriptions: Mapping[str, Callback] | None = None, *,
                  window: int = 20, backoff: tuple[float, float] = (1.0, 30.0),
-                 connect_timeout: float = 5.0, client_id: str | None = None):
+                 connect_timeout: float = 5.0, client_id: str | None = None,
+                 confirm_timeout: float = CONFIRM_TIMEOUT, max_awaiting: int = MAX_AWAITING,
+                 summary_poll: float = SUMMARY_POLL):
         if not messages.KIOSK_ID.match(kiosk_id):
             raise ValueError(f"bad kiosk id {kiosk_id!r}")
         self.outbox = outbox
@@ -148,6 +168,9 @@ class Reporter:
         self.window = max(1, int(window))
         self.backoff = (float(backoff[0]), float(backoff[1]))
         self.connect_timeout = float(connect_timeout)
+        self.confirm_timeout = max(0.1, float(confirm_timeout))
+        self.max_awaiting = max(1, int(max_awaiting))
+        self.summary_poll = max(0.1, float(summary_poll))
         if session_source is None:
             counter = iter(range(1, 1 << 62))
             session_source = lambda: next(counter)  # noqa: E731  (tests, demos)
@@ -157,6 +180,19 @@ class Reporter:
         self._sub_ids = iter(range(1, 268_435_456))  # MQTT 5 subscription ids: 1..2^28-1
         for topic, callback in (subscriptions or {}).items():
             self._subs[topic] = (next(self._sub_ids), callback)
+        # renewed on every connection like the others (clean start: a confirmation sent
+        # while the kiosk was away is lost, the rows it named are sent again instead)
+        self._confirm_topic = messages.confirm_topic(kiosk_id)
+        self._subs[self._confirm_topic] = (next(self._sub_ids), self._on_confirm)
+        # delivery state, reporter thread only
+        self._awaiting: OrderedDict[str, float] = OrderedDict()  # scan id -> sent (monotonic)
+        self._cursor: int | None = None  # Row.cursor of the last backlog row sent
+        self._confirmed_scans: list[str] = []  # confirmed, not yet deleted
+        self._confirmed_summaries: list[str] = []
+        self._progress = time.monotonic()  # last confirmation, or since when one is due
+        self._silence_warned = False
+        self._latencies: deque[float] = deque(maxlen=LATENCIES)
+        self._latency_lock = threading.Lock()
         self._commands: deque = deque()
         self._fresh: deque[str] = deque(maxlen=1000)
         self._more = True  # the outbox may hold rows not yet looked at
@@ -170,8 +206,11 @@ class Reporter:
         self._spare_session: int | None = None
         self._last_failure = ""
         self._hold_until = 0.0
+        # acked: PUBACKs; confirmed: rows deleted on a confirmation; resent: rows sent
+        # again after the confirmation timeout; confirm_invalid: confirmations ignored
         self.stats = {"connects": 0, "attempts": 0, "published": 0, "acked": 0, "rejected": 0,
-                      "heartbeats": 0, "summaries": 0}
+                      "heartbeats": 0, "summaries": 0, "confirmations": 0, "confirmed": 0,
+                      "confirmed_summaries": 0, "confirm_invalid": 0, "resent": 0}
 
     # --- public API (any thread) -------------------------------------------
     @property
@@ -218,11 +257,28 @@ class Reporter:
         self._more = True
         self._wake()
 
+    def latency(self, q: float = 0.5) -> float | None:
+        """Quantile q of the recent confirmation latencies (seconds from add() to the
+        row's deletion on the fleet's confirmation); None before the first."""
+        with self._latency_lock:
+            values = sorted(self._latencies)
+        if not values:
+            return None
+        return values[min(len(values) - 1, max(0, int(round(q * (len(values) - 1)))))]
+
+    def latencies(self) -> list[float]:
+        with self._latency_lock:
+            return list(self._latencies)
+
+    def awaiting(self) -> int:
+        """Rows sent on this connection and not yet confirmed."""
+        return len(self._awaiting)
+
     def publish_heartbeat(self, doc: dict) -> bool:
         """Queue a heartbeat (QoS 1, not retained, not via the outbox).
 
         The reporter sets 'session' to the connection's session and fills
-        'kiosk', 'outbox' and 'overflow' if missing. False (dropped) while
+        'kiosk', 'outbox', 'overflow', 'seq' and 'confirmed' if missing. False (dropped) while
         disconnected: a heartbeat is only worth sending now.
         """
         if not self._connected:
@@ -249,8 +305,9 @@ class Reporter:
         self._wake()
 
     def subscriptions(self) -> list[str]:
+        """The callers' subscriptions (not the reporter's own confirmation topic)."""
         with self._subs_lock:
-            return list(self._subs)
+            return [t for t in self._subs if t != self._confirm_topic]
 
     # --- thread ------------------------------------------------------------
     def _wake(self) -> None:
@@ -315,15 +372,17 @@ class Reporter:
             if entry is None:
                 return
             kind, key = entry
+            conn.keys.discard(key)  # the window slot is free; the row waits for the fleet
             if reason is not None and reason.is_failure:
                 self.stats["rejected"] += 1
-                conn.keys.discard(key)
                 self._hold_until = time.monotonic() + REJECT_HOLD
+                if key in self._awaiting:  # sent again once the timeout runs from now
+                    self._awaiting.move_to_end(key)
+                    self._awaiting[key] = time.monotonic()
                 log.error("broker rejected %s %s: %s; it stays in the outbox, scan publishing "
                           "pauses %.0f s", kind, key, reason, REJECT_HOLD)
                 return
             self.stats["acked"] += 1
-            (conn.acked_scans if kind == "scan" else conn.acked_summaries).append(key)
 
         def on_message(_c, _u, msg):
             # MQTT 5 subscription identifiers say which subscription(s) a copy is
@@ -456,6 +515,12 @@ class Reporter:
         for topic in topics:
             self._subscribe(client, topic)
         bucket = TokenBucket(self.replay_rate)
+        # a new connection starts over: whatever was sent before and is still in the
+        # outbox is unconfirmed, and goes out again oldest first
+        self._awaiting.clear()
+        self._cursor = None
+        self._progress = time.monotonic()
+        self._silence_warned = False
         self._more = True
         next_summaries = 0.0
         next_poll = 0.0
@@ -463,7 +528,7 @@ class Reporter:
 
         while True:
             now = time.monotonic()
-            self._settle(conn)  # first: PUBACKs read just before a loss still count
+            self._settle(conn)  # first: confirmations read just before a loss count
             if conn.lost or client.socket() is None:
                 log.warning("lost the MQTT connection to %s:%d (session %d): %s", self.host,
                             self.port, conn.session,
@@ -492,34 +557,64 @@ class Reporter:
 
             self._commands_run(client, conn)
             if now >= next_summaries:
-                next_summaries = now + SUMMARY_POLL
+                next_summaries = now + self.summary_poll
                 self._send_summaries(client, conn, bucket)
             if self._more or now >= next_poll:
                 next_poll = now + 5.0
                 self._fill(client, conn, bucket)
+            due = self._resend(client, conn, bucket)
             timeout = 1.0
-            if self._more and len(conn.inflight) < self.window:
+            if self._more and len(conn.inflight) < self.window and \
+                    len(self._awaiting) < self.max_awaiting:
                 timeout = min(timeout, max(0.005, bucket.wait()))
+            if due is not None:
+                timeout = min(timeout, max(0.02, due - now, bucket.wait()))
             if now < self._hold_until:
                 timeout = min(timeout, self._hold_until - now)
             self._pump(client, conn, timeout)
 
     def _settle(self, conn: _Conn) -> None:
-        """Delete acknowledged rows (one transaction per batch)."""
-        if conn.acked_scans:
-            batch, conn.acked_scans = conn.acked_scans, []
+        """Delete the rows the fleet confirmed (one transaction per batch)."""
+        if self._confirmed_scans:
+            batch, self._confirmed_scans = self._confirmed_scans, []
             try:
-                self.outbox.remove_many(batch)
+                gone = self.outbox.confirm(batch)
             except Exception:
-                conn.acked_scans[:0] = batch  # retry next round; still in conn.keys
+                self._confirmed_scans[:0] = batch  # retry next round
                 raise
-            conn.keys.difference_update(batch)
-            self._more = True
-        if conn.acked_summaries:
-            batch, conn.acked_summaries = conn.acked_summaries, []
-            for sid in batch:
-                self.outbox.remove_summary(sid)
-            conn.keys.difference_update(batch)
+            now = time.time()
+            with self._latency_lock:
+                self._latencies.extend(max(0.0, now - created) for created in gone.values())
+            for scan_id in batch:
+                self._awaiting.pop(scan_id, None)
+            self.stats["confirmed"] += len(gone)
+            self._more = True  # room in the awaiting set
+        if self._confirmed_summaries:
+            batch, self._confirmed_summaries = self._confirmed_summaries, []
+            try:
+                gone = self.outbox.confirm_summaries(batch)
+            except Exception:
+                self._confirmed_summaries[:0] = batch
+                raise
+            self.stats["confirmed_summaries"] += gone
+
+    def _on_confirm(self, topic: str, payload: bytes) -> None:
+        """A confirmation from the fleet (reporter thread, inside the network read):
+        only noted here, the rows are deleted by _settle in one transaction."""
+        try:
+            if topic != self._confirm_topic:
+                raise messages.MessageError(f"on topic {topic[:100]!r}")
+            doc = messages.parse_confirm(payload, self.kiosk_id)
+        except Exception as exc:  # parse_confirm is total; this must never raise anyway
+            self.stats["confirm_invalid"] += 1
+            log.warning("ignored an invalid confirmation (%d bytes): %s", len(payload),
+                        str(exc)[:200])
+            return
+        self.stats["confirmations"] += 1
+        self._confirmed_scans += doc["scans"]
+        self._confirmed_summaries += doc["summaries"]
+        self._progress = time.monotonic()
+        self._silence_warned = False
 
     def _subscribe(self, client: mqtt.Client, topic: str) -> None:
         with self._subs_lock:
@@ -542,6 +637,8 @@ class Reporter:
                 arg.setdefault("kiosk", self.kiosk_id)
                 arg.setdefault("outbox", self.outbox.depth())
                 arg.setdefault("overflow", self.outbox.overflow())
+                if "seq" not in arg and "confirmed" not in arg:
+                    arg["seq"], arg["confirmed"] = self.outbox.watermarks()
                 client.publish(messages.heartbeat_topic(self.kiosk_id), messages.encode(arg),
                                qos=1)
                 self.stats["heartbeats"] += 1
@@ -571,31 +668,105 @@ class Reporter:
                 self.stats["summaries"] += 1
                 bucket.take()
 
+    def _sent(self, scan_id: str, now: float) -> None:
+        if not self._awaiting:
+            self._progress = now  # a confirmation is due from now on
+        self._awaiting[scan_id] = now
+        self._awaiting.move_to_end(scan_id)
+
+    def _confirm_wait(self, now: float) -> float:
+        """The confirmation timeout now: confirm_timeout while confirmations arrive;
+        while none does, half the silence (so repeats go out at 1, 2, 4, 8 ... x the
+        timeout), at most CONFIRM_BACKOFF x; back to normal at the next confirmation."""
+        silence = now - self._progress
+        return max(self.confirm_timeout,
+                   min(CONFIRM_BACKOFF * self.confirm_timeout, silence / 2))
+
+    def _resend(self, client: mqtt.Client, conn: _Conn, bucket: TokenBucket) -> float | None:
+        """Send again the rows whose confirmation is overdue, oldest first, through the
+        token bucket. Returns when the next one falls due (None: nothing waits)."""
+        if not self._awaiting:
+            return None
+        now = time.monotonic()
+        wait = self._confirm_wait(now)
+        if now - self._progress > 2 * CONFIRM_BACKOFF * self.confirm_timeout and \
+                not self._silence_warned:
+            self._silence_warned = True
+            log.warning("no confirmation from the fleet for %.0f s; %d row(s) sent and waiting, "
+                        "%d in the outbox (is the ingest running? may this kiosk read %s?)",
+                        now - self._progress, len(self._awaiting), self.outbox.depth(),
+                        self._confirm_topic)
+        if now < self._hold_until:
+            return self._hold_until
+        sent: list[str] = []
+        while self._awaiting and len(conn.inflight) < self.window:
+            scan_id, at = next(iter(self._awaiting.items()))
+            if now - at < wait:
+                break
+            if scan_id in conn.keys:  # still no PUBACK: the broker is slow, not the fleet
+                self._awaiting.move_to_end(scan_id)
+                self._awaiting[scan_id] = now
+                continue
+            row = self.outbox.get(scan_id)
+            if row is None:  # confirmed in the meantime
+                del self._awaiting[scan_id]
+                continue
+            if not bucket.take():
+                break
+            if not self._publish(client, conn, "scan", row.scan_id, row.topic, row.payload):
+                break
+            self._sent(scan_id, now)
+            self.stats["resent"] += 1
+            sent.append(scan_id)
+        if sent:
+            self.outbox.attempted(sent)
+        if not self._awaiting or len(conn.inflight) >= self.window:
+            return None  # nothing waits, or a PUBACK (which wakes the loop) comes first
+        return next(iter(self._awaiting.values())) + wait
+
     def _fill(self, client: mqtt.Client, conn: _Conn, bucket: TokenBucket) -> None:
         if time.monotonic() < self._hold_until:
             return
+        now = time.monotonic()
         sent: list[str] = []
-        # live scans first, outside the rate limit
-        while self._fresh and len(conn.inflight) < self.window:
+        # live scans first, outside the rate limit; they may pass a full awaiting set by
+        # one window, so that a person's scan is not held behind a backlog
+        while self._fresh and len(conn.inflight) < self.window and \
+                len(self._awaiting) < self.max_awaiting + self.window:
             scan_id = self._fresh.popleft()
-            if scan_id in conn.keys:
+            if scan_id in self._awaiting:
                 continue
             row = self.outbox.get(scan_id)
             if row is not None and self._publish(client, conn, "scan", row.scan_id, row.topic,
                                                  row.payload):
-                sent.append(row.scan_id)
-        # then the backlog, oldest first, rate-limited
-        room = min(self.window - len(conn.inflight), bucket.available())
+                self._sent(scan_id, now)
+                sent.append(scan_id)
+        # then the backlog, oldest first, rate-limited, while the awaiting set has room
+        room = min(self.window - len(conn.inflight), bucket.available(),
+                   self.max_awaiting - len(self._awaiting))
         if room > 0:
             self._more = False  # before the query: a notify() from now on is not lost
-            rows = self.outbox.pending(len(conn.keys) + room)
-            fresh_rows = [r for r in rows if r.scan_id not in conn.keys]
-            for row in fresh_rows[:room]:
-                if not bucket.take():
-                    break
-                if self._publish(client, conn, "scan", row.scan_id, row.topic, row.payload):
+            while room > 0:
+                # a few more than room: rows that went ahead as live scans are skipped
+                limit = room + 20
+                rows = self.outbox.pending_after(self._cursor, limit)
+                stalled = False
+                for row in rows:
+                    if row.scan_id in self._awaiting:  # went ahead as a live scan
+                        self._cursor = row.cursor
+                        continue
+                    if room <= 0 or not bucket.take() or not self._publish(
+                            client, conn, "scan", row.scan_id, row.topic, row.payload):
+                        stalled = True
+                        break
+                    self._sent(row.scan_id, now)
+                    self._cursor = row.cursor
                     sent.append(row.scan_id)
-            if len(fresh_rows) > room:
-                self._more = True
+                    room -= 1
+                if stalled or room <= 0:
+                    self._more = True
+                    break
+                if len(rows) < limit:
+                    break  # the end of the outbox
         if sent:
             self.outbox.attempted(sent)

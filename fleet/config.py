@@ -1,7 +1,8 @@
 """The fleet server's configuration: one TOML file, then environment overrides.
 
     [fleet]       data_dir, database_url, secret_key, deployment(s), retention_days
-    [mqtt]        broker and the fleet's client certificate
+    [mqtt]        broker and the fleet processes' client certificates
+    [ingest]      the ingest worker's time window for kiosk times, confirmations
     [bundles]     the bundle-signing key and how often lists are re-issued
     [presence]    keepalive and sweep timing
     [pki]         where the fleet PKI is, and how the broker learns of a new CRL
@@ -42,12 +43,30 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
         "port": (int, 8883, "the broker's port"),
         "tls": (bool, True, "TLS with the fleet's client certificate"),
         "ca": (str, "", "PEM of the broker's CA"),
-        "cert": (str, "", "the fleet's client certificate"),
-        "key": (str, "", "the fleet's private key"),
-        "client_id": (str, "greengate-fleet", "prefix of the MQTT client ids"),
+        "cert": (str, "", "the fleet's client certificates: `{identity}` in it stands for "
+                          "each process's own identity, e.g. `pki/clients/{identity}.pem` "
+                          "(docs/provisioning.md#fleet-identities); a plain path: one "
+                          "certificate shared by every process (only one of them can be "
+                          "connected at a time on the generated broker config)"),
+        "key": (str, "", "the private keys, `{identity}` as in cert"),
+        "client_id": (str, "greengate-fleet", "prefix of the MQTT client ids and fleet "
+                                              "identities (`<client_id>-ingest-<worker>`, "
+                                              "`<client_id>-web-<n>`); kiosk ids may not "
+                                              "start with it"),
         "share_group": (str, "ingest", "shared-subscription group of the ingest workers"),
         "batch_size": (int, 500, "scans written per transaction at most"),
         "batch_seconds": (float, 0.2, "a batch is written at the latest after this long"),
+    },
+    "ingest": {
+        "max_age_days": (float, 400.0, "a scan or summary whose kiosk time is older than "
+                                       "this (by the fleet's clock) is quarantined, not "
+                                       "stored (docs/fleet.md#quarantine)"),
+        "max_ahead_hours": (float, 24.0, "a scan or summary whose kiosk time is further "
+                                         "ahead of the fleet's clock than this is "
+                                         "quarantined"),
+        "confirm_seconds": (float, 0.5, "committed ids wait at most this long for others of "
+                                        "the same kiosk, so that one confirmation carries "
+                                        "them all (docs/fleet.md#a-messages-way)"),
     },
     "bundles": {
         "signing_key": (str, "pki/bundle-signing.key", "PEM of the fleet's bundle-signing "
@@ -245,9 +264,28 @@ def load(path: str | Path | None = None, env: dict | None = None, **overrides) -
             or config.alerts.senders < 1 or config.alerts.max_attempts < 1:
         raise ConfigError(f"{where}: [alerts] poll and retry_seconds must be positive, "
                           "senders and max_attempts at least 1")
+    if config.ingest.max_age_days <= 0 or config.ingest.max_ahead_hours <= 0 \
+            or config.ingest.confirm_seconds < 0:
+        raise ConfigError(f"{where}: [ingest] max_age_days and max_ahead_hours must be "
+                          "positive, confirm_seconds not negative")
     if not config.fleet.deployments:
         raise ConfigError(f"{where}: [fleet] deployments must name at least one deployment")
+    _check_identity_paths(config, text, where)
     return config
+
+
+def _check_identity_paths(config, text: str, where: str) -> None:
+    """{identity} is the only placeholder, and cert and key use it alike: a key shared
+    by several certificates would not match them."""
+    m = config.mqtt
+    for key in ("cert", "key"):
+        if "{" in m.__dict__[key].replace("{identity}", "") or \
+                "}" in m.__dict__[key].replace("{identity}", ""):
+            raise ConfigError(f"{where}{_line(text, 'mqtt', key)}: [mqtt] {key} may hold "
+                              "`{identity}` and no other {...}")
+    if m.key and ("{identity}" in m.cert) != ("{identity}" in m.key):
+        raise ConfigError(f"{where}{_line(text, 'mqtt', 'key')}: [mqtt] cert and key must "
+                          "both name `{identity}`, or neither")
 
 
 def reference() -> str:

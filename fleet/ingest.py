@@ -19,15 +19,38 @@ each (re)subscription, which is all a restarting tracker needs (fleet/presence.p
 
 Flow: paho's network thread only appends each message to a queue. The worker's thread
 takes up to `[mqtt] batch_size` messages (or what came within `batch_seconds`),
-validates them with greengate.messages (a bad one is counted, logged with the kiosk id
-of its topic, acknowledged and dropped), writes the scans and summaries in ONE
-transaction (fleet/ingest_store.py), and only after the commit acknowledges them
-(manual_ack, PUBACK in arrival order). A commit that fails is retried, with backoff,
-and nothing is acknowledged meanwhile: the broker's in-flight window (our MQTT 5
-Receive Maximum) holds the rest back. An acknowledgement for a connection that has
-since dropped is not sent: the broker redelivers those messages on the new connection
-and the idempotent insert absorbs them. A SIGKILLed worker therefore loses nothing:
-what it had not acknowledged comes back when it reconnects under the same name.
+validates them with greengate.messages and the fleet's time window ([ingest]
+max_age_days / max_ahead_hours around the fleet's clock), writes the scans and
+summaries in ONE transaction (fleet/ingest_store.py) together with the refused messages
+(the quarantine table: kiosk, topic, reason, the first bytes), and only after the commit
+acknowledges them to the broker (manual_ack, PUBACK in arrival order) and confirms them
+to their kiosks.
+
+Confirmations (docs/protocol.md): for each kiosk, every scan and summary id it sent
+that a commit took in (new and duplicate alike, and those quarantined for a reason of
+their own whose kiosk and id are trustworthy) goes back on `gg/v1/confirm/<kiosk>`,
+QoS 1, not retained, at most CONFIRM_IDS ids per message. Ids wait up to `[ingest]
+confirm_seconds` (0.5) for others of their kiosk, so that one message carries what
+several batches committed (a publish costs the worker as much as storing a few scans);
+a kiosk with CONFIRM_IDS waiting is confirmed at once. A kiosk deletes a decision from
+its outbox only on such a confirmation. Never for a retired kiosk, never for a message
+that did not parse. A worker killed between the commit and the confirmation loses
+nothing: the kiosk sends again, the insert absorbs it, the next commit confirms it.
+
+A commit that fails because of the database itself (OperationalError, InterfaceError,
+a lost connection, a missing table) is retried, with backoff, and nothing is
+acknowledged meanwhile: the broker's in-flight window (our MQTT 5 Receive Maximum)
+holds the rest back. A commit that fails because of a row of its own (IntegrityError,
+DataError, a value the driver cannot encode) is split in two and each half written
+alone, down to the one bad message, which is quarantined: one bad row never holds
+back good ones. An acknowledgement (or confirmation) for a connection that has since
+dropped is not sent: the broker redelivers those messages on the new connection and
+the idempotent insert absorbs them. A SIGKILLed worker therefore loses nothing: what
+it had not acknowledged comes back when it reconnects under the same name.
+
+Anything else that goes wrong in the loop is a bug: the worker stops without
+acknowledging the batch in hand and `run()` exits 1, so systemd (Restart=on-failure)
+starts it again and the broker redelivers.
 
 SIGTERM/SIGINT: the batch in hand is committed and acknowledged, then DISCONNECT; the
 session (and whatever the broker queues for it) stays for the next start. `--leave`
@@ -39,7 +62,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -50,14 +72,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (DataError, DBAPIError, IntegrityError, SQLAlchemyError,
+                            StatementError)
 
 from greengate import messages, watchdog
 
+from . import mqtt_identity
 from . import presence as presence_db
 from .db import make_engine
 from .ingest_metrics import IngestMetrics
-from .ingest_store import ScanStore
+from .ingest_store import Quarantined, ScanStore, Written
+from .quarantine import RAW_BYTES
 from .presence import Tracker
 from .db_lock import DatabaseLock, LockBusy
 
@@ -70,6 +95,9 @@ STOP_GRACE = 10.0  # seconds a stopping worker keeps retrying before it gives up
 REFRESH = 30.0  # seconds between reloads of the kiosk directory (locations, retirements)
 LEAVE_IDLE = 2.0  # --leave: seconds without a message that mean the session is drained
 LOG_EVERY = 60.0  # seconds between log lines about the same kiosk's bad messages
+# confirmations on their way to the broker at once (paho queues the rest): Mosquitto's
+# default Receive Maximum (max_inflight_messages), which the generated config keeps
+CONFIRM_INFLIGHT = 20
 PING_EVERY = 1.0  # seconds between systemd watchdog pings (the unit's WatchdogSec is 60)
 
 _CONTROL = None  # topic of a queue entry that is a connection event, not a message
@@ -78,7 +106,10 @@ _CONTROL = None  # topic of a queue entry that is a connection event, not a mess
 def bad_reason(error: Exception) -> str:
     """A short, bounded label for a MessageError (its text holds values)."""
     text = str(error)
-    for needle, label in (("bytes, limit", "oversized"), ("not JSON", "not_json"),
+    for needle, label in (("ahead of the fleet's clock", "ts_future"),
+                          ("older than the fleet's window", "ts_past"),
+                          ("nested too deeply", "too_deep"), ("not valid UTF-8", "utf8"),
+                          ("is not allowed", "not_finite"),("bytes, limit", "oversized"), ("not JSON", "not_json"),
                           ("not a JSON object", "not_object"),
                           ("unsupported message version", "version"),
                           ("published under", "wrong_kiosk"), ("kiosk topic", "topic"),
@@ -88,6 +119,29 @@ def bad_reason(error: Exception) -> str:
     if text.startswith("field '"):
         return "field_" + text.split("'")[1][:20]
     return "other"
+
+
+# The database is there and refused a row of ours: split the batch to find it. Anything
+# else (OperationalError, InterfaceError, a lost connection, a missing table) is the
+# database itself: retried whole.
+_ROW_ERRORS = (IntegrityError, DataError)
+
+
+def row_problem(exc: BaseException) -> bool:
+    """True if `exc` from a batch write is the fault of a row of the batch."""
+    if isinstance(exc, _ROW_ERRORS):
+        return True
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        return True  # a parameter SQLAlchemy could not process
+    # raised by the driver while encoding a value (UnicodeEncodeError, OverflowError)
+    return isinstance(exc, (ValueError, OverflowError)) and not isinstance(exc, SQLAlchemyError)
+
+
+def _detail(exc: BaseException) -> str:
+    """A bounded, printable sentence about a database error (never a repr of a row)."""
+    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else ""
+    text = "".join(c if c.isprintable() else "?" for c in text[:300])
+    return f"the database refused the row: {exc.__class__.__name__}: {text}"
 
 
 class IngestWorker:
@@ -110,12 +164,21 @@ class IngestWorker:
         self.sweep_every = p.sweep
         self.stop_grace = stop_grace
         self.leave_idle = leave_idle
+        # the fleet's window for kiosk times, around its own clock
+        self.max_age = float(config.ingest.max_age_days) * 86400.0
+        self.max_ahead = float(config.ingest.max_ahead_hours) * 3600.0
+        self.confirm_delay = max(0.0, float(config.ingest.confirm_seconds))
         self.tracker = Tracker(p.keepalive, p.backlog) if self.tracks_presence else None
         self.engine = None
         self.store: ScanStore | None = None
         self.client: mqtt.Client | None = None
-        self.stats = {"batches": 0, "acked": 0, "bad": 0}
+        self.stats = {"batches": 0, "acked": 0, "bad": 0, "confirmed": 0}
         self.problem: str | None = None  # the last connection / database trouble, for humans
+        self.failed = False  # the loop died of a bug: run() exits non-zero
+        self._last_confirm = None  # paho's MQTTMessageInfo of the last confirmation sent
+        self._pending: dict[str, tuple[list, list]] = {}  # kiosk -> committed ids to confirm
+        self._confirm_due: float | None = None  # monotonic time to send them by
+        self._crashed: Exception | None = None  # what a paho callback raised
         self._queue: deque = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -152,7 +215,7 @@ class IngestWorker:
         self.engine = make_engine(cfg.database_url)
         self.store = ScanStore(self.engine, deployment=cfg.fleet.deployments[0],
                                metrics=self.metrics, refresh=REFRESH, clock=self.clock)
-        self._retry_db(self.store.refresh, "load the kiosk directory")
+        self._retry_db(self.store.refresh, "load the kiosk directory")  # the database is up
         if self.tracker is not None:
             self._tracker_lock = DatabaseLock(self.engine, "presence", b"GGPRESNC")
             try:
@@ -213,6 +276,16 @@ class IngestWorker:
 
     def _teardown(self) -> None:
         client, self.client = self.client, None
+        last = self._last_confirm
+        if client is not None and last is not None and self._connected:
+            # the broker's PUBACK for our last confirmation must be read before we close:
+            # a socket closed with unread input sends a reset, and the broker may then drop
+            # our last acknowledgements still in its buffer (redelivered: harmless, but a
+            # clean stop should not cause it)
+            try:
+                last.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass
         if client is not None:
             props = None
             if self._left:  # --leave: the session ends with this DISCONNECT
@@ -232,26 +305,43 @@ class IngestWorker:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5, manual_ack=True)
         client.reconnect_delay_set(0.5, 15)
-        if cfg.mqtt.tls:
-            ca = str(cfg.resolve(cfg.mqtt.ca)) if cfg.mqtt.ca else None
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-            if cfg.mqtt.cert:
-                context.load_cert_chain(str(cfg.resolve(cfg.mqtt.cert)),
-                                        str(cfg.resolve(cfg.mqtt.key)) if cfg.mqtt.key else None)
-            client.tls_set_context(context)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribed
-        client.on_unsubscribe = self._on_subscribed
-        client.on_message = self._on_message
+        client.max_inflight_messages_set(CONFIRM_INFLIGHT)
+        if cfg.mqtt.tls:  # this worker's own certificate (fleet/mqtt_identity.py)
+            client.tls_set_context(mqtt_identity.tls_context(
+                cfg, mqtt_identity.ingest(cfg, self.name)))
+        client.on_connect = self._guarded(self._on_connect)
+        client.on_disconnect = self._guarded(self._on_disconnect)
+        client.on_subscribe = self._guarded(self._on_subscribed)
+        client.on_unsubscribe = self._guarded(self._on_subscribed)
+        client.on_message = self._guarded(self._on_message)
         return client
 
-    def _on_connect(self, client, _userdata, flags, reason, _props):
+    def _guarded(self, callback):
+        """An exception escaping a paho callback would end paho's network thread and leave
+        the worker deaf but alive: it ends the worker's loop instead (exit status 1)."""
+        def guarded(*args):
+            try:
+                return callback(*args)
+            except Exception as exc:
+                self._crashed = exc
+                self._wake.set()
+        return guarded
+
+    def _on_connect(self, client, _userdata, flags, reason, props=None):
         if reason.is_failure:
             self.problem = f"broker refused the connection: {reason}"
             log.error("MQTT %s:%s refused ingest worker %s: %s", self.config.mqtt.host,
                       self.config.mqtt.port, self.client_id, reason)
             return
+        receive_max = getattr(props, "ReceiveMaximum", CONFIRM_INFLIGHT)
+        if receive_max < CONFIRM_INFLIGHT:
+            # paho does not heed the broker's Receive Maximum, nor lets it be lowered once
+            # connected; MQTT 5 lets a broker sent more unacknowledged messages than that
+            # refuse them or drop the connection
+            log.warning("ingest worker %s: the broker takes only %d unacknowledged messages "
+                        "(max_inflight_messages); confirmations wait for each other",
+                        self.name, receive_max)
+            client._max_inflight_messages = max(1, receive_max)  # noqa: SLF001
         with self._gen_lock:
             self._gen += 1
             self._connected = True
@@ -299,7 +389,11 @@ class IngestWorker:
 
     def _on_message(self, _client, _userdata, msg):
         queue = self._queue
-        queue.append((msg.topic, msg.payload, msg.mid, msg.qos, msg.retain, self._gen))
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # the broker checks topics; never let one kill paho's thread
+            topic = bytes(msg._topic).decode("utf-8", "replace")  # noqa: SLF001
+        queue.append((topic, msg.payload, msg.mid, msg.qos, msg.retain, self._gen))
         n = len(queue)
         if n == 1 or n >= self.batch_size:  # the loop waits for a first message or a full batch
             self._wake.set()
@@ -308,9 +402,14 @@ class IngestWorker:
     def _main(self) -> None:
         try:
             self._loop()
-        except Exception:  # pragma: no cover - a bug; systemd restarts us, nothing is acked
-            log.exception("ingest worker %s failed", self.name)
+        except BaseException as exc:  # a bug: nothing of the batch in hand is acknowledged
+            self.failed = True
             self.problem = "the ingest loop failed; see the log"
+            try:
+                log.exception("ingest worker %s failed; exiting so that it is restarted",
+                              self.name)
+            except BaseException:  # a traceback too deep to format must not hide the failure
+                log.error("ingest worker %s failed: %s", self.name, exc.__class__.__name__)
         finally:
             self._done.set()
 
@@ -323,6 +422,8 @@ class IngestWorker:
         while True:
             now = time.monotonic()
             self._ping(now)
+            if self._crashed is not None:
+                raise RuntimeError("a paho callback failed") from self._crashed
             queue = self._queue
             if self._stop.is_set() and final is None:
                 final = len(queue)
@@ -346,8 +447,10 @@ class IngestWorker:
                 if flush:
                     next_flush = now + self.seen_flush
                 self._write_presence(flush)
-            if self.store.directory.due():
-                self._refresh()
+            if self._confirm_due is not None and now >= self._confirm_due:
+                self._flush_confirms()
+            if self.tracker is not None and self.store.directory.due():
+                self._refresh()  # retirements for the tracker; the store reads its own
             if final == 0 or (final is not None and not queue):
                 break
             if (self.leave and self._connected and not queue and self._idle_since is not None
@@ -362,7 +465,11 @@ class IngestWorker:
             waits = [next_sweep - now, 1.0] if self.tracker is not None else [1.0]
             if queue:
                 waits.append(first_at + self.batch_seconds - now)
+            if self._confirm_due is not None:
+                waits.append(self._confirm_due - now)
             self._wake.wait(max(0.0, min(waits)))
+        if self._pending:
+            self._flush_confirms()  # stopping: what was committed is confirmed on the way out
         watchdog.stopping()
 
     def _ping(self, now: float) -> None:
@@ -372,9 +479,10 @@ class IngestWorker:
 
     def _batch(self, items: list) -> None:
         self._in_hand = len(items)
-        scans, summaries, acks = [], [], []
+        scans, summaries, acks, refused = [], [], [], []
         kinds: dict[str, int] = {}  # counted per batch: a labelled inc() per message costs
         wall = self.clock()
+        low, high = wall - self.max_age, wall + self.max_ahead
         for topic, payload, mid, qos, retain, gen in items:
             if topic is _CONTROL:
                 self._connection_event(payload, wall)
@@ -384,14 +492,26 @@ class IngestWorker:
             try:
                 kiosk, kind = messages.kiosk_of(topic)
             except messages.MessageError as exc:
-                self._bad("unknown", "?", exc)
+                refused.append(self._bad("unknown", None, topic, payload, exc))
                 continue
             kinds[kind] = kinds.get(kind, 0) + 1
             try:
                 if kind == "scan":
-                    scans.append((kiosk, messages.parse_scan(payload, kiosk)))
+                    doc = messages.parse_scan(payload, kiosk)
+                    ts = doc["ts"]
+                    if low <= ts <= high:
+                        scans.append((kiosk, doc, payload))
+                    else:
+                        refused.append(self._bad(kind, kiosk, topic, payload,
+                                                 self._window(ts, wall), ("scan", doc["id"])))
                 elif kind == "summary":
-                    summaries.append((kiosk, messages.parse_summary(payload, kiosk)))
+                    doc = messages.parse_summary(payload, kiosk)
+                    if low <= doc["first"] and doc["last"] <= high:
+                        summaries.append((kiosk, doc, payload))
+                    else:
+                        ts = doc["first"] if doc["first"] < low else doc["last"]
+                        refused.append(self._bad(kind, kiosk, topic, payload,
+                                                 self._window(ts, wall), ("summary", doc["id"])))
                 elif self.tracker is None:
                     continue  # left over in a session that tracked presence before
                 elif kind == "heartbeat":
@@ -405,18 +525,53 @@ class IngestWorker:
                 else:
                     raise messages.MessageError(f"unknown message kind {kind[:40]!r}")
             except messages.MessageError as exc:
-                self._bad(kind, kiosk, exc)
+                refused.append(self._bad(kind, kiosk, topic, payload, exc))
         for kind, n in kinds.items():
             self.metrics.received.labels(kind=kind).inc(n)
-        if scans or summaries:
-            if not self._commit(scans, summaries):
+        confirms = None
+        if scans or summaries or refused:
+            written = self._commit(scans, summaries, refused)
+            if written is None:
                 return  # stopping with the database down: the broker keeps them all
-        self._ack(acks)
+            confirms = self._confirmations(scans, summaries, refused, written)
+        self._finish(acks, confirms)
         self._in_hand = 0
         if self._idle_since is not None:
             self._idle_since = time.monotonic()
         self.stats["batches"] += 1
         self.metrics.batch_size.observe(len(acks))
+
+    def _window(self, ts: float, wall: float) -> messages.MessageError:
+        if ts > wall:
+            return messages.MessageError(
+                f"field 'ts' is {(ts - wall) / 3600:.1f} h ahead of the fleet's clock (at most "
+                f"{self.max_ahead / 3600:g} h)")
+        return messages.MessageError(
+            f"field 'ts' is {(wall - ts) / 86400:.1f} days old: older than the fleet's window "
+            f"({self.max_age / 86400:g} days)")
+
+    @staticmethod
+    def _confirmations(scans, summaries, refused, written: Written) -> dict | None:
+        """kiosk -> ([scan ids], [summary ids]) committed in this batch, stored or not."""
+        out: dict[str, tuple[list, list]] = {}
+        retired, lost = written.retired, written.lost
+        for items, which in ((scans, 0), (summaries, 1)):
+            for kiosk, doc, _ in items:
+                if kiosk in retired:
+                    continue
+                entry = out.get(kiosk)
+                if entry is None:
+                    entry = out[kiosk] = ([], [])
+                entry[which].append(doc["id"])
+        for q in refused:
+            if q.confirm is not None and q.kiosk not in retired:
+                entry = out.setdefault(q.kiosk, ([], []))
+                entry[0 if q.confirm[0] == "scan" else 1].append(q.confirm[1])
+        if lost:  # failed even to be quarantined: not committed anywhere
+            for kiosk, (s_ids, m_ids) in out.items():
+                s_ids[:] = [i for i in s_ids if ("scan", i) not in lost]
+                m_ids[:] = [i for i in m_ids if ("summary", i) not in lost]
+        return out
 
     def _presence_event(self, kind: str, kiosk: str, doc: dict, wall: float, retain: bool):
         tracker = self.tracker
@@ -440,46 +595,56 @@ class IngestWorker:
         else:
             self.tracker.suspend()
 
-    def _bad(self, kind: str, kiosk: str, error: Exception) -> None:
+    def _bad(self, kind: str, kiosk: str | None, topic: str, payload, error: Exception,
+             confirm: tuple[str, str] | None = None) -> Quarantined:
+        """A refused message: counted, logged (rate-limited), bound for the quarantine."""
         reason = bad_reason(error)
+        detail = str(error)[:400]
         self.metrics.bad.labels(kind=kind, reason=reason).inc()
         self.stats["bad"] += 1
         # one line per kiosk and reason per minute: a broken kiosk must not flood the log
-        key = (kiosk, reason)
+        key = (kiosk or "?", reason)
         now = time.monotonic()
         entry = self._bad_logged.get(key)
         if entry is None or now - entry[0] >= LOG_EVERY:
             more = f" (and {entry[1]} more like it)" if entry and entry[1] else ""
-            log.warning("bad %s message from kiosk %s: %s%s", kind, kiosk, error, more)
+            log.warning("bad %s message from kiosk %s: %s%s", kind, key[0], detail, more)
             self._bad_logged[key] = [now, 0]
             if len(self._bad_logged) > 10_000:
                 self._bad_logged.clear()
         else:
             entry[1] += 1
+        raw = bytes(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else b""
+        return Quarantined(kiosk, topic, kind, reason, detail, raw[:RAW_BYTES], len(raw), confirm)
 
-    def _commit(self, scans, summaries) -> bool:
-        """Write the batch; retry until it is committed. False only if the worker is
-        stopping and the database stayed down for STOP_GRACE seconds."""
+    def _commit(self, scans, summaries, refused) -> Written | None:
+        """Write the batch; retry until it is committed, or split it while a row of its own
+        fails. None only if the worker is stopping and the database stayed down for
+        STOP_GRACE seconds."""
         delay, give_up = RETRY[0], None
         while True:
             started = time.perf_counter()
             self.metrics.writing.set(1)
             try:
-                self.store.write(scans, summaries)
-            except SQLAlchemyError as exc:
+                written = self.store.write(scans, summaries, refused)
+            except Exception as exc:
                 self.metrics.writing.set(0)
+                if row_problem(exc):
+                    return self._split(scans, summaries, refused, exc)
+                if not isinstance(exc, SQLAlchemyError):
+                    raise  # a bug: the loop ends, nothing is acknowledged
                 self.metrics.db_errors.inc()
                 self.problem = f"database: {exc.__class__.__name__}: {str(exc)[:200]}"
                 log.warning("ingest worker %s: batch of %d not committed (%s); retrying in "
                             "%.1f s, nothing acknowledged", self.name,
-                            len(scans) + len(summaries), self.problem, delay)
+                            len(scans) + len(summaries) + len(refused), self.problem, delay)
                 if self._stop.is_set():
                     give_up = give_up or time.monotonic() + self.stop_grace
                     if time.monotonic() >= give_up:
                         log.error("ingest worker %s: stopping with the database down; %d "
                                   "messages stay with the broker", self.name,
-                                  len(scans) + len(summaries))
-                        return False
+                                  len(scans) + len(summaries) + len(refused))
+                        return None
                 end = time.monotonic() + delay
                 while time.monotonic() < end:  # keep systemd's watchdog fed while we wait
                     self._ping(time.monotonic())
@@ -496,9 +661,66 @@ class IngestWorker:
                 if self.tracker is not None:
                     # heartbeats waited in the queue meanwhile: judge nobody on that gap
                     self.tracker.resume(self.clock())
-            return True
+            return written
 
-    def _ack(self, acks) -> None:
+    def _split(self, scans, summaries, refused, exc) -> Written | None:
+        """A row of the batch failed: write the halves alone (bisection), down to the one
+        message that fails, which is quarantined with the database's sentence."""
+        messages_ = [("scan", m) for m in scans] + [("summary", m) for m in summaries]
+        if len(messages_) + len(refused) > 1:
+            self.metrics.splits.inc()
+        if len(messages_) > 1 or (messages_ and refused):
+            if len(messages_) > 1:
+                half = len(messages_) // 2
+                parts = [(messages_[:half], refused), (messages_[half:], [])]
+            else:  # the quarantine rows alone first, then the one message
+                parts = [([], refused), (messages_, [])]
+            out = Written()
+            for part, quarantine in parts:
+                written = self._commit([m for k, m in part if k == "scan"],
+                                       [m for k, m in part if k == "summary"], quarantine)
+                if written is None:
+                    return None
+                out.add(written)
+            return out
+        if messages_:  # the one message the database refuses
+            kind, (kiosk, doc, payload) = messages_[0]
+            log.warning("ingest worker %s: %s %s of kiosk %s refused by the database (%s); "
+                        "quarantined", self.name, kind, doc["id"], kiosk,
+                        exc.__class__.__name__)
+            raw = bytes(payload)
+            q = Quarantined(kiosk, messages.scan_topic(kiosk) if kind == "scan" else
+                            messages.summary_topic(kiosk), kind, "db_refused", _detail(exc),
+                            raw[:RAW_BYTES], len(raw), (kind, doc["id"]))
+            written = self._commit([], [], [q])
+            if written is not None and written.quarantined == 0:
+                written.lost.add((kind, doc["id"]))
+            return written
+        if len(refused) > 1:
+            half = len(refused) // 2
+            out = Written()
+            for quarantine in (refused[:half], refused[half:]):
+                written = self._commit([], [], quarantine)
+                if written is None:
+                    return None
+                out.add(written)
+            return out
+        # one quarantine row the database refuses too: nothing more we can store of it
+        q = refused[0]
+        self.metrics.quarantine_failed.inc()
+        log.error("ingest worker %s: a quarantined %s message of kiosk %s could not be "
+                  "written either (%s); dropped", self.name, q.kind, q.kiosk or "?",
+                  _detail(exc))
+        out = Written()
+        if q.confirm is not None:
+            out.lost.add(q.confirm)
+        return out
+
+    def _finish(self, acks, confirms: dict | None) -> None:
+        """Acknowledgements to the broker, only on the connection the messages came on;
+        the batch's confirmations join those waiting to go out (_queue_confirms)."""
+        if confirms:
+            self._queue_confirms(confirms)
         dropped = 0
         with self._gen_lock:  # no reconnect can slip in between the check and the ack
             gen, up = self._gen, self._connected
@@ -513,6 +735,49 @@ class IngestWorker:
             self.metrics.acks_dropped.inc(dropped)
             log.info("ingest worker %s: %d acknowledgements dropped (their connection is gone; "
                      "the broker redelivers, the store deduplicates)", self.name, dropped)
+
+    def _queue_confirms(self, confirms: dict) -> None:
+        """Committed ids wait up to [ingest] confirm_seconds so that one message per kiosk
+        carries what several batches committed: a publish costs the worker about as much
+        as storing a few scans. A kiosk with CONFIRM_IDS waiting is confirmed at once."""
+        pending, full = self._pending, []
+        for kiosk, (scan_ids, summary_ids) in confirms.items():
+            if not scan_ids and not summary_ids:
+                continue
+            entry = pending.get(kiosk)
+            if entry is None:
+                entry = pending[kiosk] = ([], [])
+            entry[0].extend(scan_ids)
+            entry[1].extend(summary_ids)
+            if len(entry[0]) + len(entry[1]) >= messages.CONFIRM_IDS:
+                full.append(kiosk)
+        if pending and self._confirm_due is None:
+            self._confirm_due = time.monotonic() + self.confirm_delay
+        if full:
+            self._flush_confirms(full)
+
+    def _flush_confirms(self, kiosks: list[str] | None = None) -> None:
+        """Publish the waiting confirmations (of `kiosks`, default all). Not connected:
+        they wait for the connection (they are true on any connection)."""
+        client, pending = self.client, self._pending
+        if client is None or not self._connected:
+            if pending:
+                self._confirm_due = time.monotonic() + self.confirm_delay
+            return
+        sent = ids = 0
+        encode, publish = messages.encode, client.publish
+        for kiosk in (list(pending) if kiosks is None else kiosks):
+            scan_ids, summary_ids = pending.pop(kiosk)
+            topic = messages.confirm_topic(kiosk)
+            for doc in messages.confirms(kiosk, scan_ids, summary_ids):
+                self._last_confirm = publish(topic, encode(doc), qos=1, retain=False)
+                sent += 1
+            ids += len(scan_ids) + len(summary_ids)
+        if not pending:
+            self._confirm_due = None
+        self.metrics.confirmations.inc(sent)
+        self.metrics.confirmed.inc(ids)
+        self.stats["confirmed"] += ids
 
     def _write_presence(self, flush_seen: bool) -> None:
         tracker = self.tracker
@@ -591,5 +856,9 @@ def run(config, args) -> int:
     while not worker.wait(0.5):  # a short wait keeps the main thread responsive to signals
         pass
     worker.stop()
+    if worker.failed:
+        log.error("ingest worker %s stopped on a failure; exit status 1 (systemd restarts it, "
+                  "the broker redelivers what was not acknowledged)", worker.name)
+        return 1
     log.info("ingest worker %s stopped", worker.name)
     return 0

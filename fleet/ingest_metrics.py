@@ -32,14 +32,27 @@ class IngestMetrics:
         self.duplicates = Counter("greengate_ingest_duplicates", "Scans and summaries already "
                                   "stored (same kiosk and id): replays and redeliveries",
                                   ["kind"], registry=r)
-        self.bad = Counter("greengate_ingest_bad_messages", "Messages rejected by the "
-                           "greengate.messages parsers (acknowledged and dropped)",
-                           ["kind", "reason"], registry=r)
+        self.bad = Counter("greengate_ingest_bad_messages", "Messages refused by the "
+                           "greengate.messages parsers or the fleet's time window "
+                           "(quarantined and acknowledged)", ["kind", "reason"], registry=r)
+        self.quarantined = Counter("greengate_ingest_quarantined", "Messages written to the "
+                                   "quarantine table (refused, or a row the database refused)",
+                                   ["kind", "reason"], registry=r)
+        self.quarantine_failed = Counter("greengate_ingest_quarantine_failed", "Quarantine "
+                                         "rows the database refused too (logged, dropped)",
+                                         registry=r)
+        self.splits = Counter("greengate_ingest_batch_splits", "Batches split in two because "
+                              "a row of theirs failed (not the database itself)", registry=r)
+        self.confirmations = Counter("greengate_ingest_confirmations", "Confirmation messages "
+                                     "published to kiosks (gg/v1/confirm/<kiosk>)", registry=r)
+        self.confirmed = Counter("greengate_ingest_confirmed_ids", "Scan and summary ids "
+                                 "confirmed to their kiosks after the commit", registry=r)
         self.unknown_kiosk = Counter("greengate_ingest_unknown_kiosk_messages", "Scans and "
                                      "summaries from kiosks the fleet had no record of (stored; "
                                      "the kiosk row is created)", ["kind"], registry=r)
         self.retired_kiosk = Counter("greengate_ingest_retired_kiosk_messages", "Messages from "
-                                     "retired kiosks (scans stored, presence ignored)", ["kind"],
+                                     "retired kiosks (refused: not stored, not confirmed; "
+                                     "presence ignored)", ["kind"],
                                      registry=r)
         steps = sorted({1, 10, 50, 100, 250, 500, 1000, 2500, 5000, batch_size})
         self.batch_size = Histogram("greengate_ingest_batch_size", "Messages per committed batch",
@@ -49,8 +62,9 @@ class IngestMetrics:
         self.lag = Histogram("greengate_ingest_lag_seconds", "Commit time minus the scan's "
                              "kiosk time (ts); negative values (kiosk clock ahead) count as 0",
                              buckets=LAG_BUCKETS, registry=r)
-        self.db_errors = Counter("greengate_ingest_db_errors", "Failed batch commits (retried; "
-                                 "nothing is acknowledged before it is committed)", registry=r)
+        self.db_errors = Counter("greengate_ingest_db_errors", "Failed batch commits because "
+                                 "of the database itself (retried; nothing is acknowledged "
+                                 "before it is committed)", registry=r)
         self.acks_dropped = Counter("greengate_ingest_acks_dropped", "Acknowledgements not sent "
                                     "because the connection they belonged to was gone (the "
                                     "broker redelivers those messages; they are deduplicated)",

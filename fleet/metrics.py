@@ -17,9 +17,17 @@ Metrics (docs/api.md#metrics):
     greengate_fleet_scans_last_hour{decision}        scans with ts in the last hour
     greengate_fleet_newest_scan_age_seconds          ingest lag: now - received of the newest scan
     greengate_fleet_scan_delay_seconds               received - ts of the newest scan
+    greengate_fleet_quarantined_messages{kind}       rows in the quarantine table
+    greengate_fleet_quarantined_last_hour{kind}      of them received in the last hour
+    greengate_fleet_quarantined_reasons{kind,reason} rows per kind and reason
+    greengate_fleet_kiosks_with_gaps                 kiosks missing confirmed decisions
+    greengate_fleet_missing_decisions                decisions confirmed but not stored
 
-Bad messages are known only to the ingest worker, which does not store them: they
-are its own counter greengate_ingest_bad_messages (fleet/ingest_metrics.py).
+Every family with fixed labels (kinds) or none has all its series on every scrape, 0
+when there is nothing: an alert on `> 0` must not see a series vanish and come back.
+Messages refused as they arrive are also the ingest worker's own counters
+(greengate_ingest_bad_messages, greengate_ingest_quarantined: fleet/ingest_metrics.py);
+these are what the database holds, the same whichever worker answers.
 
 `[metrics] token` (optional) makes /metrics ask for `Authorization: Bearer <token>`
 (Prometheus: `authorization: {credentials: …}`); either way, firewall it.
@@ -37,7 +45,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from sqlalchemy import func, select
 
-from .models import District, Kiosk, Location, Outage, PublishedBundle, Scan, ScanSummary
+from . import quarantine
+from .models import (QUARANTINE_KINDS, District, Kiosk, Location, Outage, PublishedBundle,
+                     Scan, ScanSummary)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +155,9 @@ class FleetCollector:
             last_hour.add_metric([decision], count)
         yield last_hour
 
+        yield from self._quarantine(session, at)
+        yield from self._gaps(session)
+
         # The newest scan by id (the primary key: no scan of the whole table).
         newest_scan = session.execute(
             select(Scan.received, Scan.ts).order_by(Scan.id.desc()).limit(1)).first()
@@ -161,6 +174,47 @@ class FleetCollector:
             delay.add_metric([], received - ts)
             yield delay
 
+
+    @staticmethod
+    def _quarantine(session, at: float):
+        held = GaugeMetricFamily("greengate_fleet_quarantined_messages",
+                                 "Messages in the quarantine table (refused by the ingest), "
+                                 "per kind", labels=["kind"])
+        recent = GaugeMetricFamily("greengate_fleet_quarantined_last_hour",
+                                   "Quarantined messages received in the last hour, per kind",
+                                   labels=["kind"])
+        reasons = GaugeMetricFamily("greengate_fleet_quarantined_reasons",
+                                    "Messages in the quarantine table per kind and reason",
+                                    labels=["kind", "reason"])
+        per_kind = dict.fromkeys(QUARANTINE_KINDS, 0)
+        for (kind, reason), n in sorted(quarantine.totals(session).items()):
+            per_kind[kind] = per_kind.get(kind, 0) + n
+            reasons.add_metric([kind, reason], n)
+        last_hour = dict.fromkeys(QUARANTINE_KINDS, 0)
+        for (kind, _), n in quarantine.totals(session, since=at - 3600).items():
+            last_hour[kind] = last_hour.get(kind, 0) + n
+        for kind, n in per_kind.items():
+            held.add_metric([kind], n)
+        for kind, n in last_hour.items():
+            recent.add_metric([kind], n)
+        yield held
+        yield recent
+        yield reasons
+
+    @staticmethod
+    def _gaps(session):
+        kiosks, missing = session.execute(
+            select(func.count(Kiosk.id), func.coalesce(func.sum(Kiosk.seq_missing), 0))
+            .where(Kiosk.seq_missing > 0)).one()
+        with_gaps = GaugeMetricFamily("greengate_fleet_kiosks_with_gaps",
+                                      "Kiosks with decisions they say the fleet confirmed that "
+                                      "the fleet does not hold (docs/fleet.md#gaps)")
+        with_gaps.add_metric([], kiosks)
+        yield with_gaps
+        lost = GaugeMetricFamily("greengate_fleet_missing_decisions",
+                                 "Decisions confirmed to the kiosks but not stored: lost")
+        lost.add_metric([], int(missing))
+        yield lost
 
 
 def registry_for(app) -> CollectorRegistry:

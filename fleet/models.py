@@ -7,8 +7,8 @@ them into ISO 8601. Schema changes go through Alembic (fleet/migrations).
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String,
-                        Text, UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary,
+                        String, Text, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Kiosk presence states (docs/fleet.md).
@@ -62,6 +62,12 @@ class Kiosk(Base):
     heartbeat: Mapped[dict | None] = mapped_column(JSON)  # the last heartbeat as received
     enrolled_at: Mapped[float | None] = mapped_column(Float)
     retired_at: Mapped[float | None] = mapped_column(Float)
+    # Gap tracking (fleet/presence.py, docs/fleet.md#gaps), from heartbeats' seq/confirmed:
+    # the highest seq the kiosk said it decided; the watermark up to which the fleet has
+    # counted what it holds; the decisions in counted windows that the fleet does not hold.
+    seq_reported: Mapped[int | None] = mapped_column(BigInteger)
+    seq_checked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    seq_missing: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Scan(Base):
@@ -83,6 +89,7 @@ class Scan(Base):
     # Where the kiosk stood at ingest time: a kiosk moved later keeps its history.
     location_id: Mapped[int | None] = mapped_column(Integer)
     district_id: Mapped[int | None] = mapped_column(Integer)
+    seq: Mapped[int | None] = mapped_column(BigInteger)  # the kiosk's sequence number, if sent
     __table_args__ = (
         UniqueConstraint("kiosk_id", "scan_id", name="uq_scan_kiosk_scan"),
         # covering for the hourly volumes (ts range, count by decision): the stats read
@@ -93,6 +100,9 @@ class Scan(Base):
         Index("ix_scan_kiosk_ts", "kiosk_id", "ts"),  # silent kiosks, a kiosk's last scan
         Index("ix_scan_cert_hash", "cert_hash"),
         Index("ix_scan_holder", "holder"),
+        # gap counting (fleet/gaps.py): what a kiosk's seq window holds. One index only:
+        # every index costs the ingest's insert rate.
+        Index("ix_scan_kiosk_seq", "kiosk_id", "seq"),
     )
 
 
@@ -112,6 +122,27 @@ class ScanSummary(Base):
     district_id: Mapped[int | None] = mapped_column(Integer)
     __table_args__ = (UniqueConstraint("kiosk_id", "summary_id", name="uq_summary_kiosk_id"),
                       Index("ix_summary_hour", "hour"))
+
+
+QUARANTINE_KINDS = ("scan", "summary", "heartbeat", "presence", "unknown")
+
+
+class QuarantinedMessage(Base):
+    """A message the ingest refused (it did not parse, or its row could not be written
+    for a reason of its own): kept for a human, never retried (fleet/quarantine.py).
+    Every text column holds only what fleet/quarantine.py cleaned and truncated."""
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    received: Mapped[float] = mapped_column(Float)  # fleet time
+    kiosk_id: Mapped[str | None] = mapped_column(String(63))  # None: the topic named none
+    topic: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(20))  # QUARANTINE_KINDS
+    reason: Mapped[str] = mapped_column(String(40))  # a short label
+    detail: Mapped[str] = mapped_column(String(300), default="")  # the sentence
+    raw: Mapped[bytes] = mapped_column(LargeBinary)  # the first RAW_BYTES of the payload
+    size: Mapped[int] = mapped_column(Integer)  # the whole payload's length
+    __table_args__ = (Index("ix_quarantine_kiosk_received", "kiosk_id", "received"),
+                      Index("ix_quarantine_received", "received"))
 
 
 class PresenceEvent(Base):

@@ -30,7 +30,10 @@ Rules (docs/fleet.md#presence):
   deeper than `backlog`; the next clean heartbeat makes it online again;
 * retired kiosks stay retired whatever they send (the API retires them);
 * only changes are written: state, detail or session. last_seen and the last
-  heartbeat are flushed in bulk every `seen_flush` seconds, not per heartbeat.
+  heartbeat are flushed in bulk every `seen_flush` seconds, not per heartbeat;
+* gaps: whichever write carries a kiosk's last heartbeat also counts the decisions
+  its `confirmed` watermark newly covers that the fleet does not hold (fleet/gaps.py),
+  in the same transaction.
 
 Fleet restart (and broker reconnect): kiosks the database has online or degraded
 are "unknown until heard from": they keep their state, and get one full timeout,
@@ -51,6 +54,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import JSON, bindparam, null, select, update
 from sqlalchemy.engine import Connection
 
+from . import gaps
 from .models import (DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, RETIRED, STATES, Kiosk, Outage,
                      PresenceEvent)
 from .sqlinsert import insert_ignore
@@ -341,6 +345,8 @@ def write(connection: Connection, changes: list[Change], deployment: str) -> lis
         if c.open_outage is not None:
             connection.execute(OUTAGE.insert().values(kiosk_id=c.kiosk, started=c.open_outage,
                                                       ended=None, cause=c.cause[:200]))
+    gaps.record(connection, [(c.kiosk, c.heartbeat) for c in changes
+                             if c.heartbeat is not None and c.kiosk not in retired])
     return retired
 
 
@@ -348,3 +354,4 @@ def write_seen(connection: Connection, seen) -> None:
     if seen:
         connection.execute(_SEEN, [{"kid": kid, "seen": at, "beat": beat}
                                    for kid, at, beat in seen])
+        gaps.record(connection, [(kid, beat) for kid, _, beat in seen if beat is not None])

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import ssl
 import threading
 import time
 
@@ -38,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from greengate import messages
 
-from . import bundles
+from . import bundles, mqtt_identity
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,11 @@ class Publisher:
             sessions = make_sessions(make_engine(config.database_url))
         self.sessions = sessions
         self.deployments = list(deployments or config.fleet.deployments)
-        self.client_id = client_id or (f"{config.mqtt.client_id}-publisher-{os.getpid()}-"
-                                       f"{secrets.token_hex(3)}")
+        # one identity per connected publisher: gunicorn workers run one each
+        self.identity = mqtt_identity.claim(
+            config, "web", client_id or (f"{config.mqtt.client_id}-publisher-{os.getpid()}-"
+                                         f"{secrets.token_hex(3)}"))
+        self.client_id = self.identity.client_id
         self.backoff = backoff
         self.ack_timeout = ack_timeout
         self.problem: str | None = "not connected yet"
@@ -89,12 +91,11 @@ class Publisher:
         client.reconnect_delay_set(self.backoff[0], min(self.backoff[1], 30))
         client.max_inflight_messages = 100
         if cfg.tls:
-            ca = str(self.config.resolve(cfg.ca)) if cfg.ca else None
-            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-            if cfg.cert:
-                context.load_cert_chain(str(self.config.resolve(cfg.cert)),
-                                        str(self.config.resolve(cfg.key)) if cfg.key else None)
-            client.tls_set_context(context)
+            try:
+                client.tls_set_context(mqtt_identity.tls_context(self.config, self.identity))
+            except BaseException:
+                self.identity.release()
+                raise
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -178,6 +179,7 @@ class Publisher:
         self._client.loop_stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self.identity.release()
 
     def _request(self, deployment: str, kinds: set[str]) -> int:
         self._seq += 1

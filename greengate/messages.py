@@ -1,11 +1,14 @@
 """MQTT topics and message schemas shared by kiosks and the fleet.
 
 Messages are compact JSON (readable with mosquitto_sub, a few hundred bytes).
-Every parser checks types and sizes and raises MessageError with a sentence;
-the fleet counts and logs those, it never crashes on them. See docs/protocol.md.
+Every parser is total: any byte string gives a checked message or a MessageError
+with a sentence (sizes, nesting, invalid UTF-8, NaN/Infinity, numbers out of range,
+text a database cannot hold); nothing else escapes. The fleet quarantines and
+counts those, it never crashes on them. See docs/protocol.md.
 """
 
 import json
+import math
 import re
 
 VERSION = 1
@@ -14,6 +17,16 @@ MAX_MESSAGE = 4096
 KIOSK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DECISIONS = ("green", "red")
 CLOCK_STATES = ("synced", "floor", "unknown")
+SCAN_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+SUMMARY_ID = re.compile(r"^s[0-9a-f]{16}$")
+# A confirmation names at most this many ids, so that it stays well under MAX_MESSAGE
+# (a scan id is at most 64 characters; the kiosk's are 32).
+CONFIRM_IDS = 50
+MAX_SEQ = 2 ** 53 - 1  # exact in a JSON number everywhere
+MAX_COUNT = 10 ** 9  # outbox depths, overflow and summary counts
+# Absolute bounds for any time a kiosk reports (Unix seconds): 2020-01-01 .. 2100-01-01.
+# The fleet applies a tighter window around its own clock (fleet/ingest.py).
+TS_MIN, TS_MAX = 1_577_836_800, 4_102_444_800
 
 
 class MessageError(ValueError):
@@ -35,6 +48,12 @@ def summary_topic(kiosk: str) -> str:
 
 def presence_topic(kiosk: str) -> str:
     return f"{ROOT}/kiosk/{kiosk}/presence"
+
+
+def confirm_topic(kiosk: str) -> str:
+    """Fleet -> one kiosk, QoS 1, not retained: ids the fleet has committed. Only that
+    kiosk may read it (the broker's ACL)."""
+    return f"{ROOT}/confirm/{kiosk}"
 
 
 def bundle_topic(deployment: str, kind: str) -> str:
@@ -65,18 +84,49 @@ def encode(message: dict) -> bytes:
 
 def scan(*, scan_id: str, kiosk: str, ts: float, decision: str, reason: str,
          sub_reason: str | None, cert_type: str | None, cert_hash: str | None,
-         holder: str | None, policy: str) -> dict:
-    return {"v": VERSION, "id": scan_id, "kiosk": kiosk, "ts": round(ts, 3),
-            "decision": decision, "reason": reason, "sub": sub_reason, "type": cert_type,
-            "cert": cert_hash, "holder": holder, "policy": policy}
+         holder: str | None, policy: str, seq: int | None = None) -> dict:
+    """seq: the kiosk's sequence number of this decision (1, 2, 3, ... per outbox; the
+    outbox assigns it). None only from kiosks older than the field."""
+    doc = {"v": VERSION, "id": scan_id, "kiosk": kiosk, "ts": round(ts, 3),
+           "decision": decision, "reason": reason, "sub": sub_reason, "type": cert_type,
+           "cert": cert_hash, "holder": holder, "policy": policy}
+    if seq is not None:
+        doc["seq"] = seq
+    return doc
 
 
 def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: dict,
               outbox: int, clock: str, lists: str, cpu_temp: float | None,
-              overflow: int = 0) -> dict:
-    return {"v": VERSION, "kiosk": kiosk, "session": session, "ts": round(ts, 3),
-            "uptime": round(uptime, 1), "bundles": bundles, "outbox": outbox,
-            "clock": clock, "lists": lists, "cpu_temp": cpu_temp, "overflow": overflow}
+              overflow: int = 0, seq: int | None = None,
+              confirmed: int | None = None) -> dict:
+    """seq: the highest sequence number the kiosk has given a decision; confirmed: every
+    decision with a sequence number up to this one has been confirmed by the fleet (the
+    outbox holds none of them). Together they let the fleet find gaps."""
+    doc = {"v": VERSION, "kiosk": kiosk, "session": session, "ts": round(ts, 3),
+           "uptime": round(uptime, 1), "bundles": bundles, "outbox": outbox,
+           "clock": clock, "lists": lists, "cpu_temp": cpu_temp, "overflow": overflow}
+    if seq is not None:
+        doc["seq"] = seq
+    if confirmed is not None:
+        doc["confirmed"] = confirmed
+    return doc
+
+
+def confirm(*, kiosk: str, scans: list[str] = (), summaries: list[str] = ()) -> dict:
+    """The fleet committed these scan and summary ids of `kiosk` (new or seen before).
+    At most CONFIRM_IDS ids in all: see confirms() to split a longer list."""
+    return {"v": VERSION, "kiosk": kiosk, "scans": list(scans), "summaries": list(summaries)}
+
+
+def confirms(kiosk: str, scans: list[str], summaries: list[str]) -> list[dict]:
+    """Confirmations for any number of ids, each within CONFIRM_IDS."""
+    out = []
+    items = [("scans", i) for i in scans] + [("summaries", i) for i in summaries]
+    for start in range(0, len(items), CONFIRM_IDS):
+        chunk = items[start:start + CONFIRM_IDS]
+        out.append(confirm(kiosk=kiosk, scans=[i for k, i in chunk if k == "scans"],
+                           summaries=[i for k, i in chunk if k == "summaries"]))
+    return out
 
 
 def summary(*, summary_id: str, kiosk: str, hour: int, decision: str, reason: str,
@@ -98,21 +148,40 @@ def presence(*, kiosk: str, session: int, state: str, cause: str | None = None) 
 
 
 # --- parsing ---------------------------------------------------------------
-def _decode(payload: bytes) -> dict:
+def _refuse_constant(name: str):
+    raise MessageError(f"number {name} is not allowed")
+
+
+def _decode(payload) -> dict:
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise MessageError("message is not bytes")
     if len(payload) > MAX_MESSAGE:
         raise MessageError(f"message is {len(payload)} bytes, limit {MAX_MESSAGE}")
     try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MessageError(f"not JSON: {exc}") from None
+        text = bytes(payload).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MessageError("not JSON: the message is not valid UTF-8") from None
+    try:
+        # NaN/Infinity are not JSON; deep nesting ends in RecursionError inside the
+        # decoder (4096 bytes of "[" is enough): both are refused, never raised
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except MessageError:
+        raise
+    except RecursionError:
+        raise MessageError("not JSON: nested too deeply") from None
+    except (ValueError, TypeError) as exc:
+        raise MessageError(f"not JSON: {str(exc)[:100]}") from None
     if not isinstance(doc, dict):
         raise MessageError("message is not a JSON object")
-    if doc.get("v") != VERSION:
-        raise MessageError(f"unsupported message version {doc.get('v')!r}")
+    if doc.get("v") != VERSION or type(doc.get("v")) is not int:
+        raise MessageError(f"unsupported message version {str(doc.get('v'))[:20]!r}")
     return doc
 
 
-def _field(doc: dict, name: str, kinds, *, optional: bool = False, max_len: int = 100):
+def _field(doc: dict, name: str, kinds, *, optional: bool = False, max_len: int = 100,
+           low: float | None = None, high: float | None = None):
+    """One field, type-checked. Strings: printable, UTF-8-encodable (no lone surrogates,
+    no NUL) and at most max_len. Numbers: finite and within [low, high] when given."""
     value = doc.get(name)
     if value is None:
         if optional:
@@ -120,8 +189,16 @@ def _field(doc: dict, name: str, kinds, *, optional: bool = False, max_len: int 
         raise MessageError(f"field '{name}' is missing")
     if type(value) is bool or not isinstance(value, kinds):
         raise MessageError(f"field '{name}' has the wrong type")
-    if isinstance(value, str) and len(value) > max_len:
-        raise MessageError(f"field '{name}' is too long")
+    if isinstance(value, str):
+        if len(value) > max_len:
+            raise MessageError(f"field '{name}' is too long")
+        if not value.isprintable():
+            raise MessageError(f"field '{name}' holds characters that are not printable")
+    elif isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MessageError(f"field '{name}' is not a finite number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise MessageError(f"field '{name}' is out of range")
     return value
 
 
@@ -132,15 +209,15 @@ def _same_kiosk(doc: dict, kiosk: str) -> None:
 
 
 _HEX = re.compile(r"^[0-9a-f]+$")
+_TS = {"low": TS_MIN, "high": TS_MAX}
 
 
 def parse_scan(payload: bytes, kiosk: str) -> dict:
     doc = _decode(payload)
     _same_kiosk(doc, kiosk)
-    scan_id = _field(doc, "id", str, max_len=64)
-    if not re.match(r"^[A-Za-z0-9_-]{8,64}$", scan_id):
+    if not SCAN_ID.match(_field(doc, "id", str, max_len=64)):
         raise MessageError("field 'id' is not a scan id")
-    _field(doc, "ts", (int, float))
+    _field(doc, "ts", (int, float), **_TS)
     if _field(doc, "decision", str) not in DECISIONS:
         raise MessageError("field 'decision' must be green or red")
     _field(doc, "reason", str, max_len=40)
@@ -152,33 +229,41 @@ def parse_scan(payload: bytes, kiosk: str) -> dict:
         if value is not None and not _HEX.match(value):
             raise MessageError(f"field '{name}' is not hex")
     _field(doc, "policy", str, max_len=64)
+    _field(doc, "seq", int, optional=True, low=1, high=MAX_SEQ)
     return doc
 
 
 def parse_heartbeat(payload: bytes, kiosk: str) -> dict:
     doc = _decode(payload)
     _same_kiosk(doc, kiosk)
-    _field(doc, "session", int)
-    _field(doc, "ts", (int, float))
-    _field(doc, "uptime", (int, float))
+    _field(doc, "session", int, low=0, high=MAX_SEQ)
+    _field(doc, "ts", (int, float), **_TS)
+    _field(doc, "uptime", (int, float), low=0, high=1e10)
     bundles = _field(doc, "bundles", dict)
+    if len(bundles) > 8:
+        raise MessageError("field 'bundles' must map trust/policy/status to versions")
     for kind, version in bundles.items():
-        if kind not in ("trust", "policy", "status") or (version is not None and type(version) is not int):
+        if kind not in ("trust", "policy", "status") or (version is not None and (
+                type(version) is not int or not 0 <= version <= MAX_SEQ)):
             raise MessageError("field 'bundles' must map trust/policy/status to versions")
-    _field(doc, "outbox", int)
-    _field(doc, "overflow", int, optional=True)
+    _field(doc, "outbox", int, low=0, high=MAX_COUNT)
+    _field(doc, "overflow", int, optional=True, low=0, high=MAX_COUNT)
     if _field(doc, "clock", str) not in CLOCK_STATES:
         raise MessageError(f"field 'clock' must be one of {', '.join(CLOCK_STATES)}")
     if _field(doc, "lists", str) not in ("fresh", "stale", "missing"):
         raise MessageError("field 'lists' must be fresh, stale or missing")
-    _field(doc, "cpu_temp", (int, float), optional=True)
+    _field(doc, "cpu_temp", (int, float), optional=True, low=-100, high=200)
+    seq = _field(doc, "seq", int, optional=True, low=0, high=MAX_SEQ)
+    confirmed = _field(doc, "confirmed", int, optional=True, low=0, high=MAX_SEQ)
+    if confirmed is not None and (seq is None or confirmed > seq):
+        raise MessageError("field 'confirmed' is beyond field 'seq'")
     return doc
 
 
 def parse_presence(payload: bytes, kiosk: str) -> dict:
     doc = _decode(payload)
     _same_kiosk(doc, kiosk)
-    _field(doc, "session", int)
+    _field(doc, "session", int, low=0, high=MAX_SEQ)
     if _field(doc, "state", str) not in ("online", "offline"):
         raise MessageError("field 'state' must be online or offline")
     _field(doc, "cause", str, optional=True, max_len=40)
@@ -188,17 +273,38 @@ def parse_presence(payload: bytes, kiosk: str) -> dict:
 def parse_summary(payload: bytes, kiosk: str) -> dict:
     doc = _decode(payload)
     _same_kiosk(doc, kiosk)
-    if not re.fullmatch(r"s[0-9a-f]{16}", _field(doc, "id", str, max_len=64)):
+    if not SUMMARY_ID.match(_field(doc, "id", str, max_len=64)):
         raise MessageError("field 'id' is not a summary id")
-    if _field(doc, "hour", int) % 3600:
+    if _field(doc, "hour", int, **_TS) % 3600:
         raise MessageError("field 'hour' is not the start of an hour")
     # "unknown": the kiosk counted a decision whose scan message it could not read back
     # (device/outbox.py, docs/protocol.md#summary-new)
     if _field(doc, "decision", str) not in DECISIONS + ("unknown",):
         raise MessageError("field 'decision' must be green, red or unknown")
     _field(doc, "reason", str, max_len=40)
-    if _field(doc, "count", int) < 1:
+    if _field(doc, "count", int, high=MAX_COUNT) < 1:
         raise MessageError("field 'count' must be at least 1")
-    if _field(doc, "first", (int, float)) > _field(doc, "last", (int, float)):
+    if _field(doc, "first", (int, float), **_TS) > _field(doc, "last", (int, float), **_TS):
         raise MessageError("field 'first' is after 'last'")
+    return doc
+
+
+def parse_confirm(payload: bytes, kiosk: str) -> dict:
+    """A confirmation (kiosk side): lists of scan and summary ids, CONFIRM_IDS at most."""
+    doc = _decode(payload)
+    _same_kiosk(doc, kiosk)
+    total = 0
+    for name, pattern in (("scans", SCAN_ID), ("summaries", SUMMARY_ID)):
+        ids = doc.get(name)
+        if ids is None:
+            doc[name] = []
+            continue
+        if not isinstance(ids, list):
+            raise MessageError(f"field '{name}' must be a list of ids")
+        for item in ids:
+            if not isinstance(item, str) or not pattern.match(item):
+                raise MessageError(f"field '{name}' holds something that is not an id")
+        total += len(ids)
+    if total > CONFIRM_IDS:
+        raise MessageError(f"a confirmation names at most {CONFIRM_IDS} ids")
     return doc

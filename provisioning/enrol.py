@@ -95,6 +95,12 @@ def register(session, config, *, kiosk_id: str, location_code: str | None,
     if not KIOSK_ID.match(kiosk_id):
         raise EnrolError(f"kiosk id {kiosk_id!r} is not valid: 1 to 63 letters, digits, '_', "
                          "'.' or '-', starting with a letter or digit")
+    reserved = config.mqtt.client_id.lower()
+    if reserved and kiosk_id.lower().startswith(reserved):
+        # the broker makes a certificate's CN the client id: a kiosk under a fleet
+        # process's name could take over that process's session
+        raise EnrolError(f"kiosk ids starting with {config.mqtt.client_id!r} are the "
+                         "fleet's own MQTT identities ([mqtt] client_id): choose another id")
     deployments = config.fleet.deployments
     if deployment is None:
         if len(deployments) > 1:

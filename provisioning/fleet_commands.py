@@ -1,4 +1,5 @@
-"""greengate-provision init | enrol | retire | mosquitto-config (docs/provisioning.md).
+"""greengate-provision init | enrol | retire | crl | mosquitto-config | identity
+(docs/provisioning.md).
 
 enrol and retire work on the fleet itself: they read the fleet's configuration
 (`--fleet-config`, default $GREENGATE_FLEET_CONFIG) for its database, PKI directory
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from . import enrol as enrolling
 from . import mosquitto_config, retire as retiring
-from .pki import PKI, PKIError, init as pki_init
+from .pki import DEFAULT_WEB, FLEET_IDENTITY, ROLES, PKI, PKIError, init as pki_init
 
 
 def _say(text: str) -> None:
@@ -58,8 +59,26 @@ def add_parsers(sub) -> None:
                         "server (repeatable; the first is the certificate's CN)")
     p.add_argument("--force", action="store_true",
                    help="replace existing keys (every enrolled kiosk must be enrolled again)")
+    p.add_argument("--web", type=int, default=DEFAULT_WEB, metavar="N",
+                   help=f"bundle-publisher identities to make (default {DEFAULT_WEB}: one "
+                        "per gunicorn worker, twice over for a reload, and the CLI's)")
     fleet_option(p)
     p.set_defaults(handler=_init)
+
+    p = sub.add_parser("identity", help="the fleet processes' own MQTT identities: list "
+                                        "them, or add one (then the broker ACL is rewritten)")
+    p.add_argument("action", choices=("add", "list"))
+    p.add_argument("role", nargs="?", choices=tuple(ROLES),
+                   help="add: ingest (name it: the worker's --worker NAME) or web")
+    p.add_argument("name", nargs="?", metavar="NAME",
+                   help="ingest: the worker name; web: a number (default: the next one)")
+    p.add_argument("--dir", type=Path, help="the fleet PKI (default: the fleet config's "
+                                             "[pki] dir)")
+    p.add_argument("--acl", type=Path, metavar="FILE",
+                   help="the broker's ACL to rewrite (default: greengate.acl beside the "
+                        "directory of [pki] broker_crl, as mosquitto-config wrote them)")
+    fleet_option(p)
+    p.set_defaults(handler=_identity)
 
     p = sub.add_parser("enrol", help="register a kiosk with the fleet and make its bundle "
                                      "(tar or SD card) or a one-time enrolment token")
@@ -117,18 +136,37 @@ def _pki_dir(args) -> Path:
     return config.resolve(config.pki.dir)
 
 
+def _prefix(args) -> str:
+    """The fleet's [mqtt] client_id, when a fleet config is at hand (with --dir, init
+    may run before the configuration is written: then the default)."""
+    if not args.fleet_config:
+        return FLEET_IDENTITY
+    try:
+        return _fleet_config(args).mqtt.client_id
+    except PKIError:
+        if args.dir:
+            return FLEET_IDENTITY
+        raise
+
+
 def _init(args) -> int:
+    if args.web < 1:
+        return _error("--web must be at least 1: the web server publishes the bundles")
     try:
         directory = _pki_dir(args)
-        pki = pki_init(directory, args.host, force=args.force)
+        pki = pki_init(directory, args.host, force=args.force, prefix=_prefix(args),
+                       web=args.web)
     except PKIError as exc:
         return _error(str(exc))
     _say(f"fleet PKI created in {pki.dir} (CA fingerprint sha256:{pki.ca_fingerprint()})")
     _say("the fleet's configuration uses it with (paths relative to data_dir, or absolute):")
     _say(f'  [pki]     dir = "{pki.dir}"')
     _say(f'  [bundles] signing_key = "{pki.path("bundle-signing.key")}"')
-    _say(f'  [mqtt]    ca = "{pki.path("ca.pem")}"  cert = "{pki.path("fleet.pem")}"  '
-         f'key = "{pki.path("fleet.key")}"')
+    _say(f'  [mqtt]    ca = "{pki.path("ca.pem")}"')
+    _say(f'            cert = "{pki.path("clients")}/{{identity}}.pem"')
+    _say(f'            key = "{pki.path("clients")}/{{identity}}.key"')
+    _say(f"MQTT identities (one per process, in {pki.path('clients')}): "
+         + ", ".join(pki.identities()))
     _say("next: greengate-provision mosquitto-config --out /etc/mosquitto/conf.d")
     return 0
 
@@ -152,17 +190,28 @@ def _loaded(args):
     return config, PKI(config.resolve(config.pki.dir))
 
 
-def _new_crl(session, pki: PKI, config) -> list[str]:
-    """Re-sign the CRL and tell the broker; the problems, if any, as sentences."""
+def _new_crl(session, pki: PKI, config, again: str) -> list[str]:
+    """Re-sign the CRL and tell the broker; the problems, if any, as sentences. `again`:
+    the command that finishes the job once the broker can be told."""
     try:
         count = retiring.write_crl(session, pki, config)
     except (PKIError, OSError) as exc:
         return [f"the CRL could not be written ({exc}); run this again once the PKI is "
                 "reachable"]
-    _say(f"CRL re-signed: {count} revoked certificate(s) in {pki.path('crl.pem')}, valid for "
-         "a year")
+    written = [str(pki.path("crl.pem"))]
+    if config.pki.broker_crl:
+        written.append(str(config.resolve(config.pki.broker_crl)))
+    _say(f"CRL re-signed: {count} revoked certificate(s) in {' and '.join(written)}, valid "
+         "for a year")
     trouble = retiring.reload_broker(config.pki.broker_reload)
-    return [f"the broker was not told to re-read the CRL: {trouble}"] if trouble else []
+    if not trouble:
+        return []
+    return [f"WARNING: the broker has NOT re-read the CRL ({trouble}). The revocation is in "
+            f"the fleet's database and in {' and '.join(written)}, but the broker still "
+            "accepts every certificate revoked since its last reload. Make it re-read the "
+            "CRL now (`systemctl reload mosquitto` on the broker host, or send mosquitto "
+            f"SIGHUP), then run `{again}`; set [pki] broker_reload so that this happens by "
+            "itself"]
 
 
 def _enrol(args) -> int:
@@ -224,12 +273,17 @@ def _retire(args) -> int:
                  "broker up to date")
         else:
             _say(f"kiosk {args.kiosk_id} retired; {len(serials)} certificate(s) revoked")
-        problems = _new_crl(session, pki, config)
-    trouble = retiring.disconnect(config, args.kiosk_id)
-    if trouble:
-        problems.append(f"its live session was not ended: {trouble}")
+        problems = _new_crl(session, pki, config, f"greengate-provision retire {args.kiosk_id}")
+    if problems:  # a kick now would only let the kiosk back in with the old CRL
+        problems.append(f"the live session of {args.kiosk_id}, if any, was left alone: "
+                        "it would reconnect at once")
     else:
-        _say(f"any live session of {args.kiosk_id} on the broker is ended")
+        trouble = retiring.disconnect(config, pki, args.kiosk_id)
+        if trouble:
+            problems.append(f"its live session was not ended: {trouble}; run "
+                            f"`greengate-provision retire {args.kiosk_id}` again")
+        else:
+            _say(f"any live session of {args.kiosk_id} on the broker is ended")
     for problem in problems:
         print(f"greengate-provision: {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -243,7 +297,7 @@ def _crl(args) -> int:
     if not pki.path("ca.key").exists():
         return _error(f"no fleet PKI in {pki.dir}: run `greengate-provision init` first")
     with _fleet_session(config) as session:
-        problems = _new_crl(session, pki, config)
+        problems = _new_crl(session, pki, config, "greengate-provision crl")
     for problem in problems:
         print(f"greengate-provision: {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -260,4 +314,50 @@ def _mosquitto(args) -> int:
          f"are in {made['files']}")
     _say(f'set in the fleet configuration: [pki] broker_crl = "{made["crl"]}"  (retire '
          "updates it)")
+    return 0
+
+
+def _identity(args) -> int:
+    config = None
+    try:
+        if args.fleet_config:
+            config = _fleet_config(args)
+        pki = PKI(args.dir or _pki_dir(args))
+        prefix = config.mqtt.client_id if config else FLEET_IDENTITY
+        if args.action == "list":
+            for name, role in pki.identities().items():
+                _say(f"{name}\t{role}\t{pki.identity_paths(name)[0]}")
+            return 0
+        if not pki.path("ca.key").exists():
+            return _error(f"no fleet PKI in {pki.dir}: run `greengate-provision init` first")
+        if args.role is None:
+            return _error("name the role: `identity add ingest WORKER` or `identity add web`")
+        if args.role == "ingest" and not args.name:
+            return _error("name the ingest worker: `identity add ingest 2` is the identity "
+                          f"of `greengate-fleet ingest --worker 2` ({prefix}-ingest-2)")
+        if args.role == "web" and args.name and not args.name.isdigit():
+            return _error("a web identity is numbered: `identity add web [N]`")
+        name = f"{prefix}-{args.role}-{args.name or pki.next_number(prefix, args.role)}"
+        cert = pki.issue_identity(name, args.role)
+    except PKIError as exc:
+        return _error(str(exc))
+    _say(f"{name} ({ROLES[args.role]}): {cert} and its key beside it; copy both to the host "
+         "that runs it")
+    acl = args.acl
+    if acl is None and config is not None and config.pki.broker_crl:
+        acl = config.resolve(config.pki.broker_crl).parent.parent / "greengate.acl"
+    if acl is None or not acl.exists():
+        print(f"greengate-provision: the broker's ACL was not rewritten ({acl or 'no --acl'}"
+              f" and no [pki] broker_crl): run `greengate-provision mosquitto-config` again "
+              f"and reload the broker, or {name} may do nothing", file=sys.stderr)
+        return 1
+    mosquitto_config.write_acl(pki, acl)
+    _say(f"ACL rewritten: {acl}")
+    trouble = retiring.reload_broker(config.pki.broker_reload if config else "")
+    if trouble:
+        print(f"greengate-provision: the broker has not re-read its ACL ({trouble}): run "
+              f"`systemctl reload mosquitto` on the broker host, or {name} may do nothing",
+              file=sys.stderr)
+        return 1
+    _say("the broker re-read its ACL")
     return 0

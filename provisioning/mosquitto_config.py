@@ -8,11 +8,22 @@ Writes into OUT (e.g. /etc/mosquitto/conf.d/, the Debian package includes it):
     greengate/       the files Mosquitto reads: ca.pem, server.pem, server.key, crl.pem
                      (copies: the PKI directory itself stays private to root)
 
-The ACL (topics in greengate/messages.py): a kiosk, known by its certificate's CN,
-publishes only under gg/v1/kiosk/<its id>/ and reads only the bundle topics; the
-fleet's services (CN greengate-fleet) read every kiosk's topics and publish the
-bundles. Mosquitto checks a will's topic when the client connects, so a kiosk cannot
-leave a will under another id either.
+Every client's id is its certificate's CN (`use_identity_as_username` then
+`use_username_as_clientid`): a client can only ever take over a session of its own
+name, so no kiosk can push another kiosk or a fleet process off the broker.
+
+The ACL (topics in greengate/messages.py; docs/provisioning.md#the-broker-acl) follows
+the fleet identities in the PKI's clients/ (their certificates' OU names the role):
+
+    ingest workers   read gg/v1/kiosk/#, write gg/v1/confirm/#
+    web (bundles)    read and write gg/v1/bundle/#
+    greengate-fleet  the old shared certificate: all of the above
+    kiosks (%u)      write gg/v1/kiosk/<own id>/{scan,summary,heartbeat,presence},
+                     read gg/v1/bundle/# and gg/v1/confirm/<own id> only
+
+Mosquitto applies the kiosk patterns to every client, so each fleet identity is also
+denied what a pattern would give it beyond its role. It checks a will's topic when
+the client connects, so a kiosk cannot leave a will under another id either.
 """
 
 from __future__ import annotations
@@ -29,22 +40,55 @@ from .pki import FLEET_IDENTITY, PKI, PKIError
 KIOSK_TOPICS = ("scan", "summary", "heartbeat", "presence")
 
 
-def acl_text(fleet_identity: str = FLEET_IDENTITY) -> str:
+def _role_lines(name: str, roles: tuple[str, ...]) -> list[str]:
+    root = messages.ROOT
+    grants = {"ingest": [f"topic read {root}/kiosk/#", f"topic write {root}/confirm/#"],
+              "web": [f"topic readwrite {root}/bundle/#"]}
+    lines = [f"user {name}"]
+    for role in roles:
+        lines += grants[role]
+    # what the kiosk patterns below would give this name, and its roles do not need
+    if "ingest" in roles:
+        lines += [f"topic deny {root}/kiosk/{name}/#"]
+    else:
+        lines += [f"topic deny {root}/kiosk/#", f"topic deny {root}/confirm/#"]
+    if "web" not in roles:
+        lines += [f"topic deny {root}/bundle/#"]
+    return lines + [""]
+
+
+def acl_text(fleet_identity: str | None = FLEET_IDENTITY,
+             identities: dict[str, str] | None = None) -> str:
+    """identities: name -> role ("ingest" or "web"); fleet_identity: the old shared
+    certificate's name, given every fleet right (None: not in the ACL)."""
     root = messages.ROOT
     lines = [
-        "# GreenGate broker ACL (greengate-provision mosquitto-config). Usernames are the",
-        "# client certificates' CN (use_identity_as_username).",
+        "# GreenGate broker ACL (greengate-provision mosquitto-config). Usernames, and",
+        "# client ids, are the client certificates' CN (use_identity_as_username,",
+        "# use_username_as_clientid). `topic deny` lines are checked first.",
         "",
-        "# The fleet's services: ingest workers and presence read every kiosk; the",
-        "# publisher writes the signed bundles (retained).",
-        f"user {fleet_identity}",
-        f"topic read {root}/kiosk/#",
-        f"topic readwrite {root}/bundle/#",
-        "",
-        "# Every other identity is a kiosk: its own topics (%u = its CN), and the bundles.",
     ]
+    by_role: dict[str, list[str]] = {}
+    for name, role in sorted((identities or {}).items()):
+        by_role.setdefault(role, []).append(name)
+    if by_role.get("ingest"):
+        lines += ["# Ingest workers: read every kiosk's messages, confirm to each kiosk what",
+                  "# they committed.", ""]
+        for name in by_role["ingest"]:
+            lines += _role_lines(name, ("ingest",))
+    if by_role.get("web"):
+        lines += ["# Bundle publishers (web server workers, `greengate-fleet bundles`): the",
+                  "# signed bundles, retained; they read them back to clear stale deltas.", ""]
+        for name in by_role["web"]:
+            lines += _role_lines(name, ("web",))
+    if fleet_identity and fleet_identity not in (identities or {}):
+        lines += ["# The old shared certificate (fleet.pem), for configs from before one",
+                  "# identity per process: every fleet right.", ""]
+        lines += _role_lines(fleet_identity, ("ingest", "web"))
+    lines += ["# Every other identity is a kiosk (%u = its CN): its own topics, the bundles,",
+              "# and the fleet's confirmations meant for it alone."]
     lines += [f"pattern write {root}/kiosk/%u/{kind}" for kind in KIOSK_TOPICS]
-    lines += [f"pattern read {root}/bundle/#"]
+    lines += [f"pattern read {root}/bundle/#", f"pattern read {root}/confirm/%u"]
     return "\n".join(lines) + "\n"
 
 
@@ -65,6 +109,8 @@ def conf_text(*, port: int, files: Path, acl: Path, persistence_dir: str,
         "tls_version tlsv1.2",
         "require_certificate true",
         "use_identity_as_username true",
+        # the client id becomes that username (not reloaded on SIGHUP: a restart)
+        "use_username_as_clientid true",
         "allow_anonymous false",
         f"acl_file {acl}",
         "",
@@ -107,9 +153,19 @@ def write(pki: PKI, out: Path, *, port: int = 8883, persistence_dir: str = "/var
         os.chmod(target, mode)
         if gid is not None and os.geteuid() == 0:
             os.chown(target, 0, gid)
-    acl = out / "greengate.acl"
-    acl.write_text(acl_text())
+    acl = write_acl(pki, out / "greengate.acl")
     conf = out / "greengate.conf"
     conf.write_text(conf_text(port=port, files=files.resolve(), acl=acl.resolve(),
                               persistence_dir=persistence_dir, bind=bind))
     return {"conf": conf, "acl": acl, "crl": files / "crl.pem", "files": files}
+
+
+def write_acl(pki: PKI, path: Path) -> Path:
+    """(Re)write the ACL from the PKI's fleet identities, atomically: Mosquitto re-reads
+    it on SIGHUP and must never find half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(acl_text(FLEET_IDENTITY, pki.identities()))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path

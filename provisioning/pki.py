@@ -3,7 +3,12 @@
     ca.pem, ca.key                 the fleet CA: signs kiosk client certificates, the
                                    server certificate and the fleet's own client certificate
     server.pem, server.key         the broker's (and the fleet web server's) TLS certificate
-    fleet.pem, fleet.key           the fleet services' MQTT identity (CN greengate-fleet)
+    fleet.pem, fleet.key           the old shared MQTT identity of the fleet's services
+                                   (CN greengate-fleet), for configs from before
+                                   clients/ (docs/provisioning.md#fleet-identities)
+    clients/NAME.pem, NAME.key     one MQTT identity per fleet process (CN = NAME = its
+                                   client id; OU = fleet-<role>, which the broker ACL
+                                   follows): <prefix>-ingest-<worker>, <prefix>-web-<n>
     bundle-signing.key, .pub.pem   signs trust list, policies, status lists; kiosks pin
                                    the public half
     pseudonym.key                  hex key of the holder pseudonyms (every kiosk has it)
@@ -28,7 +33,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-FLEET_IDENTITY = "greengate-fleet"  # CN of the fleet services' client certificate
+from greengate.messages import KIOSK_ID as IDENTITY  # a client id is a kiosk id's kind of name
+
+FLEET_IDENTITY = "greengate-fleet"  # CN of the old shared certificate; the default prefix
+CLIENTS = "clients"  # one certificate per fleet process
+# role -> what its processes are; the ACL (mosquitto_config.py) gives each role its topics
+ROLES = {"ingest": "an ingest worker", "web": "a bundle publisher (a web server worker, "
+                                              "`greengate-fleet bundles`)"}
+ROLE_OU = "fleet-"  # OU of a fleet identity's certificate: fleet-<role>
+# gunicorn runs 4 workers with a publisher each; a reload briefly doubles them; the
+# hourly `bundles refresh` and an admin's run need one each
+DEFAULT_WEB = 10
+EPHEMERAL_MINUTES = 5  # the retire step's certificate (retire.py)
 CA_DAYS = 20 * 365
 SERVER_DAYS = 825
 CLIENT_DAYS = 825
@@ -69,9 +85,16 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _name(cn: str) -> x509.Name:
+def _name(cn: str, unit: str | None = None) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "GreenGate"),
+                      *([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit)]
+                        if unit else []),
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _attribute(cert: x509.Certificate, oid) -> str | None:
+    values = cert.subject.get_attributes_for_oid(oid)
+    return str(values[0].value) if values else None
 
 
 def _san(host: str) -> x509.GeneralName:
@@ -128,15 +151,18 @@ class PKI:
                     ca_key.public_key()), critical=False)
                 .sign(ca_key, hashes.SHA256()))
 
-    def issue_client(self, cn: str, public_key, days: int = CLIENT_DAYS) -> x509.Certificate:
-        """A TLS client certificate with CN = the identity Mosquitto uses as username."""
+    def issue_client(self, cn: str, public_key, days: int = CLIENT_DAYS, *,
+                     unit: str | None = None,
+                     lifetime: dt.timedelta | None = None) -> x509.Certificate:
+        """A TLS client certificate with CN = the identity Mosquitto uses as username (and
+        as client id)."""
         now = _now()
         return self._sign(
             x509.CertificateBuilder()
-            .subject_name(_name(cn)).public_key(public_key)
+            .subject_name(_name(cn, unit)).public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_after(now + (lifetime or dt.timedelta(days=days)))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False,
                                          content_commitment=False, data_encipherment=False,
@@ -171,6 +197,55 @@ class PKI:
             raise PKIError("only EC (P-256, P-384) and RSA keys are accepted")
         return self.issue_client(kiosk_id, key, days)
 
+    def ephemeral(self, cn: str, minutes: float = EPHEMERAL_MINUTES):
+        """(key, certificate) valid for `minutes`, never written anywhere: the retire
+        step's way to end a kiosk's live session under the kiosk's own name."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        return key, self.issue_client(cn, key.public_key(),
+                                      lifetime=dt.timedelta(minutes=minutes))
+
+    # --- fleet identities (one per process) ------------------------------------------
+    def identity_paths(self, name: str) -> tuple[Path, Path]:
+        return self.path(CLIENTS) / f"{name}.pem", self.path(CLIENTS) / f"{name}.key"
+
+    def issue_identity(self, name: str, role: str, days: int = CLIENT_DAYS) -> Path:
+        """clients/NAME.pem and .key for one fleet process; PKIError if it exists."""
+        if role not in ROLES:
+            raise PKIError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
+        if not IDENTITY.match(name):
+            raise PKIError(f"identity {name!r} is not valid: 1 to 63 letters, digits, '_', "
+                           "'.' or '-', starting with a letter or digit")
+        cert_path, key_path = self.identity_paths(name)
+        if cert_path.exists():
+            raise PKIError(f"{cert_path} exists already")
+        cert_path.parent.mkdir(mode=0o700, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(key_path, _key_pem(key), 0o600)
+        _write(cert_path, _cert_pem(self.issue_client(name, key.public_key(), days,
+                                                      unit=ROLE_OU + role)), 0o644)
+        return cert_path
+
+    def identities(self) -> dict[str, str]:
+        """name -> role of every fleet identity in clients/ (by its certificate's OU)."""
+        found = {}
+        for pem in sorted(self.path(CLIENTS).glob("*.pem")):
+            try:
+                cert = x509.load_pem_x509_certificate(pem.read_bytes())
+            except ValueError:
+                raise PKIError(f"{pem} is not a PEM certificate") from None
+            unit = _attribute(cert, NameOID.ORGANIZATIONAL_UNIT_NAME) or ""
+            name = _attribute(cert, NameOID.COMMON_NAME)
+            if unit.startswith(ROLE_OU) and unit[len(ROLE_OU):] in ROLES and name:
+                found[name] = unit[len(ROLE_OU):]
+        return found
+
+    def next_number(self, prefix: str, role: str) -> int:
+        """One more than the highest N of <prefix>-<role>-N."""
+        stem = f"{prefix}-{role}-"
+        numbers = [int(n[len(stem):]) for n in self.identities()
+                   if n.startswith(stem) and n[len(stem):].isdigit()]
+        return max(numbers, default=0) + 1
+
     # --- revocation ------------------------------------------------------------------
     def write_crl(self, revoked: list[tuple[int, dt.datetime]], extra: list[Path] = ()) -> bytes:
         """Re-sign crl.pem listing exactly `revoked` (serial, when); also copy it to each
@@ -194,8 +269,10 @@ class PKI:
         return {entry.serial_number for entry in crl}
 
 
-def init(directory: Path, hosts: list[str], *, force: bool = False) -> PKI:
-    """Create the fleet PKI in `directory` (PKIError if keys exist and not force)."""
+def init(directory: Path, hosts: list[str], *, force: bool = False,
+         prefix: str = FLEET_IDENTITY, web: int = DEFAULT_WEB) -> PKI:
+    """Create the fleet PKI in `directory` (PKIError if keys exist and not force), with
+    the identities <prefix>-ingest-1 and <prefix>-web-1 .. -<web>."""
     if not hosts:
         raise PKIError("name at least one --host: the broker's (and fleet web server's) DNS "
                        "name or IP address as kiosks will reach it")
@@ -252,5 +329,12 @@ def init(directory: Path, hosts: list[str], *, force: bool = False) -> PKI:
     _write(pki.path("bundle-signing.pub.pem"), signing.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
     _write(pki.path("pseudonym.key"), (secrets.token_hex(32) + "\n").encode(), 0o600)
+    clients = pki.path(CLIENTS)
+    if clients.exists():  # --force: the old CA's identities are worthless now
+        for old in clients.glob("*"):
+            old.unlink()
+    pki.issue_identity(f"{prefix}-ingest-1", "ingest")
+    for number in range(1, web + 1):
+        pki.issue_identity(f"{prefix}-web-{number}", "web")
     pki.write_crl([])
     return pki

@@ -4,17 +4,23 @@
    certificates marked revoked); the ingest refuses its messages from then on;
 2. the CRL is re-signed from every revoked certificate and the broker told to re-read
    it (`[pki] broker_reload`; Mosquitto re-reads its crlfile on SIGHUP), so the kiosk
-   cannot connect again;
-3. its live session, if any, is ended: the fleet's identity connects with the kiosk's
-   client id, which makes Mosquitto close the kiosk's connection (session takeover),
-   and leaves with session expiry 0, so nothing of the kiosk's session remains.
+   cannot connect again. Without that reload the revoked certificate still connects:
+   `retire` says so and exits 1;
+3. its live session, if any, is ended. The broker makes every client id the
+   certificate's CN, so only a certificate naming the kiosk can take its session
+   over: this step, which holds the CA, mints one valid for a few minutes (its key
+   lives in this process's memory only), connects with it, which makes Mosquitto
+   close the kiosk's connection, and leaves with session expiry 0, so nothing of the
+   kiosk's session remains.
 
-Step 3 comes after step 2: a kiosk reconnects at once, and must then meet the new CRL.
+Step 3 comes after step 2, and a moment after it (Mosquitto handles SIGHUP in its
+main loop): a kiosk reconnects at once, and must then meet the new CRL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shlex
 import ssl
 import subprocess
@@ -22,6 +28,7 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import serialization
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -31,6 +38,10 @@ from fleet import kiosks
 from fleet.models import RETIRED, Kiosk, KioskCertificate
 
 from .pki import PKI
+
+# after the reload command returned, before the kick: Mosquitto handles SIGHUP between
+# two turns of its loop, and the kicked kiosk reconnects at once
+SETTLE = 1.0
 
 
 class RetireError(Exception):
@@ -62,9 +73,10 @@ def write_crl(session, pki: PKI, config) -> int:
 
 
 def reload_broker(command: str) -> str | None:
-    """Run `[pki] broker_reload`; None when it worked, else what went wrong."""
+    """Run `[pki] broker_reload`; None when it worked, else what went wrong (an empty
+    command is a problem too: the broker goes on accepting what was just revoked)."""
     if not command.strip():
-        return None
+        return "[pki] broker_reload is empty, so nothing told it"
     try:
         done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -74,17 +86,42 @@ def reload_broker(command: str) -> str | None:
     return None
 
 
-def disconnect(config, kiosk_id: str, timeout: float = 10.0) -> str | None:
+def _memory_file(data: bytes) -> tuple[int, str]:
+    """(fd, path) of an anonymous in-memory file holding `data`: OpenSSL loads
+    certificates from paths only, and this key must never reach a disk."""
+    fd = os.memfd_create("greengate-retire", os.MFD_CLOEXEC)
+    os.write(fd, data)
+    return fd, f"/proc/self/fd/{fd}"
+
+
+def _kiosk_context(config, pki: PKI, kiosk_id: str) -> ssl.SSLContext:
+    key, cert = pki.ephemeral(kiosk_id)
+    pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    m = config.mqtt
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(config.resolve(m.ca)) if m.ca else None)
+    fd, path = _memory_file(pem)
+    try:
+        context.load_cert_chain(path)
+    finally:
+        os.close(fd)
+    return context
+
+
+def disconnect(config, pki: PKI, kiosk_id: str, timeout: float = 10.0,
+               settle: float = SETTLE) -> str | None:
     """End the kiosk's live session (see the module text); None when done, else why not."""
     m = config.mqtt
+    if not m.tls:
+        return "[mqtt] tls is off: the broker does not know clients by certificate"
+    time.sleep(settle)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=kiosk_id, protocol=mqtt.MQTTv5)
-    if m.tls:
-        context = ssl.create_default_context(
-            ssl.Purpose.SERVER_AUTH, cafile=str(config.resolve(m.ca)) if m.ca else None)
-        if m.cert:
-            context.load_cert_chain(str(config.resolve(m.cert)),
-                                    str(config.resolve(m.key)) if m.key else None)
-        client.tls_set_context(context)
+    try:
+        client.tls_set_context(_kiosk_context(config, pki, kiosk_id))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return f"no certificate to end it with: {exc}"
     connected = threading.Event()
     result: dict = {}
 
@@ -104,7 +141,7 @@ def disconnect(config, kiosk_id: str, timeout: float = 10.0) -> str | None:
         if not connected.wait(timeout):
             return f"the broker {m.host}:{m.port} did not answer within {timeout:g} s"
         if result["reason"].is_failure:
-            return f"the broker refused the fleet's identity: {result['reason']}"
+            return f"the broker refused the retire step's certificate: {result['reason']}"
     finally:
         client.disconnect()
         client.loop_stop()

@@ -167,8 +167,8 @@ class Demo:
     # --- set-up steps ------------------------------------------------------------------
     def setup(self) -> None:
         say(f"working directory {self.tmp}")
-        say("fleet PKI: CA, broker certificate, fleet identity, bundle-signing key "
-            "(greengate-provision init)")
+        say("fleet PKI: CA, broker certificate, one MQTT identity per fleet process, "
+            "bundle-signing key (greengate-provision init)")
         self.run(BIN / "greengate-provision", "init", "--dir", self.pki, "--host", "localhost",
                  "--host", "127.0.0.1", what="greengate-provision init")
 
@@ -245,8 +245,8 @@ deployments = ["{DEPLOYMENT}"]
 host = "127.0.0.1"
 port = {self.mqtt_port}
 ca = "{p / 'ca.pem'}"
-cert = "{p / 'fleet.pem'}"
-key = "{p / 'fleet.key'}"
+cert = "{p / 'clients'}/{{identity}}.pem"
+key = "{p / 'clients'}/{{identity}}.key"
 [bundles]
 signing_key = "{p / 'bundle-signing.key'}"
 [pki]

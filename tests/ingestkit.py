@@ -32,9 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TS = 1633420800.0
 
 
-def ingest_config(fleet_config, broker, *, mqtt_options=None, presence=None):
+def ingest_config(fleet_config, broker, *, mqtt_options=None, presence=None, ingest=None):
     """The fixture's fleet config (database, deployments) plus the broker and the fleet's
-    client certificate; small batches and short presence timings unless told otherwise."""
+    client certificate; small batches and short presence timings unless told otherwise.
+    The ingest's time window is opened wide: these tests send 2021 timestamps (TS)."""
     files = broker.client_tls("fleet")
     options = {"host": "localhost", "port": broker.port, "tls": broker.tls,
                "ca": files.ca if files else "", "cert": files.cert if files else "",
@@ -42,8 +43,10 @@ def ingest_config(fleet_config, broker, *, mqtt_options=None, presence=None):
     options.update(mqtt_options or {})
     timing = {"keepalive": 30.0, "sweep": 0.2}
     timing.update(presence or {})
+    window = {"max_age_days": 36500.0}
+    window.update(ingest or {})
     return load(None, env={}, fleet=dict(fleet_config.sections["fleet"]), mqtt=options,
-                presence=timing)
+                presence=timing, ingest=window)
 
 
 def config_file(config, path: Path) -> Path:
@@ -118,6 +121,46 @@ class KioskClient:
         self.client.loop_stop()
 
 
+class Confirmations:
+    """A plain client reading the fleet's confirmations (gg/v1/confirm/+) as a kiosk
+    would: every message must parse with messages.parse_confirm for its kiosk."""
+
+    def __init__(self, broker, identity: str = "confirm-reader"):
+        self.received: list[tuple[str, dict]] = []
+        self.unparsed: list[tuple[str, bytes]] = []
+        self.subscribed = False
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"confirms-{identity}-{os.getpid()}",
+                                  protocol=mqtt.MQTTv5)
+        files = broker.client_tls(identity)
+        if files:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=files.ca)
+            ctx.load_cert_chain(files.cert, files.key)
+            self.client.tls_set_context(ctx)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: setattr(self, "subscribed", True)
+        self.client.connect("localhost", broker.port)
+        self.client.loop_start()
+        wait_until(self.client.is_connected, 10, "confirmation reader connected")
+        self.client.subscribe(f"{messages.ROOT}/confirm/+", qos=1)
+        wait_until(lambda: self.subscribed, 10, "confirmation reader subscribed")
+
+    def _on_message(self, _client, _userdata, msg):
+        kiosk = msg.topic.rsplit("/", 1)[-1]
+        try:
+            self.received.append((kiosk, messages.parse_confirm(msg.payload, kiosk)))
+        except messages.MessageError:
+            self.unparsed.append((kiosk, bytes(msg.payload)))
+
+    def ids(self, kiosk: str, kind: str = "scans") -> list[str]:
+        """Every id confirmed to `kiosk`, in arrival order (repeats kept)."""
+        return [i for k, doc in list(self.received) if k == kiosk for i in doc[kind]]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 class Workers:
     """In-process workers (threads) and worker subprocesses, all stopped at the end."""
 
@@ -164,6 +207,14 @@ class Workers:
 def scan_ids(sessions) -> list[tuple[str, str]]:
     with sessions() as s:
         return list(s.execute(select(Scan.kiosk_id, Scan.scan_id)).all())
+
+
+def quarantined(sessions) -> list[dict]:
+    """Every quarantine row (fleet/models.py's `quarantine` table), oldest first."""
+    from fleet.models import Base
+    table = Base.metadata.tables["quarantine"]
+    with sessions() as s:
+        return [dict(row._mapping) for row in s.execute(select(table).order_by(table.c.id))]
 
 
 def count_scans(sessions) -> int:

@@ -63,6 +63,7 @@ RULES = [
     Rule("*", r"^/api/v1/trace$", roles(ADMIN, HEALTH)),
     Rule("*", r"^/api/v1/alerts/", roles(ADMIN)),
     Rule("POST", r"^/api/v1/status/", roles(ADMIN, OPERATOR, HEALTH)),
+    Rule("GET", r"^/api/v1/quarantine$", roles(ADMIN, OPERATOR, OFFICER)),  # raw kiosk bytes
     Rule("POST|PATCH|PUT|DELETE",
          r"^/api/v1/(districts|locations|kiosks|trust|policies)(/|$)", roles(ADMIN, OPERATOR)),
     Rule("GET", r"^/api/v1/(districts|locations|kiosks|presence|outages|scans|stats|status|"

@@ -7,6 +7,7 @@ for input we can name it is a misclassification, so these tests also check the
 catch-all was not needed (see `_classified`).
 """
 
+import json
 import time
 import tracemalloc
 import zlib
@@ -595,3 +596,51 @@ def test_base45_known_vectors():
     assert base45.encode(b"base-45") == "UJCLQE7W581"
     assert base45.decode("QED8WEX0") == b"ietf!"
     assert base45.encode(b"") == "" and base45.decode("") == b""
+
+
+# -- the fleet's ingest: any bytes a kiosk publishes ----------------------------------------
+# (the worker itself, with a broker and both databases: tests/test_poison.py)
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=20)
+SCAN_FIELDS = ["v", "id", "kiosk", "ts", "decision", "reason", "sub", "type", "cert", "holder",
+               "policy", "seq", "hour", "count", "first", "last", "session", "state"]
+
+
+@st.composite
+def kiosk_payloads(draw):
+    """Raw bytes, or a JSON object with the message fields holding anything at all."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=600))
+    doc = {"v": 1, "kiosk": "k1", "id": "scan-0001"}
+    doc.update(draw(st.dictionaries(st.sampled_from(SCAN_FIELDS), JSON_VALUES, max_size=6)))
+    text = json.dumps(doc, allow_nan=True)
+    return text.encode("utf-8", "surrogatepass") if draw(st.booleans()) else \
+        text.encode("utf-8", "replace")
+
+
+@PROPERTY
+@given(payload=kiosk_payloads(), topic_kiosk=st.sampled_from(["k1", "k2"]))
+def test_ingest_parsers_and_quarantine_take_any_payload(payload, topic_kiosk):
+    """Each parser gives a message or a MessageError; a refusal gets a bounded label, and
+    a quarantine row the databases can hold (no NUL, no surrogate, bounded sizes)."""
+    from fleet import quarantine
+    from fleet.ingest import bad_reason
+    from fleet.ingest_store import Quarantined
+    from greengate import messages
+    for parse in (messages.parse_scan, messages.parse_summary, messages.parse_heartbeat,
+                  messages.parse_presence, messages.parse_confirm):
+        try:
+            doc = parse(payload, topic_kiosk)
+        except messages.MessageError as exc:
+            reason = bad_reason(exc)
+            assert len(reason) <= 26 and reason.replace("_", "").isalnum()
+            q = Quarantined(topic_kiosk, messages.scan_topic(topic_kiosk), "scan", reason,
+                            str(exc)[:400], payload[:quarantine.RAW_BYTES], len(payload))
+            row, = quarantine.rows_for([q], 1.0)
+            assert row["detail"].isprintable() and len(row["detail"]) <= 300
+            assert row["raw"] == payload[:quarantine.RAW_BYTES] and row["size"] == len(payload)
+        else:
+            assert isinstance(doc, dict) and doc["kiosk"] == topic_kiosk

@@ -19,8 +19,8 @@ from fleet.models import RETIRED, District, Kiosk, Location, Scan
 from fleet.sqlinsert import BulkInsert
 from greengate import messages
 from tests.broker import free_port
-from tests.ingestkit import (KioskClient, Workers, count_scans, ingest_config, kiosk, scan,
-                             scan_ids, settle, summaries, summary, wait_for)
+from tests.ingestkit import (KioskClient, Workers, count_scans, ingest_config, kiosk,
+                             quarantined, scan, scan_ids, settle, summaries, summary, wait_for)
 
 
 @pytest.fixture
@@ -174,13 +174,20 @@ def test_bad_messages_are_counted_and_the_worker_keeps_going(config, fleet_db, w
     k1.publish_many(bad + [(topic, scan("k1", "scan-good"))])
     wait_for(lambda: stored(worker) == 1, 15, "the good scan after the bad ones")
     m = worker.metrics
-    labels = {("scan", "not_json"): 1, ("scan", "not_object"): 1, ("scan", "oversized"): 1,
+    labels = {("scan", "utf8"): 1, ("scan", "not_object"): 1, ("scan", "oversized"): 1,
               ("scan", "wrong_kiosk"): 1, ("scan", "field_decision"): 1, ("scan", "version"): 1,
               ("summary", "field_id"): 1, ("scan", "field_id"): 1}
     for (kind, reason), n in labels.items():
         assert m.value("greengate_ingest_bad_messages_total", kind=kind, reason=reason) == n, \
             (kind, reason)
+        assert m.value("greengate_ingest_quarantined_total", kind=kind, reason=reason) == n
     assert worker.stats["bad"] == len(bad)
+    # each in the quarantine, under the kiosk of its topic, with its first bytes
+    rows = quarantined(fleet_db)
+    assert sorted((r["kind"], r["reason"]) for r in rows) == sorted(labels)
+    assert {r["kiosk_id"] for r in rows} == {"k1"}
+    assert bytes(next(r["raw"] for r in rows if r["reason"] == "utf8")) == b"\xff not json"
+    assert next(r["size"] for r in rows if r["reason"] == "oversized") > 4096
     assert scan_ids(fleet_db) == [("k1", "scan-good")]
     # logged with the kiosk id of the topic, whatever the payload claims
     assert "bad scan message from kiosk k1: message names kiosk 'k2'" in caplog.text
@@ -195,6 +202,9 @@ def test_bad_messages_are_counted_and_the_worker_keeps_going(config, fleet_db, w
 def test_bad_reason_labels_are_bounded():
     assert bad_reason(messages.MessageError("message is 5000 bytes, limit 4096")) == "oversized"
     assert bad_reason(messages.MessageError("field 'holder' is not hex")) == "field_holder"
+    assert bad_reason(messages.MessageError("not JSON: nested too deeply")) == "too_deep"
+    assert bad_reason(messages.MessageError("number NaN is not allowed")) == "not_finite"
+    assert bad_reason(messages.MessageError("not JSON: the message is not valid UTF-8")) == "utf8"
     assert bad_reason(messages.MessageError("anything else, with a value 42")) == "other"
 
 

@@ -1,4 +1,5 @@
-"""The durable outbox: order, idempotence, bounds, threads, and kill -9."""
+"""The durable outbox: order, idempotence, sequence numbers, confirmations, bounds,
+migration, threads, and kill -9."""
 
 import json
 import signal
@@ -37,7 +38,7 @@ def test_wal_and_full_sync(outbox):
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_add_pending_oldest_first_and_remove_is_idempotent(outbox):
+def test_add_pending_oldest_first_and_confirm_is_idempotent(outbox):
     ids = [f"scan-{i:04d}" for i in (3, 1, 2, 0)]  # insertion order, not id order
     for sid in ids:
         assert outbox.add(sid, TOPIC, scan(sid)) is True
@@ -45,14 +46,17 @@ def test_add_pending_oldest_first_and_remove_is_idempotent(outbox):
     rows = outbox.pending(10)
     assert [r.scan_id for r in rows] == ids
     assert rows[0].topic == TOPIC and rows[0].payload == scan(ids[0]) and rows[0].attempts == 0
+    assert [r.seq for r in rows] == [1, 2, 3, 4]
     assert [r.scan_id for r in outbox.pending(2)] == ids[:2]
-    outbox.remove(ids[1])
-    outbox.remove(ids[1])
-    outbox.remove("never-added")
+    assert set(outbox.confirm([ids[1]])) == {ids[1]}
+    assert outbox.confirm([ids[1]]) == {}
+    assert outbox.confirm(["never-added"]) == {}
     assert [r.scan_id for r in outbox.pending(10)] == [ids[0], ids[2], ids[3]]
     assert outbox.depth() == 3
-    assert outbox.remove_many([ids[0], ids[2], "nope"]) == 2
-    assert outbox.depth() == 1
+    gone = outbox.confirm([ids[0], ids[2], "nope", ids[0]])
+    assert set(gone) == {ids[0], ids[2]} and outbox.depth() == 1
+    # the time each row was added: the reporter's confirmation latency starts there
+    assert all(time.time() - 60 < created <= time.time() for created in gone.values())
 
 
 def test_adding_the_same_scan_twice_keeps_one_row(outbox):
@@ -67,7 +71,7 @@ def test_rows_survive_reopening(tmp_path):
     with Outbox(path, 100) as box:
         for i in range(5):
             box.add(f"scan-{i:04d}", TOPIC, scan(f"scan-{i:04d}"))
-        box.remove("scan-0002")
+        box.confirm(["scan-0002"])
         box.attempted(["scan-0000"])
     with Outbox(path, 100) as box:
         assert box.depth() == 4
@@ -115,13 +119,18 @@ def test_full_outbox_counts_decisions_in_hourly_summaries(tmp_path):
         again = {s.id: s for s in box.take_summaries(10)}
         assert again[first.id].count == 2
         assert len(again) == 5
-        for s in taken:
-            box.remove_summary(s.id)
-            box.remove_summary(s.id)
-        assert box.summaries() == 1 and box.overflow() == 6
+        # only a sealed (sent) summary can be confirmed: the open one's count may grow
+        box.add("scan-0106", TOPIC, scan("scan-0106", "red", "expired", hour + 60))
+        (open_id,) = box._conn().execute("SELECT id FROM overflow WHERE sealed=0").fetchone()
+        assert box.confirm_summaries([open_id]) == 0
+        assert box.confirm_summaries([s.id for s in taken]) == 4
+        assert box.confirm_summaries([s.id for s in taken] + ["s0000000000000000"]) == 0
+        assert box.summaries() == 2 and box.overflow() == 7
+        assert box.seq() == 3  # overflowed decisions get no seq: they are no rows
         # room again: full rows again
-        box.remove("scan-0000")
+        box.confirm(["scan-0000"])
         assert box.add("scan-0200", TOPIC, scan("scan-0200")) is True
+        assert box.get("scan-0200").seq == 4
 
 
 def test_threads_add_while_another_removes(tmp_path):
@@ -141,7 +150,7 @@ def test_threads_add_while_another_removes(tmp_path):
     def consumer():
         while not done.is_set() or box.depth():
             rows = box.pending(7)
-            box.remove_many(r.scan_id for r in rows)
+            box.confirm(r.scan_id for r in rows)
             removed.update(r.scan_id for r in rows)
             time.sleep(0.001)
 
@@ -157,6 +166,7 @@ def test_threads_add_while_another_removes(tmp_path):
     assert not reader.is_alive()
     assert box.depth() == 0
     assert removed == set(added) and len(added) == 120
+    assert box.seq() == 120 and box.confirmed() == 120
     box.close()
 
 
@@ -202,4 +212,144 @@ def test_every_returned_add_survives_kill_9(tmp_path):
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         for (payload,) in db.execute("SELECT payload FROM outbox"):
             json.loads(payload)
+        # every row kept its number, none was given twice, the last one is on record
+        seqs = [s for (s,) in db.execute("SELECT seq FROM outbox ORDER BY rowid")]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()[0] == len(seqs)
         db.close()
+
+
+# --- sequence numbers, the reporter's cursor, the watermark, the migration ------------------
+def built(scan_id: str, seq, ts=1633420800.0) -> bytes:
+    return messages.encode(messages.scan(
+        scan_id=scan_id, kiosk="k1", ts=ts, decision="red", reason="expired", sub_reason=None,
+        cert_type="v", cert_hash=None, holder=None, policy="hcmc-2021", seq=seq))
+
+
+def test_the_payload_carries_the_seq_given_inside_add(outbox):
+    calls = []
+
+    def builder(sid):
+        def build(seq):
+            calls.append((sid, seq))
+            return built(sid, seq)
+        return build
+
+    for i in range(3):
+        assert outbox.add(f"scan-{i:04d}", TOPIC, builder(f"scan-{i:04d}"))
+    assert calls == [("scan-0000", 1), ("scan-0001", 2), ("scan-0002", 3)]
+    for row in outbox.pending(10):
+        doc = messages.parse_scan(row.payload, "k1")
+        assert doc["seq"] == row.seq == row.cursor and doc["id"] == row.scan_id
+    # idempotent: the same scan again is not built again and takes no number
+    assert outbox.add("scan-0001", TOPIC, builder("scan-0001"))
+    assert len(calls) == 3 and outbox.seq() == 3
+    # a builder that fails leaves nothing behind and uses up no number
+    with pytest.raises(RuntimeError):
+        outbox.add("scan-0009", TOPIC, lambda seq: (_ for _ in ()).throw(RuntimeError("x")))
+    assert outbox.get("scan-0009") is None and outbox.seq() == 3
+    assert outbox.add("scan-0010", TOPIC, builder("scan-0010")) and outbox.seq() == 4
+    with pytest.raises(TypeError):
+        outbox.add("scan-0011", TOPIC, lambda seq: "not bytes")
+    assert outbox.seq() == 4 and outbox.depth() == 4
+
+
+def test_an_overflowing_builder_is_described_without_a_seq(tmp_path):
+    with Outbox(tmp_path / "o.sqlite", max_rows=1) as box:
+        assert box.add("scan-0000", TOPIC, lambda seq: built("scan-0000", seq))
+        seen = []
+        assert box.add("scan-0001", TOPIC, lambda seq: seen.append(seq) or built(
+            "scan-0001", seq, ts=1633424400.5)) is False
+        assert seen == [None] and box.seq() == 1
+        (summary,) = box.take_summaries()
+        assert (summary.hour, summary.decision, summary.reason) == (1633424400, "red", "expired")
+
+
+def test_seq_is_never_given_twice_and_the_cursor_never_skips_a_row(tmp_path):
+    path = tmp_path / "o.sqlite"
+    with Outbox(path, 100) as box:
+        for i in range(3):
+            box.add(f"a-{i:04d}", TOPIC, scan(f"a-{i:04d}"))
+        rows = box.pending_after(None, 10)
+        cursor = rows[-1].cursor
+        assert box.pending_after(cursor, 10) == []
+        # the newest row is confirmed: SQLite would give its rowid to the next row
+        box.confirm([rows[-1].scan_id])
+        box.add("b-0000", TOPIC, scan("b-0000"))
+        assert [(r.scan_id, r.seq) for r in box.pending_after(cursor, 10)] == [("b-0000", 4)]
+        box.confirm([r.scan_id for r in box.pending(10)])
+        assert box.depth() == 0 and box.seq() == 4 and box.confirmed() == 4
+    with Outbox(path, 100) as box:  # the number is durable, also with no row left
+        assert box.seq() == 4 and box.confirmed() == 4
+        box.add("c-0000", TOPIC, scan("c-0000"))
+        assert box.get("c-0000").seq == 5 and box.confirmed() == 4
+        # paging through with the cursor: each row once, in order
+        for i in range(1, 8):
+            box.add(f"c-{i:04d}", TOPIC, scan(f"c-{i:04d}"))
+        got, cursor = [], None
+        while page := box.pending_after(cursor, 3):
+            got += [r.seq for r in page]
+            cursor = page[-1].cursor
+        assert got == list(range(5, 13))
+        assert box.pending_after(cursor, 0) == []
+
+
+def test_the_watermark_with_confirmations_out_of_order(outbox):
+    assert outbox.watermarks() == (0, 0)
+    ids = [f"scan-{i:04d}" for i in range(1, 6)]  # seq 1..5
+    for sid in ids:
+        outbox.add(sid, TOPIC, scan(sid))
+    steps = [("scan-0003", 0), ("scan-0001", 1), ("scan-0005", 1), ("scan-0002", 3),
+             ("scan-0002", 3), ("scan-0004", 5)]
+    for sid, expected in steps:
+        outbox.confirm([sid])
+        assert outbox.confirmed() == expected, sid
+        assert outbox.watermarks() == (5, expected)
+    outbox.add("scan-0006", TOPIC, scan("scan-0006"))
+    assert outbox.watermarks() == (6, 5)
+
+
+_OLD_SCHEMA = """
+CREATE TABLE outbox (scan_id TEXT PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL,
+                     created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE overflow (id TEXT PRIMARY KEY, hour INTEGER NOT NULL, decision TEXT NOT NULL,
+                       reason TEXT NOT NULL, count INTEGER NOT NULL, first REAL NOT NULL,
+                       last REAL NOT NULL, sealed INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX overflow_open ON overflow (hour, decision, reason, sealed);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def test_an_outbox_older_than_seq_is_migrated_in_place(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(_OLD_SCHEMA)
+    old = [f"old-{i:04d}" for i in range(4)]
+    for sid in old:
+        db.execute("INSERT INTO outbox VALUES (?, ?, ?, ?, 2)", (sid, TOPIC, scan(sid), 1.0e9))
+    db.execute("INSERT INTO meta VALUES ('overflow', 7)")
+    db.commit()
+    db.close()
+    with Outbox(path, 100) as box:
+        assert box.depth() == 4 and box.overflow() == 7 and box.seq() == 0
+        rows = box.pending(10)
+        assert [(r.scan_id, r.seq, r.payload, r.attempts) for r in rows] == \
+            [(sid, None, scan(sid), 2) for sid in old]
+        assert box.watermarks() == (0, 0)  # rows without seq are outside the watermark
+        for i in range(3):
+            box.add(f"new-{i:04d}", TOPIC, lambda seq, i=i: built(f"new-{i:04d}", seq))
+        # the old rows still go first, then the new ones, and a cursor walks across both
+        got, cursor = [], None
+        while page := box.pending_after(cursor, 3):
+            got += [(r.scan_id, r.seq) for r in page]
+            cursor = page[-1].cursor
+        assert got == [(sid, None) for sid in old] + [(f"new-{i:04d}", i + 1) for i in range(3)]
+        box.confirm(["old-0003", "new-0000"])
+        assert box.watermarks() == (3, 1)
+        box.confirm(["old-0000"])
+        box.add("new-0003", TOPIC, scan("new-0003"))
+        assert [r.scan_id for r in box.pending_after(rows[0].cursor, 10)] == \
+            ["old-0001", "old-0002", "new-0001", "new-0002", "new-0003"]
+    with Outbox(path, 100) as box:  # migrated once: opening again changes nothing
+        assert box.seq() == 4 and box.depth() == 5
+        assert box.get("old-0001").seq is None and box.get("new-0003").seq == 4

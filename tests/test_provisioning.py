@@ -81,8 +81,8 @@ deployments = ["hcmc"]
 host = "127.0.0.1"
 port = {self.port}
 ca = "{self.pki / 'ca.pem'}"
-cert = "{self.pki / 'fleet.pem'}"
-key = "{self.pki / 'fleet.key'}"
+cert = "{self.pki / 'clients'}/{{identity}}.pem"
+key = "{self.pki / 'clients'}/{{identity}}.key"
 batch_seconds = 0.05
 [bundles]
 signing_key = "{self.pki / 'bundle-signing.key'}"
@@ -100,6 +100,11 @@ max_failures = 5
 
     def provision(self, *args: str) -> int:
         return provision([*args, "--fleet-config", str(self.config_path)])
+
+    def files(self, name: str) -> tuple[str, str, str]:
+        """(ca, cert, key) of a fleet identity made by init / identity add."""
+        return (str(self.pki / "ca.pem"), str(self.pki / "clients" / f"{name}.pem"),
+                str(self.pki / "clients" / f"{name}.key"))
 
     def sessions(self):
         return make_sessions(self.engine)
@@ -253,7 +258,9 @@ def test_a_kiosk_speaks_only_for_itself_and_reads_only_bundles(fleet, district):
     assert kiosk_a.messages == [(messages.bundle_topic("hcmc", "trust"), b"signed")]
     assert kiosk_b.messages == [(messages.bundle_topic("hcmc", "trust"), b"signed")]
     # a will under another kiosk's id: Mosquitto checks it when it would be sent. Beside
-    # it, the same kiosk's will under its own id shows that wills do arrive here.
+    # it, the same kiosk's will under its own id shows that wills do arrive here. (Both
+    # connect as q7-a whatever id they ask for: kiosk_a leaves first.)
+    kiosk_a.close()
     sneaky = Client(fleet, *identity(a), "q7-a-2", will=(messages.presence_topic("q7-b"), b"x"))
     honest = Client(fleet, *identity(a), "q7-a-3", will=(messages.presence_topic("q7-a"), b"y"))
     for client in (sneaky, honest):
@@ -264,7 +271,7 @@ def test_a_kiosk_speaks_only_for_itself_and_reads_only_bundles(fleet, district):
                "the honest will")
     time.sleep(0.3)
     assert [m for m in watcher.messages if m[0] == messages.presence_topic("q7-b")] == []
-    for c in (watcher, kiosk_a, kiosk_b, sneaky):
+    for c in (watcher, kiosk_b, sneaky):
         c.close()
 
 
@@ -286,6 +293,148 @@ def test_no_certificate_or_another_ca_cannot_connect(fleet, district, pki):
         pass
     assert not [r for r in refused if not r.is_failure]
     assert "certificate" in fleet.broker.log().lower()
+
+
+INGEST_1 = "greengate-fleet-ingest-1"
+
+
+def test_a_certificate_cannot_take_over_another_clients_session(fleet, district):
+    """Mosquitto makes the client id the certificate's CN (use_username_as_clientid): a
+    kiosk asking for another kiosk's id, or the ingest worker's, gets its own."""
+    a, evil = enrol_bundle(fleet, "q7-a"), enrol_bundle(fleet, "q7-evil")
+    ingest = Client(fleet, *fleet.files(INGEST_1), INGEST_1)
+    ingest.client.connect("127.0.0.1", fleet.port, clean_start=False)  # a persistent session
+    ingest.client.loop_start()
+    wait_until(lambda: ingest.connacks, 5, "the ingest identity connected")
+    ingest.client.subscribe("gg/v1/kiosk/#", qos=1)
+    kiosk_a = Client(fleet, *identity(a), "q7-a")
+    assert kiosk_a.connect()
+    wait_until(lambda: ingest.subacks, 5, "suback")
+    for victim in ("q7-a", INGEST_1):
+        thief = Client(fleet, *identity(evil), victim)
+        thief.client.connect("127.0.0.1", fleet.port, clean_start=False)
+        thief.client.loop_start()
+        wait_until(lambda: thief.connacks, 5, "the thief's CONNACK")
+        assert not thief.connacks[0].is_failure  # it is let in, as itself
+        thief.client.subscribe("gg/v1/kiosk/#", qos=1)
+        wait_until(lambda: thief.subacks, 5, "the thief's suback")
+        kiosk_a.client.publish(messages.scan_topic("q7-a"), victim.encode(),
+                               qos=1).wait_for_publish(5)
+        wait_until(lambda: (messages.scan_topic("q7-a"), victim.encode()) in ingest.messages,
+                   5, "the scan at the ingest identity")
+        time.sleep(0.5)
+        thief.close()
+        assert thief.messages == []  # not the ingest's session, and no right to read scans
+        assert "as q7-evil (p5, c0" in fleet.broker.log()
+    time.sleep(0.5)
+    assert ingest.disconnects == [] and kiosk_a.disconnects == []  # never pushed off
+    assert len(ingest.connacks) == 1 and len(kiosk_a.connacks) == 1
+    assert "already connected, closing old connection" not in fleet.broker.log()
+    ingest.close()
+    kiosk_a.close()
+
+
+def test_each_identity_reads_and_writes_only_what_its_role_needs(fleet, district):
+    a, b = enrol_bundle(fleet, "q7-a"), enrol_bundle(fleet, "q7-b")
+    ingest = Client(fleet, *fleet.files(INGEST_1), INGEST_1)
+    web = Client(fleet, *fleet.files("greengate-fleet-web-1"), "greengate-fleet-web-1")
+    kiosk_a, kiosk_b = Client(fleet, *identity(a), "q7-a"), Client(fleet, *identity(b), "q7-b")
+    for c in (ingest, web, kiosk_a, kiosk_b):
+        assert c.connect()
+    ingest.client.subscribe([("gg/v1/kiosk/#", 1), ("gg/v1/bundle/#", 1)])
+    web.client.subscribe([("gg/v1/kiosk/#", 1), ("gg/v1/confirm/#", 1), ("gg/v1/bundle/#", 1)])
+    # each kiosk asks for both kiosks' confirmations: only its own may reach it
+    for k in (kiosk_a, kiosk_b):
+        k.client.subscribe([(messages.confirm_topic("q7-a"), 1),
+                            (messages.confirm_topic("q7-b"), 1), ("gg/v1/bundle/#", 1)])
+    wait_until(lambda: all(c.subacks for c in (ingest, web, kiosk_a, kiosk_b)), 5, "subacks")
+
+    def send(client, topic, payload):
+        client.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    send(kiosk_a, messages.scan_topic("q7-a"), b"scan")
+    send(ingest, messages.confirm_topic("q7-a"), b"for a")
+    send(ingest, messages.confirm_topic("q7-b"), b"for b")
+    send(kiosk_b, messages.confirm_topic("q7-a"), b"forged by b")  # kiosks cannot confirm
+    send(web, messages.confirm_topic("q7-a"), b"forged by web")  # nor can the web
+    send(ingest, messages.bundle_topic("hcmc", "trust"), b"bundle by ingest")  # refused
+    send(web, messages.bundle_topic("hcmc", "trust"), b"bundle by web")
+    wait_until(lambda: ingest.messages and len(kiosk_a.messages) == 2 and
+               len(kiosk_b.messages) == 2 and web.messages, 5, "what each may read")
+    time.sleep(0.5)
+    assert ingest.messages == [(messages.scan_topic("q7-a"), b"scan")]  # no bundle
+    assert sorted(kiosk_a.messages) == [(messages.bundle_topic("hcmc", "trust"),
+                                         b"bundle by web"),
+                                        (messages.confirm_topic("q7-a"), b"for a")]
+    assert sorted(kiosk_b.messages) == [(messages.bundle_topic("hcmc", "trust"),
+                                         b"bundle by web"),
+                                        (messages.confirm_topic("q7-b"), b"for b")]
+    # the web server reads no scan and no confirmation, only the bundles it wrote
+    assert web.messages == [(messages.bundle_topic("hcmc", "trust"), b"bundle by web")]
+    for c in (ingest, web, kiosk_a, kiosk_b):
+        c.close()
+
+
+def test_identity_add_issues_a_worker_identity_and_the_broker_learns_it(fleet, district,
+                                                                       capsys):
+    from fleet import mqtt_identity
+
+    with pytest.raises(mqtt_identity.IdentityError, match="identity add ingest 2"):
+        mqtt_identity.ingest(fleet.config, "2")
+    folder = enrol_bundle(fleet, "q7-a")
+    capsys.readouterr()
+    assert fleet.provision("identity", "add", "ingest", "2") == 0
+    out = capsys.readouterr().out
+    assert "greengate-fleet-ingest-2" in out and "ACL rewritten" in out
+    assert "user greengate-fleet-ingest-2" in (fleet.tmp / "mosquitto" /
+                                               "greengate.acl").read_text()
+    worker2 = mqtt_identity.ingest(fleet.config, "2")
+    assert worker2.cert == fleet.pki / "clients" / "greengate-fleet-ingest-2.pem"
+    time.sleep(0.5)  # the SIGHUP
+    second = Client(fleet, *fleet.files("greengate-fleet-ingest-2"), "x")
+    assert second.connect()
+    second.client.subscribe("gg/v1/kiosk/#", qos=1)
+    kiosk = Client(fleet, *identity(folder), "q7-a")
+    assert kiosk.connect()
+    wait_until(lambda: second.subacks, 5, "suback")
+    kiosk.client.publish(messages.scan_topic("q7-a"), b"s", qos=1).wait_for_publish(5)
+    wait_until(lambda: second.messages, 5, "the new worker identity reads scans")
+    assert fleet.provision("identity", "add", "web") == 0
+    assert "greengate-fleet-web-11" in capsys.readouterr().out
+    assert fleet.provision("identity", "add", "ingest", "2") == 2  # exists
+    assert fleet.provision("identity", "add", "ingest") == 2  # which worker?
+    for c in (second, kiosk):
+        c.close()
+
+
+def test_processes_of_one_host_take_distinct_web_identities(fleet, district):
+    from fleet.publisher import Publisher
+
+    first = Publisher(fleet.config, fleet.sessions(), backoff=(0.1, 0.5)).start()
+    second = Publisher(fleet.config, fleet.sessions(), backoff=(0.1, 0.5)).start()
+    try:
+        assert (first.client_id, second.client_id) == ("greengate-fleet-web-1",
+                                                       "greengate-fleet-web-2")
+        wait_until(lambda: first.stats["connects"] and second.stats["connects"], 10,
+                   "both publishers connected")
+        time.sleep(1.0)
+        assert (first.stats["connects"], second.stats["connects"]) == (1, 1)
+        assert "already connected" not in fleet.broker.log()
+    finally:
+        first.stop()
+    third = Publisher(fleet.config, fleet.sessions())  # the first one's, given back
+    assert third.client_id == "greengate-fleet-web-1"
+    third.identity.release()
+    second.stop()
+
+
+def test_enrolment_refuses_the_fleets_own_names(fleet, district, monkeypatch, capsys):
+    monkeypatch.setenv("GREENGATE_MQTT_CLIENT_ID", "hcmc-fleet")
+    capsys.readouterr()
+    assert fleet.provision("enrol", "hcmc-fleet-ingest-1", "--token") == 2
+    assert "fleet's own MQTT identities" in capsys.readouterr().err
+    assert fleet.provision("enrol", "HCMC-Fleet-web-1", "--token") == 2
+    assert fleet.provision("enrol", "hcmc-a", "--token") == 0
 
 
 # --- retire --------------------------------------------------------------------------------
@@ -321,6 +470,40 @@ def test_retired_kiosk_is_cut_off_and_cannot_reconnect(fleet, district, capsys):
     assert [e.serial_number for e in crl] == [int(cert.serial, 16)]
     assert fleet.provision("retire", "nobody") == 2
     assert "no kiosk 'nobody'" in capsys.readouterr().err
+
+
+def test_retire_without_a_broker_reload_warns_and_fails(fleet, district, capsys):
+    folder = enrol_bundle(fleet, "q7-a")
+    hup = f"kill -HUP {fleet.broker.proc.pid}"
+    fleet.write_config("")
+    kiosk = Client(fleet, *identity(folder), "q7-a", reconnect=True)
+    assert kiosk.connect()
+    capsys.readouterr()
+    assert fleet.provision("retire", "q7-a") == 1
+    done = capsys.readouterr()
+    assert "1 certificate(s) revoked" in done.out
+    assert "WARNING: the broker has NOT re-read the CRL" in done.err
+    assert "[pki] broker_reload is empty" in done.err
+    assert "systemctl reload mosquitto" in done.err and "greengate-provision retire q7-a" \
+        in done.err
+    assert "ended" not in done.out  # no claim that it is cut off...
+    time.sleep(0.5)
+    assert kiosk.disconnects == []  # ...and it is not: the broker never heard of it
+    with fleet.sessions()() as s:
+        assert s.get(Kiosk, "q7-a").state == RETIRED
+    # a reload command that fails is the same
+    fleet.write_config("false")
+    assert fleet.provision("retire", "q7-a") == 1
+    assert "exited with 1" in capsys.readouterr().err
+    assert fleet.provision("crl") == 1
+    assert "greengate-provision crl" in capsys.readouterr().err
+    # told what to do, the admin does it: then the session ends and stays ended
+    fleet.write_config(hup)
+    assert fleet.provision("retire", "q7-a") == 0
+    wait_until(lambda: kiosk.disconnects, 5, "the live session ended")
+    time.sleep(1.5)
+    assert len(kiosk.connacks) == 1
+    kiosk.close()
 
 
 # --- enrolment: bundle, then token over HTTPS ---------------------------------------------

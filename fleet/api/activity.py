@@ -24,7 +24,8 @@ from .common import (CODE, CODE_RULE, caller, choice_arg, district_by_code, hour
                      int_arg, iso, keyset_page, location_by_code, now, page_args, pattern_arg,
                      scope, time_range)
 from .fleet_objects import (CONNECTED, KIOSK_ID, KIOSK_RULE, _kiosk_select, _scoped_kiosks,
-                            current_versions, kiosk_json)
+                            current_versions, kiosk_json,
+                            quarantined_counts)
 from ..app import db
 
 HEX = re.compile(r"^[0-9a-f]{1,64}$")
@@ -226,8 +227,10 @@ def silent_kiosks(session, at: float, minutes: float, district_id: int | None = 
         silent = silent.limit(limit)
     versions = current_versions(session)
     items = []
-    for k, loc, d, last in session.execute(silent).all():
-        item = kiosk_json(k, loc, d, versions, at)
+    rows = session.execute(silent).all()
+    counts = quarantined_counts(session, [k.id for k, _, _, _ in rows])
+    for k, loc, d, last in rows:
+        item = kiosk_json(k, loc, d, versions, at, counts.get(k.id, 0))
         item["last_scan"] = iso(last)
         item["silent_seconds"] = None if last is None else round(at - last, 1)
         items.append(item)

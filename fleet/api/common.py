@@ -43,10 +43,15 @@ def now() -> float:
 
 # --- time in and out ---------------------------------------------------------------
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds -> '2021-10-05T08:00:00.123Z' (None stays None)."""
-    if ts is None:
+    """Epoch seconds -> '2021-10-05T08:00:00.123Z'. None, and anything that is no time
+    (a kiosk's 1e300, NaN or infinity stored before the ingest checked them, years
+    outside 1..9999), is None: a stored value never makes an answer fail."""
+    if ts is None or isinstance(ts, bool) or not isinstance(ts, (int, float)):
         return None
-    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    try:
+        text = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError, OSError):
+        return None
     return text.replace("+00:00", "Z")
 
 

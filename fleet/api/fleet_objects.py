@@ -13,7 +13,7 @@ from flask import g, jsonify, request
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from .. import audit, kiosks
+from .. import audit, kiosks, quarantine
 from ..app import current_fleet, db
 from ..auth import require
 from ..models import (ADMIN, DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, OPERATOR, RETIRED, STATES,
@@ -72,7 +72,9 @@ def _number(value):
 
 
 def kiosk_json(k: Kiosk, loc: Location | None, district: District | None, versions: dict,
-               at: float) -> dict:
+               at: float, quarantined: int = 0) -> dict:
+    """A kiosk object. quarantined: its messages in the quarantine table (the caller
+    counts them for a whole page at once: quarantined_counts)."""
     hb = k.heartbeat if isinstance(k.heartbeat, dict) else {}
     applied_raw = hb.get("bundles") if isinstance(hb.get("bundles"), dict) else {}
     current = versions.get(k.deployment, {})
@@ -116,7 +118,22 @@ def kiosk_json(k: Kiosk, loc: Location | None, district: District | None, versio
         "cpu_temp": _number(hb.get("cpu_temp")),
         "uptime": _number(hb.get("uptime")),
         "heartbeat_ts": iso(_number(hb.get("ts"))),
+        # decisions the kiosk says the fleet confirmed that the fleet does not hold
+        # (fleet/gaps.py): seq_missing > 0 is data lost for good
+        "gap": {"seq_reported": k.seq_reported, "seq_checked": k.seq_checked or 0,
+                "seq_missing": k.seq_missing or 0},
+        "quarantined": quarantined,
     }
+
+
+def quarantined_counts(session, ids) -> dict[str, int]:
+    """Quarantined messages per kiosk of `ids` (one grouped query for a page of kiosks)."""
+    ids = set(ids)
+    if not ids:
+        return {}
+    # a long IN list costs more than the grouped index scan of the whole (small) table
+    counts = quarantine.count_by_kiosk(session, ids if len(ids) <= 500 else None)
+    return {k: n for k, n in counts.items() if k in ids}
 
 
 def _kiosk_select():
@@ -369,7 +386,9 @@ def find_kiosks(session, at: float, *, district: str | None = None, location: st
     if limit is not None and behind is None:
         stmt = stmt.limit(limit).offset(offset)
     versions = current_versions(session)
-    items = [kiosk_json(k, loc, d, versions, at) for k, loc, d in session.execute(stmt).all()]
+    rows = session.execute(stmt).all()
+    counts = quarantined_counts(session, [k.id for k, _, _ in rows])
+    items = [kiosk_json(k, loc, d, versions, at, counts.get(k.id, 0)) for k, loc, d in rows]
     if behind is not None:  # computed from the versions: filtered here, then paged
         items = [i for i in items if (i["bundles"]["behind_total"] > 0 or bool(i["bundles"]["missing"]))
                  == behind]
@@ -390,7 +409,8 @@ def kiosk_detail(session, kiosk_id: str, at: float, *, events: int = 50,
     """GET /kiosks/<id>'s object (also the dashboard's kiosk page): a kiosk outside the
     caller's scope is ApiError 404, as if it did not exist."""
     k, loc, d = _get_kiosk(session, kiosk_id)
-    out = kiosk_json(k, loc, d, current_versions(session), at)
+    out = kiosk_json(k, loc, d, current_versions(session), at,
+                     quarantined_counts(session, [k.id]).get(k.id, 0))
     rows = session.scalars(select(PresenceEvent).where(PresenceEvent.kiosk_id == k.id)
                            .order_by(PresenceEvent.at.desc(), PresenceEvent.id.desc())
                            .limit(events)).all()
@@ -455,7 +475,8 @@ def create_kiosk():
 
 def _kiosk_response(session, kiosk_id: str, at: float) -> dict:
     k, loc, d = _get_kiosk(session, kiosk_id)
-    return kiosk_json(k, loc, d, current_versions(session), at)
+    return kiosk_json(k, loc, d, current_versions(session), at,
+                      quarantined_counts(session, [k.id]).get(k.id, 0))
 
 
 @bp.patch("/kiosks/<kiosk_id>")

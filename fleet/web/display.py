@@ -5,6 +5,7 @@ and the API never disagree about the fleet or about who may see what."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -43,29 +44,42 @@ REASON_LABELS = {
 
 
 def _epoch(value) -> float | None:
-    """Epoch seconds from the API's ISO strings (or numbers); None stays None."""
-    if value is None or value == "":
+    """Epoch seconds from the API's ISO strings (or numbers); None, and anything that is
+    not a time, is None."""
+    if value is None or value == "" or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        return float(value) if math.isfinite(value) else None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError):
+        return None
 
 
 @bp.app_template_filter("localtime")
 def localtime(value, fmt: str = "%d/%m %H:%M") -> str:
+    """Vietnam time; "—" for no time, and for a stored value that is none (a kiosk's ts
+    of 1e300 kept before the ingest checked them must not make a page fail)."""
     ts = _epoch(value)
     if ts is None:
         return "—"
-    return datetime.fromtimestamp(ts, timezone.utc).astimezone(LOCAL_TZ).strftime(fmt)
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).astimezone(LOCAL_TZ).strftime(fmt)
+    except (OverflowError, ValueError, OSError):
+        return "—"
 
 
 @bp.app_template_filter("duration")
 def duration(seconds) -> str:
     """Whole minutes at most: the home page's live fragment then changes (and its ETag
     with it) once a minute, not on every poll."""
-    if seconds is None:
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError, OverflowError):
         return "—"
-    minutes = int(max(0.0, float(seconds)) // 60)
+    if not math.isfinite(seconds):
+        return "—"
+    minutes = int(max(0.0, seconds) // 60)
     if minutes < 1:
         return _("under a minute")
     days, rest = divmod(minutes, 24 * 60)

@@ -1,22 +1,26 @@
 """The kiosk list (/kiosks: filters by district, location, state, silent; search by id)
 and one kiosk's page (/kiosks/<id>: presence timeline, decisions by reason, config,
-bundles, last heartbeat). Both in the caller's scope, through the API's own query
-functions: another district's kiosk is a 404, as GET /api/v1/kiosks/<id> answers."""
+bundles, last heartbeat, missing decisions (gaps), quarantined messages). Both in the
+caller's scope, through the API's own query functions: another district's kiosk is a
+404, as GET /api/v1/kiosks/<id> answers."""
 
 from __future__ import annotations
 
 from flask import render_template, request
 from sqlalchemy import func, select
 
+from .. import quarantine
 from ..api import ApiError
-from ..api.activity import scan_where, silent_kiosks
-from ..api.common import CODE, now, scope
+from ..api.activity import TRACERS, scan_where, silent_kiosks
+from ..api.common import CODE, caller, now, scope
 from ..api.fleet_objects import KIOSK_ID, find_kiosks, kiosk_detail
+from ..api.quarantined import READERS as QUARANTINE_READERS
 from ..app import current_fleet, db
 from ..models import STATES, District, Location, Scan, ScanSummary
 from . import bp, display, page  # noqa: F401  (display registers the filters)
 
 RANGES = {"24h": 24, "7d": 7 * 24}  # the decision counts' windows, in hours
+QUARANTINE_SHOWN = 20  # the newest; GET /api/v1/quarantine?kiosk= pages through all
 
 
 def _code(name: str) -> str | None:
@@ -95,10 +99,20 @@ def kiosk_page(kiosk_id):
     if not KIOSK_ID.match(kiosk_id):
         raise ApiError(404, f"no kiosk {kiosk_id!r}")
     kiosk = kiosk_detail(session, kiosk_id, at, events=50, outages=20)  # 404 out of scope
+    role = caller().role
+    held = []
+    if role in QUARANTINE_READERS:  # as GET /api/v1/quarantine; pseudonyms for tracers only
+        for row in quarantine.recent(session, kiosk_id, QUARANTINE_SHOWN):
+            raw = row["raw"]
+            if role not in TRACERS:
+                raw = quarantine.mask_pseudonyms(raw, truncated=row["size"] > len(raw))
+            held.append(dict(row, preview=quarantine.preview(raw)))
     window = request.args.get("range") if request.args.get("range") in RANGES else "24h"
     rows = decisions(session, kiosk_id, at - RANGES[window] * 3600, at)
     total = sum(r["count"] for r in rows)
     green = sum(r["count"] for r in rows if r["decision"] == "green")
     return render_template("kiosk.html", k=kiosk, decisions=rows, total=total, green=green,
                            red=sum(r["count"] for r in rows if r["decision"] == "red"),
-                           window=window, ranges=RANGES, at=at)
+                           window=window, ranges=RANGES, at=at, quarantined=held,
+                           quarantine_shown=QUARANTINE_SHOWN,
+                           quarantine_readable=role in QUARANTINE_READERS)

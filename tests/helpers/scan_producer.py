@@ -7,9 +7,11 @@ steady rate while a Reporter publishes them, the way the kiosk loop does.
 
 Every scan id whose Outbox.add() returned is appended to --log and fsynced
 before the next scan, so a test that SIGKILLs this process knows which scans
-the outbox promised to deliver. --then drain: after the last scan, wait until
-the outbox is empty, stop the reporter gracefully and exit 0. --then hold: keep
-running (with the reporter connected) until killed.
+the outbox promised to deliver. Each scan carries the seq the outbox gave it.
+--then drain: after the last scan, wait until the fleet (or the test's
+tests/helpers/confirmer.py) has confirmed every row, stop the reporter
+gracefully and exit 0. --then hold: keep running (with the reporter connected)
+until killed.
 """
 
 import argparse
@@ -49,6 +51,7 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=0)
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--replay-rate", type=float, default=200.0)
+    ap.add_argument("--confirm-timeout", type=float, default=30.0)
     ap.add_argument("--then", choices=("drain", "hold"), default="drain")
     ap.add_argument("--timeout", type=float, default=40.0)
     ap.add_argument("--keepalive", type=int, default=10,
@@ -63,17 +66,22 @@ def main() -> int:
     reporter = Reporter(outbox, args.kiosk, args.host, args.port, tls=tls,
                         keepalive=args.keepalive,
                         replay_rate=args.replay_rate, session_source=PrintingCounter(args.session_file),
-                        backoff=(0.25, 1.0))
+                        backoff=(0.25, 1.0), confirm_timeout=args.confirm_timeout)
     reporter.start()
     topic = messages.scan_topic(args.kiosk)
     log_fd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     start = time.monotonic()
     for i in range(args.count):
         scan_id = f"{args.prefix}-{i:06d}"
-        payload = messages.encode(messages.scan(
-            scan_id=scan_id, kiosk=args.kiosk, ts=time.time(), decision="green", reason="ok",
-            sub_reason=None, cert_type="v", cert_hash=None, holder=None, policy="hcmc-2021"))
-        outbox.add(scan_id, topic, payload)
+        now = time.time()
+
+        def build(seq, scan_id=scan_id, now=now):
+            return messages.encode(messages.scan(
+                scan_id=scan_id, kiosk=args.kiosk, ts=now, decision="green", reason="ok",
+                sub_reason=None, cert_type="v", cert_hash=None, holder=None,
+                policy="hcmc-2021", seq=seq))
+
+        outbox.add(scan_id, topic, build)
         os.write(log_fd, (scan_id + "\n").encode())
         os.fsync(log_fd)
         reporter.notify(scan_id)
@@ -87,7 +95,7 @@ def main() -> int:
         while time.monotonic() < deadline:
             time.sleep(0.1)
         return 3
-    while outbox.depth() and time.monotonic() < deadline:
+    while (outbox.depth() or outbox.summaries()) and time.monotonic() < deadline:
         time.sleep(0.05)
     depth = outbox.depth()
     reporter.stop()
