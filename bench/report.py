@@ -158,8 +158,8 @@ INGEST_ROW = re.compile(r"^(\S.*?)\s{2,}([\d,]+)\s+([\d,]+)(?:\s+([\d,]+|-))?\s+
 INGEST_PACED = re.compile(r"^\s*([\d,]+)\s+([\d,]+)\s+(yes|NO)\s+([\d,]+)\s+([\d,]+)\s+"
                           r"([\d.]+|-)\s+([\d.]+|-)\s+([\d.]+|-)\s+(\d+)\s+(\d+)\s+([\d.]+)$",
                           re.M)
-INGEST_COST = re.compile(r"cost of confirming, this run \(([^)]*)\): live ([+\-\d.]+%), "
-                         r"drain ([+\-\d.]+%)")
+INGEST_COST = re.compile(r"one SQLite worker, this run, rate with confirms (\w+) vs off: "
+                         r"live ([+\-\d.]+%), drain ([+\-\d.]+%)")
 INGEST_DELETE = re.compile(r"^kiosk side, measured apart.*?: (Outbox\.confirm of \d+ id\(s\)).*?"
                            r"(p50 [\d.]+ ms, p95 [\d.]+ ms)", re.M)
 
@@ -177,8 +177,8 @@ def figures_ingest(out: str) -> list[tuple[str, str]]:
             out_rows.append((f"ingest {r[0]}", f"live {r[1]}/s ({r[6]} % of bare), drain "
                              f"{r[4]}/s ({r[7]} % of bare){confirmed}"))
     for cost in INGEST_COST.finditer(out):
-        out_rows.append((f"ingest: cost of confirming ({cost.group(1)})",
-                         f"live {cost.group(2)}, drain {cost.group(3)}"))
+        out_rows.append((f"ingest: one SQLite worker, rate with confirms {cost.group(1)} vs "
+                         f"off (same run)", f"live {cost.group(2)}, drain {cost.group(3)}"))
     for (offered, published, reached, committed, n, p50, p95, mx, missing, dup,
          ids) in INGEST_PACED.findall(out):
         out_rows.append((f"confirmation latency, {offered}/s offered (one SQLite worker)",

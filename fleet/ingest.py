@@ -139,9 +139,25 @@ def row_problem(exc: BaseException) -> bool:
 
 def _detail(exc: BaseException) -> str:
     """A bounded, printable sentence about a database error (never a repr of a row)."""
-    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else ""
-    text = "".join(c if c.isprintable() else "?" for c in text[:300])
+    try:
+        text = str(getattr(exc, "orig", None) or exc)
+    except Exception:  # a driver's exception whose text cannot be built
+        text = ""
+    text = "".join(c if c.isprintable() else "?" for c in text[:300].split("\n", 1)[0])
     return f"the database refused the row: {exc.__class__.__name__}: {text}"
+
+
+# The fields of a heartbeat / presence message the fleet knows (greengate/messages.py).
+# Only these reach the tracker, which keeps the last heartbeat in the kiosk's row: a
+# parser passes other keys through unchecked (a structure ~900 levels deep fits in a
+# message), and nothing stored may make a page fail to render it.
+HEARTBEAT_FIELDS = ("v", "kiosk", "session", "ts", "uptime", "bundles", "outbox", "clock",
+                    "lists", "cpu_temp", "overflow", "seq", "confirmed")
+PRESENCE_FIELDS = ("v", "kiosk", "session", "state", "cause")
+
+
+def _known(doc: dict, fields: tuple) -> dict:
+    return {name: doc[name] for name in fields if name in doc}
 
 
 class IngestWorker:
@@ -515,12 +531,13 @@ class IngestWorker:
                 elif self.tracker is None:
                     continue  # left over in a session that tracked presence before
                 elif kind == "heartbeat":
-                    self._presence_event(kind, kiosk, messages.parse_heartbeat(payload, kiosk),
-                                         wall, retain)
+                    doc = messages.parse_heartbeat(payload, kiosk)
+                    self._presence_event(kind, kiosk, _known(doc, HEARTBEAT_FIELDS), wall,
+                                         retain)
                 elif kind == "presence":
                     if payload:  # an empty retained message clears the topic
-                        self._presence_event(kind, kiosk,
-                                             messages.parse_presence(payload, kiosk), wall,
+                        doc = messages.parse_presence(payload, kiosk)
+                        self._presence_event(kind, kiosk, _known(doc, PRESENCE_FIELDS), wall,
                                              retain)
                 else:
                     raise messages.MessageError(f"unknown message kind {kind[:40]!r}")
@@ -542,12 +559,13 @@ class IngestWorker:
         self.metrics.batch_size.observe(len(acks))
 
     def _window(self, ts: float, wall: float) -> messages.MessageError:
+        """The refusal of a kiosk time outside [ingest] max_age_days / max_ahead_hours."""
         if ts > wall:
             return messages.MessageError(
-                f"field 'ts' is {(ts - wall) / 3600:.1f} h ahead of the fleet's clock (at most "
+                f"kiosk time {(ts - wall) / 3600:.1f} h ahead of the fleet's clock (at most "
                 f"{self.max_ahead / 3600:g} h)")
         return messages.MessageError(
-            f"field 'ts' is {(wall - ts) / 86400:.1f} days old: older than the fleet's window "
+            f"kiosk time {(wall - ts) / 86400:.1f} days old: older than the fleet's window "
             f"({self.max_age / 86400:g} days)")
 
     @staticmethod

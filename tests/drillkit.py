@@ -88,7 +88,8 @@ class KioskProc:
     """One `greengate-kiosk run` process, scanner source on a FIFO the test writes into."""
 
     def __init__(self, tmp: Path, broker, fleet_pem: bytes, kid: str, *, heartbeat=1.0,
-                 budget_hours: float = 72.0, identity: str | None = None):
+                 budget_hours: float = 72.0, identity: str | None = None,
+                 confirm_timeout: float = 30.0):
         self.tmp = tmp / kid
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.kid = kid
@@ -125,6 +126,7 @@ cert = "{tls.cert}"
 key = "{tls.key}"
 heartbeat = {heartbeat}
 keepalive = 5
+confirm_timeout = {confirm_timeout}
 
 [bundles]
 fleet_key = "fleet.pem"

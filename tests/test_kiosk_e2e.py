@@ -152,7 +152,12 @@ pseudonym_key = "{PSEUDONYM_KEY}"
 
 @pytest.fixture
 def site(tmp_path, broker, es256):
-    return Site(tmp_path, broker, es256)
+    # The fleet's part in delivery: scans leave a kiosk's outbox only when confirmed
+    # (docs/protocol.md#delivery-guarantees); the confirmer stands in for the ingest.
+    from tests.helpers.confirmer import Confirmer
+    fleet = Confirmer(broker).start()
+    yield Site(tmp_path, broker, es256)
+    fleet.close()
 
 
 def scans(msgs) -> list[dict]:

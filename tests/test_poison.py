@@ -9,6 +9,7 @@ through `fleet_config`); confirmations are read by a plain MQTT client.
 
 import json
 import signal
+import sqlite3
 import time
 from argparse import Namespace
 
@@ -17,7 +18,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
 
 from fleet import ingest, kiosks as fleet_kiosks
-from fleet.ingest import IngestWorker, row_problem
+from fleet.ingest import IngestWorker, _detail, row_problem
 from fleet.models import Kiosk
 from greengate import messages
 from tests.ingestkit import (Confirmations, KioskClient, Workers, ingest_config, quarantined,
@@ -234,6 +235,12 @@ def test_row_problems_are_told_from_the_database_being_down():
     assert not row_problem(OperationalError("INSERT", {}, orig))  # down, locked: retried
     assert not row_problem(ProgrammingError("INSERT", {}, orig))  # a missing table: retried
     assert not row_problem(RuntimeError("a bug"))  # a bug: the worker exits non-zero
+    # the quarantine's sentence about it: one printable line, whatever the driver says
+    for orig in (sqlite3.IntegrityError(""), sqlite3.IntegrityError("first\nsecond\x00"),
+                 sqlite3.IntegrityError("x" * 5000)):
+        detail = _detail(IntegrityError("INSERT", {}, orig))
+        assert detail.startswith("the database refused the row: IntegrityError: ")
+        assert detail.isprintable() and len(detail) < 400 and "second" not in detail
 
 
 # --- confirmations ---------------------------------------------------------------------------
@@ -370,3 +377,43 @@ def test_one_batch_from_many_kiosks_confirms_each_of_them(fleet_config, broker, 
     assert worker._gen == generation and worker.connected  # noqa: SLF001 - never dropped
     assert worker.metrics.value("greengate_ingest_acks_dropped_total") == 0
     assert worker.metrics.value("greengate_ingest_confirmations_total") == 250
+
+
+def test_confirmations_of_many_small_batches_are_sent_together(fleet_config, broker, workers,
+                                                               kiosks, confirms):
+    """A kiosk's ids wait up to [ingest] confirm_seconds for each other: 24 batches of 5
+    give a handful of confirmations, not 24 (a publish costs the worker as much as
+    storing a few scans); the last one still comes within about confirm_seconds."""
+    config = ingest_config(fleet_config, broker, ingest={"max_age_days": 400.0,
+                                                         "confirm_seconds": 0.5},
+                           mqtt_options={"batch_size": 5, "batch_seconds": 0.01})
+    worker = workers.start(config, presence=False)
+    ids = [f"small-{i:04d}" for i in range(120)]
+    kiosks("k1").publish_many([(messages.scan_topic("k1"), good("k1", sid)) for sid in ids])
+    stored_at = time.monotonic()
+    wait_for(lambda: stored(worker) == 120, 20, "stored")
+    wait_for(lambda: len(confirms.ids("k1")) == 120, 10, "confirmed")
+    assert time.monotonic() - stored_at < 5.0
+    assert sorted(confirms.ids("k1")) == ids
+    assert worker.stats["batches"] >= 20  # small batches indeed
+    assert len([1 for k, _ in confirms.received if k == "k1"]) <= 6
+
+
+def test_a_heartbeat_keeps_only_the_fields_the_fleet_knows(config, fleet_db, workers, kiosks):
+    """Parsers pass unknown keys through unchecked; a structure 900 deep fits in a
+    heartbeat. The tracker keeps the last heartbeat in the kiosk's row, which pages
+    render: only the known fields get there."""
+    workers.start(config, seen_flush=0.2)
+    beat = messages.heartbeat(kiosk="k1", session=1, ts=time.time(), uptime=5.0,
+                              bundles={"trust": 1}, outbox=3, clock="synced", lists="fresh",
+                              cpu_temp=None, seq=7, confirmed=4)
+    payload = messages.encode(beat)[:-1] + b',"x":' + b"[" * 900 + b"]" * 900 + b"}"
+    assert messages.parse_heartbeat(payload, "k1")["x"]  # the parser lets it through
+    kiosks("k1").publish(messages.heartbeat_topic("k1"), payload)
+
+    def stored_beat():
+        with fleet_db() as s:
+            row = s.get(Kiosk, "k1")
+            return row.heartbeat if row is not None else None
+    wait_for(lambda: stored_beat() is not None, 15, "the heartbeat stored")
+    assert stored_beat() == json.loads(messages.encode(beat))

@@ -673,14 +673,18 @@ def test_enrolled_kiosks_scans_reach_the_ingest(fleet, district, tmp_path):
                             backoff=(0.2, 1.0))
         reporter.start()
         try:
-            doc = scan("q7-a", "scan-0001")
-            outbox.add("scan-0001", messages.scan_topic("q7-a"), messages.encode(doc))
+            outbox.add("scan-0001", messages.scan_topic("q7-a"),
+                       lambda seq: messages.encode(scan("q7-a", "scan-0001", ts=time.time(),
+                                                        seq=seq)))
             reporter.notify("scan-0001")
             wait_until(lambda: worker.metrics.value("greengate_ingest_stored_total",
                                                     kind="scan") == 1, 15, "the scan stored")
+            # the fleet's confirmation comes back through the generated ACL (only q7-a
+            # may read gg/v1/confirm/q7-a) and empties the kiosk's outbox
+            wait_until(lambda: outbox.depth() == 0, 15, "the confirmation at the kiosk")
             with fleet.sessions()() as s:
                 stored = s.scalars(select(Scan)).one()
-                assert (stored.kiosk_id, stored.scan_id) == ("q7-a", "scan-0001")
+                assert (stored.kiosk_id, stored.scan_id, stored.seq) == ("q7-a", "scan-0001", 1)
                 assert stored.location_id is not None  # the enrolment's location
                 wait_until(lambda: s.get(Kiosk, "q7-a", populate_existing=True).state ==
                            "online", 10, "online")
