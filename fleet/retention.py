@@ -7,6 +7,10 @@ nobody may keep that.
 Rows go in chunks, each its own short transaction, so the ingest worker sharing a
 SQLite file waits at most one chunk, never the whole purge. Age is the kiosk's
 decision time (`ts`), the moment the person stood there.
+
+Quarantined messages (fleet/quarantine.py) go by the same rule, aged by when the fleet
+received them: their first bytes may hold a pseudonym too, and a hostile kiosk must not
+be able to grow the table without end.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from sqlalchemy import delete, select
 
 from . import audit
-from .models import Scan, ScanSummary
+from .models import QuarantinedMessage, Scan, ScanSummary
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +50,21 @@ def _purge_table(sessions, table, id_column, where, chunk: int) -> int:
 
 def purge(sessions, before: float, *, actor: str = "system", chunk: int = CHUNK) -> dict:
     """Delete scans decided before `before` (epoch seconds) and summaries of hours that
-    ended before it; audited with the counts. Returns {"scans": n, "summaries": m}."""
+    ended before it, and quarantined messages received before it; audited with the counts.
+    Returns {"scans": n, "summaries": m, "quarantined": q}."""
     scans = _purge_table(sessions, Scan, Scan.id, Scan.ts < before, chunk)
     # a summary's hour (epoch seconds of its start) goes once all of it is older
     summaries = _purge_table(sessions, ScanSummary, ScanSummary.id,
                              ScanSummary.hour + 3600 <= before, chunk)
-    counts = {"scans": scans, "summaries": summaries}
-    if scans or summaries:
+    quarantined = _purge_table(sessions, QuarantinedMessage, QuarantinedMessage.id,
+                               QuarantinedMessage.received < before, chunk)
+    counts = {"scans": scans, "summaries": summaries, "quarantined": quarantined}
+    if scans or summaries or quarantined:
         with sessions() as session:
             audit.record(session, actor, "scans.purge", "", before=before, **counts)
             session.commit()
-        log.info("purged %d scan(s) and %d summary row(s) decided before %s", scans, summaries,
+        log.info("purged %d scan(s), %d summary row(s) and %d quarantined message(s) from "
+                 "before %s", scans, summaries, quarantined,
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(before)))
     return counts
 
@@ -75,6 +83,6 @@ def run(config, args) -> int:
     finally:
         engine.dispose()
     days = config.fleet.retention_days if args.days is None else args.days
-    print(f"purged {counts['scans']} scan(s) and {counts['summaries']} summary row(s) "
-          f"older than {days:g} days")
+    print(f"purged {counts['scans']} scan(s), {counts['summaries']} summary row(s) and "
+          f"{counts['quarantined']} quarantined message(s) older than {days:g} days")
     return 0

@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 
 from fleet import retention
 from fleet.cli import main
-from fleet.models import AuditLog, Kiosk, Scan, ScanSummary
+from fleet import quarantine
+from fleet.models import AuditLog, Kiosk, QuarantinedMessage, Scan, ScanSummary
 from tests.fleetdata import scan
 
 DAY = 86400.0
@@ -32,17 +33,22 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff(fleet_db):
                     state_since=0, detail="", session=1))
         s.add_all([scan(i, "k1", None, None, before - 1000 + i * 100) for i in range(20)])
         s.add_all([summary(1, before - 7200), summary(2, before - 3600), summary(3, before)])
+        s.add_all([QuarantinedMessage(**quarantine.row(received=before + offset, kiosk="k1",
+                                                       topic="gg/v1/kiosk/k1/scan", kind="scan",
+                                                       reason="not_json", raw=b"{"))
+                   for offset in (-5000, -1, 0, 10)])
         s.commit()
     counts = retention.purge(fleet_db, before, chunk=3)  # chunks: several rounds
-    assert counts == {"scans": 10, "summaries": 2}
+    assert counts == {"scans": 10, "summaries": 2, "quarantined": 2}
     with fleet_db() as s:
         assert min(s.scalars(select(Scan.ts))) == before  # not older: kept
         assert s.scalars(select(ScanSummary.summary_id)).all() == ["sum3"]  # hour not over
         (entry,) = s.scalars(select(AuditLog).where(AuditLog.action == "scans.purge")).all()
-        assert entry.detail == {"before": before, "scans": 10, "summaries": 2}
+        assert entry.detail == {"before": before, "scans": 10, "summaries": 2, "quarantined": 2}
+        assert sorted(s.scalars(select(QuarantinedMessage.received))) == [before, before + 10]
     assert count(fleet_db, Kiosk) == 1
     # again: nothing left to do, nothing audited
-    assert retention.purge(fleet_db, before) == {"scans": 0, "summaries": 0}
+    assert retention.purge(fleet_db, before) == {"scans": 0, "summaries": 0, "quarantined": 0}
     assert count(fleet_db, AuditLog) == 1
 
 
@@ -56,8 +62,8 @@ def test_cli_purges_by_the_configured_retention(fleet_config, fleet_db, monkeypa
     monkeypatch.setenv("GREENGATE_FLEET_DATABASE_URL", fleet_config.database_url)
     monkeypatch.setenv("GREENGATE_FLEET_DATA_DIR", str(fleet_config.data_dir))
     assert main(["scans", "purge"]) == 0
-    assert capsys.readouterr().out.strip() == "purged 1 scan(s) and 0 summary row(s) older " \
-                                              "than 21 days"
+    assert capsys.readouterr().out.strip() == ("purged 1 scan(s), 0 summary row(s) and 0 "
+                                               "quarantined message(s) older than 21 days")
     assert main(["scans", "purge", "--days", "7"]) == 0
     assert "purged 1 scan(s)" in capsys.readouterr().out
     with fleet_db() as s:
