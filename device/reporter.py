@@ -720,6 +720,8 @@ class Reporter:
             sent.append(scan_id)
         if sent:
             self.outbox.attempted(sent)
+            # the sign of a broker that acknowledged and then lost them (or a slow fleet)
+            log.info("sent %d row(s) again: no confirmation within %.0f s", len(sent), wait)
         if not self._awaiting or len(conn.inflight) >= self.window:
             return None  # nothing waits, or a PUBACK (which wakes the loop) comes first
         return next(iter(self._awaiting.values())) + wait

@@ -105,6 +105,10 @@ def test_drill_every_decision_stored_once_through_broker_and_ingest_faults(drill
         assert len(rows) == len(set(rows)) == sum(len(v) for v in decided.values())
         assert all(len(v) >= 60 for v in decided.values()), {k: len(v) for k, v in
                                                              decided.items()}
+        # the drill did what it is for: the broker acknowledged scans and lost them (step
+        # 1), and only the kiosks' re-sends of unconfirmed rows brought them to the fleet
+        assert any("row(s) again: no confirmation" in k.log() for k in (k2, k3)), \
+            k2.log()[-3000:]
         for k in kiosks:
             assert k.stop() == 0, k.log()[-3000:]
     finally:
