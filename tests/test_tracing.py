@@ -53,8 +53,9 @@ def kiosk_reports(store, kiosk, qr, at, verifier):
                             cert_hash=decision.cert_hash,
                             holder=Pseudonymiser(PSEUDONYM_KEY)(decision.holder),
                             policy="hcmc-2021")
-    doc = messages.parse_scan(messages.encode(message), kiosk)
-    assert store.write([(kiosk, doc)], []).scans == 1
+    raw = messages.encode(message)
+    doc = messages.parse_scan(raw, kiosk)
+    assert store.write([(kiosk, doc, raw)], []).scans == 1
     return doc
 
 
