@@ -83,6 +83,7 @@ import cProfile
 import logging
 import math
 import multiprocessing as mp
+import os
 import pstats
 import shlex
 import shutil
@@ -110,6 +111,9 @@ BEFORE_BARE = {"live": 11_726, "drain": 19_737}  # bare paho in that same run
 BEFORE_COMMIT = "6034437"
 WITHIN = 0.15
 REACHED = 0.97  # the publishers "reached" an offered rate if they published this share
+# the worker kept up with an offered rate if its last commit came this soon (s) after
+# the last publish: a batch's wait (batch_seconds) and commit, not a backlog
+KEPT_UP = 1.0
 SETTLE = 0.2  # s a publisher keeps listening after its last confirmation (duplicates)
 # the worker's method that hands a batch's committed ids to the confirming: replaced by
 # nothing for the "confirms off" row (the first that exists; the name has changed before)
@@ -198,6 +202,7 @@ def _publisher(index: int, count: int, port: int, kiosks: int, confirm: bool,
     ready.put(index)
     go.wait()
     first = time.monotonic()
+    cpu_start = sum(os.times()[:2])  # user + system, every thread of this publisher
     lag = 0.0  # how far the publisher fell behind its schedule, at worst
     info = None
     publish, clock = client.publish, time.monotonic
@@ -228,7 +233,8 @@ def _publisher(index: int, count: int, port: int, kiosks: int, confirm: bool,
             time.sleep(0.005)
         time.sleep(SETTLE)
         latency = array.array("d", (got[i] - sent[i] for i in range(count) if got[i]))
-        confirmed.put((index, {k: v for k, v in tally.items()}, count, latency.tobytes()))
+        cpu = sum(os.times()[:2]) - cpu_start
+        confirmed.put((index, {**tally, "cpu": cpu}, count, latency.tobytes()))
     client.disconnect()
     client.loop_stop()
 
@@ -243,6 +249,7 @@ class Confirmations:
     bad: int = 0
     messages: int = 0
     last: float = 0.0  # monotonic time of the last new confirmation
+    cpu: float = 0.0  # CPU seconds the publishers used, in all
     latency: list = field(default_factory=list)  # seconds, sorted
 
     @property
@@ -254,6 +261,7 @@ class Confirmations:
         for k in ("confirmed", "duplicate", "unknown", "bad", "messages"):
             setattr(self, k, getattr(self, k) + tally[k])
         self.last = max(self.last, tally["last"])
+        self.cpu += tally.get("cpu", 0.0)
         self.latency.extend(array.array("d", latency))
 
     def merge(self, other: "Confirmations") -> None:
@@ -276,7 +284,6 @@ class Publishers:
         ctx = mp.get_context("spawn")
         self.ready, self.go = ctx.Queue(), ctx.Event()
         self.published_q, self.confirmed_q, self.stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-        self.confirm = confirm
         share = [total // n + (1 if i < total % n else 0) for i in range(n)]
         self.procs = [ctx.Process(target=_publisher, daemon=True, args=(
             i, share[i], port, kiosks, confirm, rate * share[i] / total if rate else None,
@@ -532,7 +539,19 @@ class Load:
 
 def empty() -> dict:
     return {"live": 0.0, "publish": 0.0, "drain": 0.0, "live_confirmed": None,
-            "drain_confirmed": None, "confirms": None, "live_latency": None}
+            "drain_confirmed": None, "confirms": None, "live_latency": None, "cpu": {}}
+
+
+def _own_cpu() -> float:
+    """CPU seconds this process (an in-process consumer's threads) has used so far."""
+    return sum(os.times()[:2])
+
+
+def _keep_least(out: dict, key: str, seconds: float, n: int, valid: bool = True) -> None:
+    """CPU µs per scan, the least of the runs: the one least disturbed by others."""
+    if valid:
+        value = 1e6 * seconds / n
+        out["cpu"][key] = min(out["cpu"].get(key, value), value)
 
 
 def measure(make_consumer, load: Load, tag: str, run: int, out: dict) -> dict:
@@ -547,10 +566,14 @@ def measure(make_consumer, load: Load, tag: str, run: int, out: dict) -> dict:
         consumer = make_consumer(broker.port, f"live{run}").start()
         confirm = consumer.listen
         pubs = Publishers(load.publishers, n, broker.port, load.kiosks, confirm)
+        cpu0, broker0 = _own_cpu(), _cpu_of(broker.proc.pid)
         t0 = pubs.start()
         t1 = _wait(consumer, n)
         published = pubs.published()["acked"]
         conf = pubs.confirmations(load.confirm_timeout) if confirm else None
+        inside = not isinstance(consumer, WorkerProcesses)
+        _keep_least(out, "consumer live", _own_cpu() - cpu0, n, inside)
+        _keep_least(out, "broker live", _cpu_of(broker.proc.pid) - broker0, n)
         if n / (t1 - t0) > out["live"]:
             out["live"], out["publish"] = n / (t1 - t0), n / (published - t0)
             if conf is not None:
@@ -572,10 +595,14 @@ def measure(make_consumer, load: Load, tag: str, run: int, out: dict) -> dict:
         pubs.published()
         time.sleep(0.5)
         consumer = make_consumer(broker.port, f"drain{run}", again=True)
+        cpu0, broker0 = _own_cpu(), _cpu_of(broker.proc.pid)
         t0 = time.monotonic()
         consumer.start()
         t1 = _wait(consumer, n)
         conf = pubs.confirmations(load.confirm_timeout) if confirm else None
+        inside = not isinstance(consumer, WorkerProcesses)
+        _keep_least(out, "consumer drain", _own_cpu() - cpu0, n, inside)
+        _keep_least(out, "broker drain", _cpu_of(broker.proc.pid) - broker0, n)
         if n / (t1 - t0) > out["drain"]:
             out["drain"] = n / (t1 - t0)
             if conf is not None:
@@ -611,18 +638,32 @@ def paced(rate: float, duration: float, load: Load, batch: int, settings: dict) 
         consumer = Worker(broker.port, url, load.tmp / "sqlite", batch,
                           settings=settings).start()
         pubs = Publishers(load.publishers, n, broker.port, load.kiosks, True, rate)
+        cpu0, broker0 = sum(os.times()[:2]), _cpu_of(broker.proc.pid)
         t0 = pubs.start()
         t1 = _wait(consumer, n, timeout=duration + 600)
         pub = pubs.published()
         conf = pubs.confirmations(load.confirm_timeout)
+        wall = time.monotonic() - t0
+        cpu = {"worker": sum(os.times()[:2]) - cpu0, "broker": _cpu_of(broker.proc.pid) - broker0,
+               "publishers": conf.cpu, "wall": wall}
         return {"offered": rate, "n": n, "published": n / max(1e-9, pub["last"] - pub["first"]),
-                "lag": pub["lag"], "committed": n / (t1 - t0), "confirms": conf}
+                "lag": pub["lag"], "committed": n / (t1 - t0), "confirms": conf, "cpu": cpu,
+                "tail": t1 - pub["last"], "confirm_tail": conf.last - pub["last"]}
     finally:
         if pubs is not None:
             pubs.close()
         if consumer is not None:
             consumer.stop()
         broker.stop()
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def kiosk_delete(samples: int, ids: int) -> tuple[float, float, int] | None:
@@ -815,6 +856,16 @@ def main(argv: list[str]) -> int:
               f"{_rate(r['drain_confirmed']):>16}"
               f"{r['live'] / bare['live']:>14.0%}{r['drain'] / bare['drain']:>15.0%}")
     print()
+    print("CPU per scan, least of the runs (less disturbed by a busy machine than the rates; "
+          "consumer = this process: the bare client or the worker, with the bench's 2 ms "
+          "polling; broker = Mosquitto, confirmations to the publishers included):")
+    for name, r in results.items():
+        c = r["cpu"]
+        if "consumer drain" in c:
+            print(f"  cpu per scan, {name}: consumer live {c['consumer live']:.0f} µs, drain "
+                  f"{c['consumer drain']:.0f} µs; broker live {c['broker live']:.0f} µs, "
+                  f"drain {c['broker drain']:.0f} µs")
+    print()
     print("confirmations in the saturated runs (all runs; latency of the best live run, "
           "queueing included):")
     for name, r in results.items():
@@ -850,12 +901,27 @@ def main(argv: list[str]) -> int:
                   f"{'yes' if reached else 'NO':>9}{p['committed']:>14,.0f}{p['n']:>9,}"
                   f"{_ms(c.pct(0.5)):>9}{_ms(c.pct(0.95)):>9}{_ms(c.pct(1.0)):>9}"
                   f"{c.missing:>9}{c.duplicate:>11}{c.ids_per_message():>13.1f}")
+        cores = os.cpu_count() or 1
+        confirm_wait = settings.get("ingest", {}).get("confirm_seconds", 0.5)
         for p in paced_results:
-            if p["published"] >= REACHED * p["offered"] and \
-                    p["committed"] < REACHED * p["offered"]:
+            c = p["cpu"]
+            ours = c["publishers"] + c["worker"] + c["broker"]
+            print(f"  {p['offered']:,.0f}/s: CPU over the {c['wall']:.1f} s run: publishers "
+                  f"{c['publishers']:.1f} s, worker (this process) {c['worker']:.1f} s, "
+                  f"broker {c['broker']:.1f} s: "
+                  f"{ours / (cores * c['wall']):.0%} of the {cores} cores; the rest was "
+                  f"idle or other processes'")
+        for p in paced_results:
+            if p["published"] >= REACHED * p["offered"] and p["tail"] > KEPT_UP:
                 print(f"  {p['offered']:,.0f}/s was offered but one SQLite worker committed "
-                      f"only {p['committed']:,.0f}/s: a backlog grew through the run and its "
-                      f"latency is mostly that backlog (it grows with --duration)")
+                      f"only {p['committed']:,.0f}/s (last commit {p['tail']:.1f} s, last "
+                      f"confirmation {p['confirm_tail']:.1f} s after the last publish): a "
+                      f"backlog grew through the run and its latency is mostly that backlog "
+                      f"(it grows with --duration)")
+            elif p["confirm_tail"] > KEPT_UP + confirm_wait:
+                print(f"  {p['offered']:,.0f}/s: the worker kept up committing (last commit "
+                      f"{p['tail']:.1f} s after the last publish) but the last confirmation "
+                      f"came {p['confirm_tail']:.1f} s after it: the confirmations lagged")
             if p["published"] < REACHED * p["offered"]:
                 print(f"  {p['offered']:,.0f}/s was NOT offered: the {args.publishers} "
                       f"publishers reached {p['published']:,.0f}/s (at worst "

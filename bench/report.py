@@ -160,6 +160,8 @@ INGEST_PACED = re.compile(r"^\s*([\d,]+)\s+([\d,]+)\s+(yes|NO)\s+([\d,]+)\s+([\d
                           re.M)
 INGEST_COST = re.compile(r"one SQLite worker, this run, rate with confirms (\w+) vs off: "
                          r"live ([+\-\d.]+%), drain ([+\-\d.]+%)")
+INGEST_CPU = re.compile(r"^  cpu per scan, (.+?): consumer live (\d+) µs, drain (\d+) µs; "
+                        r"broker live (\d+) µs, drain (\d+) µs$", re.M)
 INGEST_DELETE = re.compile(r"^kiosk side, measured apart.*?: (Outbox\.confirm of \d+ id\(s\)).*?"
                            r"(p50 [\d.]+ ms, p95 [\d.]+ ms)", re.M)
 
@@ -176,6 +178,10 @@ def figures_ingest(out: str) -> list[tuple[str, str]]:
                          if r[3] and r[3] != "-" else "")
             out_rows.append((f"ingest {r[0]}", f"live {r[1]}/s ({r[6]} % of bare), drain "
                              f"{r[4]}/s ({r[7]} % of bare){confirmed}"))
+    for name, live, drain, _, _ in INGEST_CPU.findall(out):
+        if name.startswith("worker, sqlite"):
+            out_rows.append((f"ingest CPU per scan, {name}", f"worker live {live} µs, "
+                             f"drain {drain} µs"))
     for cost in INGEST_COST.finditer(out):
         out_rows.append((f"ingest: one SQLite worker, rate with confirms {cost.group(1)} vs "
                          f"off (same run)", f"live {cost.group(2)}, drain {cost.group(3)}"))
@@ -201,6 +207,13 @@ def table_ingest(out: str) -> str:
     for r in rows:
         lines.append(f"| {r[0]} | {r[1]} | {r[2]} | {r[3] or '-'} | {r[4]} | {r[5] or '-'} | "
                      f"{r[6]} % | {r[7]} % |")
+    cpu = INGEST_CPU.findall(out)
+    if cpu:
+        lines += ["", "CPU per scan, least of the runs (µs; less disturbed by a busy machine than "
+                  "the rates):", "", "| consumer | consumer live | consumer drain | broker live | "
+                  "broker drain |", "|---|---:|---:|---:|---:|"]
+        for name, *values in cpu:
+            lines.append(f"| {name} | " + " | ".join(values) + " |")
     paced = INGEST_PACED.findall(out)
     if paced:
         lines += ["", "Confirmation latency (publish -> confirmation received by the kiosk) at "

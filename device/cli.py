@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from . import enrol, verify_command
+from . import enrol, rules_command, verify_command
 
 
 def main(argv=None) -> int:
@@ -12,6 +12,7 @@ def main(argv=None) -> int:
                                      description="GreenGate checkpoint kiosk")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     verify_command.add_parser(sub)
+    rules_command.add_parser(sub)
     enrol.add_parser(sub)
     for name, text, module in (("run", "run the kiosk (camera → verify → light → report)", "kiosk"),
                                ("selftest", "check lights, camera, clock, broker and bundles",

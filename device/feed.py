@@ -4,7 +4,7 @@ Retained messages are sent again on every subscribe, and the reporter starts a
 clean session on every connect. Subscribing to the full status snapshot all the
 time would download megabytes after every reconnect. So:
 
-- always: trust, policy and status-head (small);
+- always: trust, policy, valuesets and status-head (small);
 - holding status version v: only status-delta/v, the fleet's delta from v to
   the current version (retained; it arrives when the fleet publishes one);
 - no status list yet, or the head says there is no delta from v (the kiosk
@@ -39,7 +39,7 @@ class StatusFeed:
         return messages.bundle_topic(self.deployment, kind)
 
     def start(self) -> None:
-        for kind in ("trust", "policy", "status-head"):
+        for kind in ("trust", "policy", "valuesets", "status-head"):
             self.reporter.subscribe(self.topic(kind), self.on_message)
         self.update()
 

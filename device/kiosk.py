@@ -89,7 +89,8 @@ class Kiosk:
         fleet_key = load_public_key(cfg.resolve(cfg.bundles.fleet_key).read_bytes())
         self.store = BundleStore(data / "bundles", fleet_key, cfg.kiosk.deployment,
                                  cfg.kiosk.policy, budget,
-                                 on_bundle=lambda b: self.clock.raise_floor(b.issued_at))
+                                 on_bundle=lambda b: self.clock.raise_floor(b.issued_at),
+                                 kiosk_id=cfg.kiosk.id)
         self.outbox = Outbox(data / "outbox.sqlite", cfg.outbox.max_rows)
         self.pseudonym = Pseudonymiser(cfg.privacy.pseudonym_key if cfg.privacy.pseudonyms else None)
         tls = None
@@ -118,7 +119,7 @@ class Kiosk:
                 scan_id=scan_id, kiosk=self.id, ts=now, decision=decision.decision,
                 reason=str(decision.reason), sub_reason=decision.sub_reason,
                 cert_type=decision.type, cert_hash=decision.cert_hash, holder=holder,
-                policy=self.cfg.kiosk.policy, seq=seq))
+                policy=self.store.policy_in_use, seq=seq))
 
         stored = self.outbox.add(scan_id, messages.scan_topic(self.id), build,
                                  decision=decision.decision, reason=str(decision.reason), ts=now)

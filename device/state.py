@@ -7,6 +7,11 @@ atomically (temporary file, fsync, rename) so a power cut leaves either the
 old or the new one, and are verified again when read back at start-up.
 A new Verifier is built and swapped in with one reference assignment, so a
 scan in progress finishes on the lists it started with.
+
+Value sets are optional: until the fleet sends a `valuesets` bundle (a fleet
+older than value-set bundles never does) the verifier uses the copy vendored
+with the software. The policy applied is the one the policy bundle assigns to
+this kiosk, else the one its config names.
 """
 
 import logging
@@ -18,21 +23,25 @@ from pathlib import Path
 from greengate import bundle, policy, status
 from greengate.bundle import Bundle, BundleError
 from greengate.trust import TrustList, load_signer
+from greengate.valuesets import ValueSets
 from greengate.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
-STORED = ("trust", "policy", "status")
+STORED = ("trust", "policy", "status", "valuesets")
+REQUIRED = ("trust", "policy", "status")  # no verifier without them
+MAX_VALUE_SETS = 256
 
 
 class BundleStore:
     def __init__(self, directory: str | Path, fleet_key, deployment: str, policy_name: str,
-                 budget: timedelta, on_bundle=None):
+                 budget: timedelta, on_bundle=None, kiosk_id: str | None = None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fleet_key = fleet_key
         self.deployment = deployment
-        self.policy_name = policy_name
+        self.policy_name = policy_name  # from the config; the policy bundle may assign another
+        self.kiosk_id = kiosk_id
         self.budget = budget
         self.on_bundle = on_bundle  # called with each accepted Bundle (the clock's floor)
         self._lock = threading.Lock()
@@ -105,7 +114,9 @@ class BundleStore:
         if kind == "trust":
             _trust_from(candidate)  # refuse a trust body we could not use
         if kind == "policy":
-            _policy_from(candidate, self.policy_name)
+            _policy_from(candidate, self._policy_name(candidate))
+        if kind == "valuesets":
+            _valuesets_from(candidate)
         if persist:
             self._write(kind, candidate.raw)
             if kind == "status":  # a new snapshot supersedes every delta held
@@ -150,17 +161,33 @@ class BundleStore:
             os.close(dir_fd)
 
     # --- the verifier ------------------------------------------------------
+    def _policy_name(self, b: Bundle) -> str:
+        assigned = b.body.get("assigned") if isinstance(b.body, dict) else None
+        if self.kiosk_id and isinstance(assigned, dict) and \
+                isinstance(assigned.get(self.kiosk_id), str):
+            return assigned[self.kiosk_id]
+        return self.policy_name
+
+    @property
+    def policy_in_use(self) -> str:
+        """The name of the policy the kiosk applies (reported with each scan)."""
+        held = self.bundles.get("policy")
+        return self._policy_name(held) if held is not None else self.policy_name
+
     def _rebuild(self) -> None:
-        missing = [k for k in STORED if k not in self.bundles]
+        missing = [k for k in REQUIRED if k not in self.bundles]
         if missing:
             self.verifier = None
             self.problem = f"missing {', '.join(missing)} bundle"
             return
         trust = _trust_from(self.bundles["trust"])
-        pol = _policy_from(self.bundles["policy"], self.policy_name)
+        pol = _policy_from(self.bundles["policy"], self.policy_in_use)
+        held = self.bundles.get("valuesets")
+        valuesets = _valuesets_from(held) if held is not None else None  # None: vendored
         oldest = min(self.bundles[k].issued_at for k in ("trust", "status"))
         valid_until = datetime.fromtimestamp(oldest, timezone.utc) + self.budget
-        self.verifier = Verifier(trust, pol, self._status, valid_until=valid_until)
+        self.verifier = Verifier(trust, pol, self._status, valid_until=valid_until,
+                                 valuesets=valuesets)
         self.problem = None
 
     def chain_length(self) -> int:
@@ -188,6 +215,20 @@ def _trust_from(b: Bundle) -> TrustList:
     if not isinstance(certs, list) or not all(isinstance(c, bytes) for c in certs):
         raise ValueError("trust body needs 'certificates': a list of DER certificates")
     return TrustList(load_signer(c) for c in certs)
+
+
+def _valuesets_from(b: Bundle):
+    """The body {"valueSets": {id: EU value-set document}} -> ValueSets; a body the kiosk
+    could not use is refused here, not at the first scan."""
+    docs = b.body.get("valueSets") if isinstance(b.body, dict) else None
+    if not isinstance(docs, dict) or not docs or len(docs) > MAX_VALUE_SETS:
+        raise ValueError("valuesets body needs 'valueSets': a map of value-set id to document")
+    for vid, doc in docs.items():
+        if not isinstance(doc, dict) or doc.get("valueSetId") != vid or \
+                not isinstance(doc.get("valueSetValues"), dict):
+            raise ValueError(f"value set {str(vid)[:64]!r} is not an EU value-set document "
+                             "(valueSetId, valueSetValues)")
+    return ValueSets.from_documents(docs.values())
 
 
 def _policy_from(b: Bundle, name: str) -> policy.Policy:

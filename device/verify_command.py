@@ -105,8 +105,18 @@ def run(args) -> int:
         decision = red(Reason.UNREADABLE, "no QR code found in the image")
     else:
         decision = verifier.verify(payload, at)
-    print(json.dumps(decision.to_dict(), ensure_ascii=False) if args.json else human(decision))
+    print(json.dumps(as_json(decision, verifier), ensure_ascii=False) if args.json
+          else human(decision))
     return EXIT_GREEN if decision.green else EXIT_RED
+
+
+def as_json(decision: Decision, verifier: Verifier | None) -> dict:
+    """The decision; for policy_failed also the failing rule's description in every
+    language the rule has ({"en": ..., "vi": ...}), the detail being the English one."""
+    out = decision.to_dict()
+    if decision.reason == Reason.POLICY_FAILED and verifier is not None:
+        out["descriptions"] = verifier.policy.descriptions(decision.sub_reason)
+    return out
 
 
 def run_batch(args, engines: Engines, lines, out) -> int:

@@ -1,8 +1,9 @@
 """Building, versioning and signing the bundles the fleet distributes (docs/lists.md).
 
-Per deployment the fleet holds three lists — the trust list (TrustEntry), the
-policies (Policy) and the status list (StatusEntry, with its history in
-StatusChange) — and signs each version of each as a bundle
+Per deployment the fleet holds four lists — the trust list (TrustEntry), the
+policies (Policy, with each kiosk's assigned policy), the status list
+(StatusEntry, with its history in StatusChange) and the EU value sets
+(ValueSet) — and signs each version of each as a bundle
 (greengate/bundle.py) with its bundle-signing key. Every signed bundle is kept
 in PublishedBundle (raw bytes, ETag = hex SHA-256): the HTTP endpoints serve it
 from there and the MQTT publisher (fleet/publisher.py) republishes it retained.
@@ -42,13 +43,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from greengate import bundle, status
 from greengate import policy as policies
 
-from .models import (REINSTATED, REVOKED, SUSPENDED, ListVersion, Policy, PublishedBundle,
-                     StatusChange, StatusEntry, TrustEntry)
+from .models import (REINSTATED, RETIRED, REVOKED, SUSPENDED, Kiosk, ListVersion, Policy,
+                     PublishedBundle, StatusChange, StatusEntry, TrustEntry)
 
 log = logging.getLogger(__name__)
 
-LISTS = ("trust", "policy", "status")  # what is versioned and changed
-SERVED = ("trust", "policy", "status", "status-head")  # GET /api/v1/bundles/<dep>/<kind>
+LISTS = ("trust", "policy", "status", "valuesets")  # what is versioned and changed
+# GET /api/v1/bundles/<dep>/<kind>
+SERVED = ("trust", "policy", "status", "status-head", "valuesets")
 STATUS_KINDS = ("status", "status-delta", "status-head")
 SYSTEM = "system"  # the actor of what the fleet does by itself (first issue, refresh)
 
@@ -194,13 +196,33 @@ def issue_trust(session, deployment: str, row: ListVersion, key, at: float) -> P
     return _store(session, deployment, "trust", row.version, issued, raw)
 
 
+def assignments(session, deployment: str) -> dict[str, str]:
+    """kiosk id -> the policy the fleet assigned it (kiosks not retired)."""
+    return dict(session.execute(select(Kiosk.id, Kiosk.policy).where(
+        Kiosk.deployment == deployment, Kiosk.state != RETIRED).order_by(Kiosk.id)).all())
+
+
 def issue_policy(session, deployment: str, row: ListVersion, key, at: float) -> PublishedBundle:
     seed_policies(session, deployment, at)
     docs = {p.name: p.document for p in session.scalars(
         select(Policy).where(Policy.deployment == deployment).order_by(Policy.name))}
+    # A kiosk applies its assigned policy; one assigned a policy that does not exist keeps
+    # the one its config names (it must not refuse the whole bundle over one record).
+    assigned = {k: p for k, p in assignments(session, deployment).items() if p in docs}
     issued = int(at)
-    raw = bundle.seal("policy", row.version, issued, {"policies": docs}, key, deployment)
+    raw = bundle.seal("policy", row.version, issued, {"policies": docs, "assigned": assigned},
+                      key, deployment)
     return _store(session, deployment, "policy", row.version, issued, raw)
+
+
+def issue_valuesets(session, deployment: str, row: ListVersion, key,
+                    at: float) -> PublishedBundle:
+    from . import value_sets  # it builds on this module
+    value_sets.seed(session, deployment, at)
+    issued = int(at)
+    raw = bundle.seal("valuesets", row.version, issued,
+                      {"valueSets": value_sets.current(session, deployment)}, key, deployment)
+    return _store(session, deployment, "valuesets", row.version, issued, raw)
 
 
 def fold(changes) -> dict[bytes, tuple[str, float | None]]:
@@ -281,8 +303,8 @@ def issue_status(session, config, deployment: str, row: ListVersion, key,
 
 def issue(session, config, deployment: str, kind: str, *, key, actor: str, action: str,
           at: float, changes: int = 0) -> int:
-    """A new version of an unchanged-or-already-changed trust or policy list (or a status
-    version without entry changes: refresh); returns the version. No commit."""
+    """A new version of an unchanged-or-already-changed trust, policy or value-set list (or
+    a status version without entry changes: refresh); returns the version. No commit."""
     row = claim_version(session, deployment, kind, actor=actor, action=action, at=at)
     row.changes = changes
     if kind == "trust":
@@ -291,6 +313,8 @@ def issue(session, config, deployment: str, kind: str, *, key, actor: str, actio
         issue_policy(session, deployment, row, key, at)
     elif kind == "status":
         issue_status(session, config, deployment, row, key, at)
+    elif kind == "valuesets":
+        issue_valuesets(session, deployment, row, key, at)
     else:
         raise ValueError(f"not a list kind: {kind!r}")
     return row.version
@@ -298,7 +322,7 @@ def issue(session, config, deployment: str, kind: str, *, key, actor: str, actio
 
 # --- reading ----------------------------------------------------------------------
 def latest(session, deployment: str, kind: str) -> PublishedBundle | None:
-    """The current trust, policy, status (snapshot) or status-head bundle."""
+    """The current trust, policy, status (snapshot), status-head or valuesets bundle."""
     return session.scalars(select(PublishedBundle)
                            .where(PublishedBundle.deployment == deployment,
                                   PublishedBundle.kind == kind)
@@ -382,6 +406,36 @@ def refresh(session, config, deployment: str, *, key=None, now: float | None = N
         return stale
 
     return in_transaction(session, work)
+
+
+# --- the command line -------------------------------------------------------------
+def command_deployment(config, given: str | None) -> str:
+    """--deployment, or the fleet's only deployment."""
+    if given:
+        return check_deployment(config, given)
+    if len(config.fleet.deployments) != 1:
+        raise ListError("this fleet signs lists for several deployments ("
+                        f"{', '.join(config.fleet.deployments)}): name one with --deployment", 400)
+    return config.fleet.deployments[0]
+
+
+def publish_now(config, sessions, deployment: str, kinds, timeout: float) -> str | None:
+    """After a change made from the command line: publish it on MQTT and wait for the
+    broker; None when done, else why not (the change is committed either way)."""
+    if not config.mqtt.host:
+        return "[mqtt] host is not set"
+    from .publisher import Publisher
+    try:
+        publisher = Publisher(config, sessions).start()
+    except (OSError, ValueError) as exc:
+        return f"MQTT set-up failed: {exc}"
+    try:
+        seq = publisher.notify(deployment, kinds)
+        if publisher.wait(deployment, seq, timeout):
+            return None
+        return publisher.problem or "timed out"
+    finally:
+        publisher.stop()
 
 
 # --- greengate-fleet bundles ...  -----------------------------------------------

@@ -7,6 +7,9 @@
     greengate-fleet [--config FILE] user create|add NAME --role ROLE [--district CODE]
     greengate-fleet [--config FILE] token create USER --name NAME
     greengate-fleet [--config FILE] bundles refresh [--force] | publish | key [--create]
+    greengate-fleet [--config FILE] valuesets replace DIR         (EU value-set JSON files)
+    greengate-fleet [--config FILE] policies import DIR [--name N] (EU rule files)
+    greengate-fleet [--config FILE] policies assign NAME --kiosk ID [--kiosk ID ...]
     greengate-fleet [--config FILE] scans purge [--days N]     (retention)
     greengate-fleet [--config FILE] alerts [--once]            (alert dispatcher)
 
@@ -89,6 +92,31 @@ def main(argv=None) -> int:
                        help="seconds to wait for the broker's acknowledgements")
     lists.set_defaults(handler=_lazy("fleet.bundles"))
 
+    valuesets = sub.add_parser("valuesets", help="the EU value sets kiosks verify with: "
+                                                 "replace them from a folder of EU JSON files")
+    valuesets.add_argument("action", choices=("replace",))
+    valuesets.add_argument("folder", metavar="DIR",
+                           help="EU value-set files (*.json, each with valueSetId and "
+                                "valueSetValues); they replace the value sets of the same id")
+    _list_change_options(valuesets)
+    valuesets.set_defaults(handler=_lazy("fleet.value_sets"))
+
+    policies = sub.add_parser("policies", help="checkpoint policies: import an EU rule set, "
+                                               "assign a policy to kiosks")
+    policies.add_argument("action", choices=("import", "assign"),
+                          help="import DIR: a folder of EU-format rule files (one rule per "
+                               "file) becomes policy --name; assign NAME: kiosks --kiosk apply "
+                               "policy NAME")
+    policies.add_argument("target", metavar="DIR|NAME")
+    policies.add_argument("--name", help="import: the policy's name (default: the folder's)")
+    policies.add_argument("--title", help="import: the policy's title")
+    policies.add_argument("--timezone", default="UTC",
+                          help="import: the policy's time zone (default UTC)")
+    policies.add_argument("--kiosk", action="append", default=[], metavar="ID",
+                          help="assign: this kiosk (repeatable)")
+    _list_change_options(policies)
+    policies.set_defaults(handler=_lazy("fleet.policies"))
+
     scans = sub.add_parser("scans", help="retention: delete scans older than [fleet] "
                                          "retention_days (run from a timer)")
     scans.add_argument("action", choices=("purge",))
@@ -115,6 +143,16 @@ def main(argv=None) -> int:
         print(f"greengate-fleet: {exc}", file=sys.stderr)
         return 2
     return args.handler(config, args)
+
+
+def _list_change_options(parser) -> None:
+    parser.add_argument("--deployment", metavar="NAME",
+                        help="the deployment (default: the fleet's only one)")
+    parser.add_argument("--reason", help="why (kept in the audit log)")
+    parser.add_argument("--no-publish", action="store_true",
+                        help="database only; kiosks get it at the next publication or by HTTP")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for the broker's acknowledgements")
 
 
 def _lazy(module: str):

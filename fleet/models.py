@@ -225,6 +225,19 @@ class Policy(Base):
     __table_args__ = (UniqueConstraint("deployment", "name", name="uq_policy_deployment_name"),)
 
 
+class ValueSet(Base):
+    """One EU value set (its JSON document) of one deployment (fleet/value_sets.py)."""
+    __tablename__ = "value_set"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    deployment: Mapped[str] = mapped_column(String(64))
+    value_set_id: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict] = mapped_column(JSON)
+    updated_by: Mapped[str] = mapped_column(String(100))
+    updated_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("deployment", "value_set_id",
+                                       name="uq_value_set_deployment_id"),)
+
+
 class PublishedBundle(Base):
     """Every bundle the fleet signed: served over HTTP, republished retained on MQTT."""
     __tablename__ = "bundle"

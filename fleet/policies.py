@@ -1,16 +1,22 @@
 """The checkpoint policies of a deployment (service layer, no Flask).
 
-Policies are data (greengate/policy.py documents), validated here exactly as
-the kiosk will read them, and distributed together in one signed `policy`
-bundle; each kiosk applies the one its config names. A deployment starts with
+Policies are CertLogic rule sets (greengate/policy.py documents), validated
+here exactly as the kiosk will read them, and distributed together in one
+signed `policy` bundle with each kiosk's assigned policy; a kiosk applies the
+one assigned to it, else the one its config names. A deployment starts with
 the built-in policies (greengate/policies/*.json). Every change is audited and
 makes a new policy bundle version.
+
+Also `greengate-fleet policies import DIR --name N` (a folder of EU-format rule
+files, one rule per file as countries publish them) and `policies assign`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -18,7 +24,7 @@ from greengate import policy as greengate_policy
 
 from . import audit, bundles
 from .bundles import ListError
-from .models import Policy
+from .models import RETIRED, Kiosk, Policy
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -49,6 +55,10 @@ def validate(name: str, document) -> dict:
         greengate_policy.from_document(document)
     except greengate_policy.PolicyError as exc:
         raise ListError(f"invalid policy {name!r}: {exc}") from None
+    if greengate_policy.is_legacy(document):
+        # still accepted from older tools, stored as its rule set: one format in the fleet
+        # (migration 0007 converted the stored ones)
+        document = greengate_policy.convert_legacy(document)
     return document
 
 
@@ -84,3 +94,172 @@ def put(session, config, deployment: str, name: str, document, *, actor: str,
     if version is None:
         version = bundles.current_version(session, deployment, "policy")
     return row, version, outcome
+
+
+# --- importing an EU rule set --------------------------------------------------------
+MAX_RULE_FILE = 1024 * 1024  # a published rule is a few KB
+
+
+def read_rules(path: str | Path) -> list[tuple[str, dict]]:
+    """(file name, rule) for every *.json file of a folder, in name order. A file holds one
+    rule object (as countries publish them) or a list of them. ListError names the file."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ListError(f"{folder} is not a folder of EU rule files", 400)
+    rules: list[tuple[str, dict]] = []
+    seen: dict[tuple, str] = {}
+    for file in sorted(folder.glob("*.json")):
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise ListError(f"rule file {file.name}: cannot read it: {exc.strerror}") from None
+        if len(data) > MAX_RULE_FILE:
+            raise ListError(f"rule file {file.name}: larger than {MAX_RULE_FILE // 1024} KB")
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ListError(f"rule file {file.name}: not UTF-8 text") from None
+        except RecursionError:
+            raise ListError(f"rule file {file.name}: nested too deeply") from None
+        except json.JSONDecodeError as exc:
+            raise ListError(f"rule file {file.name}: not JSON ({exc.msg}, line "
+                            f"{exc.lineno})") from None
+        for rule in doc if isinstance(doc, list) else [doc]:
+            if not isinstance(rule, dict) or not isinstance(rule.get("Identifier"), str) \
+                    or not rule["Identifier"]:
+                raise ListError(f"rule file {file.name}: a rule is a JSON object with an "
+                                "'Identifier' (the EU rule format)")
+            key = (rule["Identifier"], rule.get("Version"))
+            if key in seen:
+                raise ListError(f"rule {key[0]} version {key[1]} is in both {seen[key]} and "
+                                f"{file.name}")
+            seen[key] = file.name
+            rules.append((file.name, rule))
+    if not rules:
+        raise ListError(f"{folder} holds no *.json rule file", 400)
+    return rules
+
+
+def rule_set(name: str, rules: list[tuple[str, dict]], *, title: str = "",
+             timezone: str = "UTC") -> dict:
+    """The policy document of imported rules; each rule is validated on its own first so
+    that the error names the file as well as the rule."""
+    def document(items):
+        return {"name": name, "title": title, "timezone": timezone, "rules": items}
+
+    for file, rule in rules:
+        try:
+            greengate_policy.from_document(document([rule]))
+        except greengate_policy.PolicyError as exc:
+            raise ListError(f"rule file {file}: {exc}") from None
+    return document([rule for _, rule in rules])
+
+
+def import_rules(session, config, deployment: str, name: str, folder: str | Path, *,
+                 actor: str, title: str | None = None, timezone: str = "UTC",
+                 reason: str = "", now: float | None = None,
+                 key=None) -> tuple[Policy, int, str, int]:
+    """Read, validate and store a folder of EU rules as policy `name`; (row, policy
+    version, outcome, rules). Anything invalid: ListError and nothing stored or signed."""
+    rules = read_rules(folder)
+    title = title if title is not None else f"rules imported from {Path(folder).name}"
+    document = rule_set(name, rules, title=title, timezone=timezone)
+    row, version, outcome = put(session, config, deployment, name, document, actor=actor,
+                                reason=reason or f"imported {len(rules)} rule(s)", now=now,
+                                key=key)
+    return row, version, outcome, len(rules)
+
+
+# --- assigning a policy to kiosks -----------------------------------------------------
+def assign(session, config, name: str, kiosk_ids, *, actor: str, reason: str = "",
+           now: float | None = None, key=None) -> tuple[int | None, list[str]]:
+    """Assign policy `name` to these kiosks (each in a deployment that has it); the new
+    policy bundle carries the assignment. (policy version or None, kiosks changed).
+    Commits; all or nothing."""
+    at = time.time() if now is None else float(now)
+    kiosk_ids = list(dict.fromkeys(kiosk_ids))
+    if not kiosk_ids:
+        raise ListError("name at least one kiosk", 400)
+    kiosks = []
+    for kiosk_id in kiosk_ids:
+        kiosk = session.get(Kiosk, kiosk_id)
+        if kiosk is None:
+            raise ListError(f"no kiosk {kiosk_id!r}", 404)
+        if kiosk.state == RETIRED:
+            raise ListError(f"kiosk {kiosk_id!r} is retired", 409)
+        names = [p.name for p in all_policies(session, config, kiosk.deployment, now=at)]
+        if name not in names:
+            raise ListError(f"deployment {kiosk.deployment!r} of kiosk {kiosk_id!r} has no "
+                            f"policy {name!r}; its policies: {', '.join(names)}", 404)
+        kiosks.append(kiosk)
+    signer = key or bundles.load_signing_key(config)
+
+    def work():
+        changed: dict[str, list[str]] = {}
+        for kiosk in kiosks:
+            if kiosk.policy != name:
+                audit.record(session, actor, "kiosk.update", kiosk.id, reason=reason,
+                             policy=[kiosk.policy, name])
+                kiosk.policy = name
+                changed.setdefault(kiosk.deployment, []).append(kiosk.id)
+        version = None
+        for deployment in sorted(changed):
+            version = bundles.issue(session, config, deployment, "policy", key=signer,
+                                    actor=actor, action="policy.assign", at=at,
+                                    changes=len(changed[deployment]))
+        return version, [k for ids in changed.values() for k in ids]
+
+    return bundles.in_transaction(session, work)
+
+
+# --- greengate-fleet policies ... ----------------------------------------------------
+def run(config, args) -> int:
+    """greengate-fleet policies import DIR --name N | assign NAME --kiosk ID..."""
+    from .db import make_engine, make_sessions
+
+    engine = make_engine(config.database_url)
+    try:
+        return _run(config, args, make_sessions(engine))
+    finally:
+        engine.dispose()
+
+
+def _run(config, args, sessions) -> int:
+    import sys
+
+    try:
+        with sessions() as session:
+            if args.action == "import":
+                deployment = bundles.command_deployment(config, args.deployment)
+                name = args.name or Path(args.target).name
+                row, version, outcome, count = import_rules(
+                    session, config, deployment, name, args.target, actor="cli",
+                    title=args.title, timezone=args.timezone, reason=args.reason or "")
+                print(f"{deployment}: policy {name!r} {outcome} ({count} rule(s)), policy "
+                      f"bundle v{version}")
+                changed = outcome != "unchanged"
+                deployments = [deployment]
+            else:
+                version, kiosks = assign(session, config, args.target, args.kiosk,
+                                         actor="cli", reason=args.reason or "")
+                print(f"policy {args.target!r} assigned to {', '.join(kiosks)}, policy "
+                      f"bundle v{version}" if kiosks else
+                      f"policy {args.target!r} was already assigned to those kiosks")
+                changed = bool(kiosks)
+                deployments = sorted({session.get(Kiosk, k).deployment for k in kiosks})
+    except ListError as exc:
+        print(f"greengate-fleet: {exc.message}", file=sys.stderr)
+        return 2
+    if not changed or args.no_publish:
+        return 0
+    status = 0
+    for deployment in deployments:
+        problem = bundles.publish_now(config, sessions, deployment, {"policy"}, args.timeout)
+        if problem:
+            print(f"greengate-fleet: {deployment}: not published to MQTT ({problem}); the "
+                  "policy bundle is in the database and kiosks' HTTP fallback serves it",
+                  file=sys.stderr)
+            status = 1
+        else:
+            print(f"{deployment}: published")
+    return status

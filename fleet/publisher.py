@@ -1,7 +1,8 @@
 """Publishing the signed bundles to MQTT: retained, QoS 1 (docs/lists.md).
 
 Topics (greengate/messages.py):
-- `gg/v1/bundle/{dep}/trust`, `.../policy`, `.../status` (full snapshot), `.../status-head`
+- `gg/v1/bundle/{dep}/trust`, `.../policy`, `.../valuesets`, `.../status` (full snapshot),
+  `.../status-head`
 - `gg/v1/bundle/{dep}/status-delta/{base}`: the delta from status version `base` to the
   current one, for each base in the window.
 
@@ -41,7 +42,8 @@ from . import bundles, mqtt_identity
 
 log = logging.getLogger(__name__)
 
-KINDS = ("trust", "policy", "status")  # "status" = deltas + snapshot + head
+KINDS = ("trust", "policy", "status", "valuesets")  # "status" = deltas + snapshot + head
+WHOLE = ("trust", "policy", "valuesets")  # one retained bundle each
 ACK_TIMEOUT = 30.0
 
 
@@ -287,14 +289,14 @@ class Publisher:
             if bundles.missing(session, deployment):
                 bundles.ensure_issued(session, self.config, deployment)
             current = {k: bundles.latest(session, deployment, k)
-                       for k in ("trust", "policy", "status", "status-head")}
+                       for k in (*WHOLE, "status", "status-head")}
             delta_rows = bundles.deltas(session, deployment) if "status" in kinds or \
                 "clear" in kinds else []
             # plain values: the session closes before the network work
             current = {k: (b.version, b.raw) for k, b in current.items() if b is not None}
             delta_list = [(d.base, d.raw) for d in delta_rows]
         sent = []
-        for kind in ("trust", "policy"):
+        for kind in WHOLE:
             if kind in kinds and kind in current:
                 sent.append(self._send(messages.bundle_topic(deployment, kind), current[kind][1]))
         bases = {base for base, _ in delta_list}
@@ -328,7 +330,7 @@ class Publisher:
         if "status" in current and "status" in kinds:
             log.info("%s: published status v%d (deltas from %s), %s", deployment,
                      current["status"][0], sorted(bases) or "none",
-                     ", ".join(f"{k} v{current[k][0]}" for k in ("trust", "policy")
+                     ", ".join(f"{k} v{current[k][0]}" for k in WHOLE
                                if k in kinds and k in current))
 
 

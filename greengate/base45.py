@@ -1,7 +1,5 @@
 """Base45 (RFC 9285), the alphabet QR alphanumeric mode packs densely."""
 
-import struct
-
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 _VALUE = {c: i for i, c in enumerate(ALPHABET)}
 # bytes.translate maps every legal character to its value and every other one
@@ -40,19 +38,29 @@ def decode(text: str) -> bytes:
     if rest == 1:
         raise Base45Error("base45 text length leaves a dangling character")
     end = 3 * full
-    # Strided slices keep the per-triplet loop in C-level iteration; struct
-    # rejects any value over 0xFFFF, which is base45's range rule. (A numpy
-    # version ran faster alone but slower inside the whole verification: its
-    # code evicts OpenSSL's tables from the CPU caches.)
-    words = [a + b * 45 + c * 2025
-             for a, b, c in zip(vals[0:end:3], vals[1:end:3], vals[2:end:3])]
-    try:
-        out = struct.pack(f">{full}H", *words)
-    except struct.error:
-        raise Base45Error("base45 triplet out of range") from None
+    # All triplets at once, in C: each triplet's three digits go into the low byte
+    # of its own 24-bit slot of three big integers, and one multiply-add over those
+    # gives every triplet's value (a slot holds at most 44 + 44*45 + 44*2025 < 2**17,
+    # so nothing carries into the next slot). A value over 0xFFFF, base45's range
+    # rule, shows as a non-zero top byte. (Three times faster than a Python loop
+    # over the triplets; a numpy version ran faster alone but slower inside the
+    # whole verification: its code evicts OpenSSL's tables from the CPU caches.)
+    slots = bytearray(end)
+    slots[2::3] = vals[0:end:3]
+    low = int.from_bytes(slots, "big")
+    slots[2::3] = vals[1:end:3]
+    mid = int.from_bytes(slots, "big")
+    slots[2::3] = vals[2:end:3]
+    high = int.from_bytes(slots, "big")
+    words = (low + mid * 45 + high * 2025).to_bytes(end, "big")
+    if words[0::3].count(0) != full:
+        raise Base45Error("base45 triplet out of range")
+    out = bytearray(2 * full)
+    out[0::2] = words[1::3]
+    out[1::2] = words[2::3]
     if rest == 2:
         n = vals[-2] + vals[-1] * 45
         if n > 0xFF:
             raise Base45Error("base45 pair out of range")
-        out += bytes((n,))
-    return out
+        out.append(n)
+    return bytes(out)

@@ -1,4 +1,5 @@
-"""Signed bundles: how the fleet hands kiosks their trust list, policies and status lists.
+"""Signed bundles: how the fleet hands kiosks their trust list, policies, status lists and
+value sets.
 
 A bundle is a COSE_Sign1 (ES256) by the fleet's bundle-signing key over a
 CBOR map:
@@ -23,7 +24,7 @@ from . import cose
 from .errors import Rejected
 
 FORMAT = 1
-KINDS = ("trust", "policy", "status", "status-delta", "status-head")
+KINDS = ("trust", "policy", "status", "status-delta", "status-head", "valuesets")
 MAX_BUNDLE = 32 * 1024 * 1024  # a national status list is a few MB
 
 

@@ -1,52 +1,57 @@
-"""CWT claims and the DCC payload, checked field by field against the DCC schema.
+"""CWT claims and the DCC payload: leniency, structure, the official schema, plausibility.
 
-Hand-written rather than a JSON-schema engine: the schema is small, the
-kiosk checks thousands of certificates a second, and each failure needs a
-sentence a support desk can read.
+Order (docs/verification.md, "Schema, plausibility and leniency"):
+1. leniency: the encodings real issuers send are normalised (null-valued keys
+   are dropped, a CBOR date-time in `t.sc` becomes its text);
+2. structure, cheap and with sentences a support desk can read: `ver`, `nam`,
+   exactly one of v/t/r, each a non-empty list of maps;
+3. the official JSON schema of the declared version (greengate.schema);
+4. dates that exist (the schema's formats only look at the shape);
+5. the entry that is evaluated, when a pre-1.3 certificate holds several.
+`check_plausibility` (birth date against issuance) needs the CWT claims and is
+called by the verifier after parse_claims.
 """
 
 import re
-from typing import NamedTuple
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
+from typing import NamedTuple
 
+from . import schema
 from .errors import Rejected
 
 CLAIM_ISS, CLAIM_EXP, CLAIM_IAT, CLAIM_HCERT = 1, 4, 6, -260
 TYPES = ("v", "t", "r")
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
-_DOB = re.compile(r"^(\d{4}(-\d{2}(-\d{2})?)?)?$")  # year, year-month, or full date; may be empty
-_STD_NAME = re.compile(r"^[A-Z<]*$")
 _VER = re.compile(r"^\d+\.\d+\.\d+$")
-_STR, _INT, _DATE_T, _DATETIME = "str", "int", "date", "datetime"
-_R, _O = True, False  # required, optional
-
-# (field, kind, required) per certificate type, as in the DCC schema
-_ENTRY_FIELDS = {
-    "v": (("tg", _STR, _R), ("vp", _STR, _R), ("mp", _STR, _R), ("ma", _STR, _R),
-          ("dn", _INT, _R), ("sd", _INT, _R), ("dt", _DATE_T, _R), ("co", _STR, _R),
-          ("is", _STR, _R), ("ci", _STR, _R)),
-    "t": (("tg", _STR, _R), ("tt", _STR, _R), ("nm", _STR, _O), ("ma", _STR, _O),
-          ("sc", _DATETIME, _R), ("tr", _STR, _R), ("tc", _STR, _O), ("co", _STR, _R),
-          ("is", _STR, _R), ("ci", _STR, _R)),
-    "r": (("tg", _STR, _R), ("fr", _DATE_T, _R), ("co", _STR, _R), ("is", _STR, _R),
-          ("df", _DATE_T, _R), ("du", _DATE_T, _R), ("ci", _STR, _R)),
-}
-_MAX_STR = 80
-_MAX_INT = 9  # dn and sd are 1..9 in the DCC schema
+_ICAO = re.compile(r"^[A-Z<]*$")  # ICAO 9303 part 3 machine-readable name alphabet
+_DOB = re.compile(r"^(\d{4})(?:-(\d\d)(?:-(\d\d))?)?")
+MIN_BIRTH_YEAR = 1900
+# iat is UTC; a certificate issued in the morning at UTC+14 has an iat on the
+# previous UTC day, so a newborn's birth date may be one day after iat's date.
+_BIRTH_SLACK = timedelta(days=1)
+_DATE_FIELDS = {"v": ("dt",), "t": (), "r": ("fr", "df", "du")}
+_DATE_TIME_FIELDS = {"v": (), "t": ("sc", "dr"), "r": ()}
+# Several entries (allowed before schema 1.3.0): the one evaluated is the
+# latest, by these fields; ties keep the issuer's order (the last one wins).
+_LATEST = {"v": lambda e: (str(e.get("dt", ""))[:10], e.get("dn", 0) if type(e.get("dn")) is int else 0),
+           "t": lambda e: _moment_or_min(e.get("sc")),
+           "r": lambda e: str(e.get("fr", ""))[:10]}
 
 
 class Certificate(NamedTuple):
     type: str
-    entry: Mapping
+    entry: Mapping  # the entry evaluated (the latest, when there are several)
     ci: str
     iss: str | None
     iat: float
     exp: float
-    family: str  # nam.fnt, the ICAO-standardised name
+    family: str  # nam.fnt, the ICAO-standardised name ("" when only gnt is given)
     given: str
     dob: str
+    payload: Mapping | None = None  # the whole DCC after normalisation, holding only the evaluated entry
+    country: str | None = None  # issuer country, CWT claim 1 (iss)
+    schema: str | None = None  # the schema version the payload was validated against
 
 
 def _invalid(detail: str) -> Rejected:
@@ -58,37 +63,18 @@ def parse_date(value: str) -> date:
 
 
 def parse_datetime(value: str) -> datetime:
-    text = value.replace("Z", "+00:00")
+    text = value.replace("Z", "+00:00").replace("z", "+00:00")
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment
 
 
-def _check_field(kind: str, name: str, value) -> None:
-    if kind is _STR and type(value) is str and len(value) <= _MAX_STR:
-        return  # the common case, kept cheap: thousands of checks a second
-    if kind == _INT:
-        if type(value) is not int or not 1 <= value <= _MAX_INT:
-            raise _invalid(f"'{name}' must be a whole number from 1 to {_MAX_INT}")
-        return
-    if not isinstance(value, str):
-        raise _invalid(f"'{name}' must be text, got {type(value).__name__}")
-    if kind == _STR:
-        if len(value) > _MAX_STR:
-            raise _invalid(f"'{name}' is longer than {_MAX_STR} characters")
-    elif kind == _DATE_T:
-        try:
-            if not _DATE.match(value):
-                raise ValueError
-            parse_date(value)
-        except ValueError:
-            raise _invalid(f"'{name}' is not a date: {value[:40]!r}") from None
-    else:
-        try:
-            parse_datetime(value)
-        except ValueError:
-            raise _invalid(f"'{name}' is not a date-time: {value[:40]!r}") from None
+def _moment_or_min(value) -> datetime:
+    try:
+        return parse_datetime(value)
+    except (TypeError, ValueError, AttributeError):
+        return datetime.min.replace(tzinfo=timezone.utc)
 
 
 def _claim_time(claims: Mapping, key: int, name: str) -> float:
@@ -101,7 +87,7 @@ def _claim_time(claims: Mapping, key: int, name: str) -> float:
 
 
 def parse_claims(claims) -> Certificate:
-    if not isinstance(claims, Mapping):
+    if type(claims) is not dict and not isinstance(claims, Mapping):
         raise _invalid("CWT payload is not a map of claims")
     iat = _claim_time(claims, CLAIM_IAT, "iat")
     exp = _claim_time(claims, CLAIM_EXP, "exp")
@@ -109,46 +95,155 @@ def parse_claims(claims) -> Certificate:
     if iss is not None and not isinstance(iss, str):
         raise _invalid("CWT claim 'iss' is not text")
     hcert = claims.get(CLAIM_HCERT)
-    if not isinstance(hcert, Mapping) or not isinstance(hcert.get(1), Mapping):
+    if type(hcert) is not dict and not isinstance(hcert, Mapping) \
+            or type(hcert.get(1)) is not dict and not isinstance(hcert.get(1), Mapping):
         raise _invalid("CWT has no health certificate (claim -260 → 1)")
     return parse_dcc(hcert[1], iss, iat, exp)
 
 
-def parse_dcc(dcc: Mapping, iss=None, iat=0, exp=0) -> Certificate:
-    if not isinstance(dcc, Mapping):
-        raise _invalid("health certificate is not a map")
+# --------------------------------------------------------------------------- leniency
+
+def _without_nulls(node: Mapping) -> dict:
+    return {k: v for k, v in node.items() if v is not None}
+
+
+def normalise(dcc: Mapping) -> dict:
+    """The payload as the schema should see it. Returns `dcc` itself when there
+    is nothing to change (the common case costs a few membership tests)."""
+    out = dcc if type(dcc) is dict and None not in dcc.values() else _without_nulls(dcc)
+    nam = out.get("nam")
+    if isinstance(nam, Mapping) and (type(nam) is not dict or None in nam.values()):
+        out = out if out is not dcc else dict(dcc)
+        out["nam"] = _without_nulls(nam)
+    for kind in TYPES:
+        entries = out.get(kind)
+        if type(entries) is not list:
+            continue
+        fixed = None
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping):
+                continue
+            new = entry
+            if type(entry) is not dict or None in entry.values():
+                new = _without_nulls(entry)
+            if kind == "t" and isinstance(new.get("sc"), datetime):
+                # CBOR tag 0/1 (date-time) where the schema wants RFC 3339 text
+                new = dict(new)
+                moment = new["sc"]
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=timezone.utc)
+                new["sc"] = moment.isoformat()
+            if new is not entry:
+                if fixed is None:
+                    fixed = list(entries)
+                fixed[i] = new
+        if fixed is not None:
+            out = out if out is not dcc else dict(dcc)
+            out[kind] = fixed
+    return out
+
+
+# --------------------------------------------------------------------------- structure
+
+def _structure(dcc: Mapping) -> tuple[str, list]:
     ver = dcc.get("ver")
     if not isinstance(ver, str) or not _VER.match(ver):
         raise _invalid("'ver' (schema version) is missing or malformed")
     nam = dcc.get("nam")
-    if not isinstance(nam, Mapping):
+    if type(nam) is not dict and not isinstance(nam, Mapping):
         raise _invalid("'nam' (name) is missing")
-    for key in ("fn", "gn", "fnt", "gnt"):
-        if key in nam and not (isinstance(nam[key], str) and len(nam[key]) <= _MAX_STR):
-            raise _invalid(f"'nam.{key}' must be text of at most {_MAX_STR} characters")
-    fnt = nam.get("fnt")
-    if not isinstance(fnt, str) or not _STD_NAME.match(fnt):
-        raise _invalid("'nam.fnt' (standardised family name) is missing or not A-Z and '<'")
-    gnt = nam.get("gnt", "")
-    if not _STD_NAME.match(gnt):
-        raise _invalid("'nam.gnt' is not A-Z and '<'")
-    dob = dcc.get("dob")
-    if not isinstance(dob, str) or not _DOB.match(dob[:10]):
-        raise _invalid("'dob' (date of birth) is missing or malformed")
+    if "fnt" not in nam and "gnt" not in nam:
+        raise _invalid("'nam' holds neither 'fnt' nor 'gnt' (standardised names)")
+    for key in ("fnt", "gnt"):
+        value = nam.get(key)
+        if value is not None and not (isinstance(value, str) and _ICAO.match(value)):
+            raise _invalid(f"'nam.{key}' is not in the ICAO 9303 alphabet (A-Z and '<'): "
+                           f"{str(value)[:40]!r}")
+    if not isinstance(dcc.get("dob"), str):
+        raise _invalid("'dob' (date of birth) is missing or not text")
     present = [t for t in TYPES if t in dcc]
     if len(present) != 1:
         raise _invalid(f"certificate must hold exactly one of v/t/r, holds {len(present) or 'none'}")
-    cert_type = present[0]
-    entries = dcc[cert_type]
-    if not isinstance(entries, list) or len(entries) != 1:
-        raise _invalid(f"'{cert_type}' must hold exactly one entry")
-    entry = entries[0]
-    if not isinstance(entry, Mapping):
-        raise _invalid(f"'{cert_type}' entry is not a map")
-    for name, kind, required in _ENTRY_FIELDS[cert_type]:
-        value = entry.get(name)
-        if value is not None:
-            _check_field(kind, name, value)
-        elif required:
-            raise _invalid(f"'{cert_type}.{name}' is missing")
-    return Certificate(cert_type, entry, entry["ci"], iss, iat, exp, fnt, gnt, dob)
+    kind = present[0]
+    entries = dcc[kind]
+    if not isinstance(entries, list) or not entries:
+        raise _invalid(f"'{kind}' must be a list of at least one entry")
+    for entry in entries:
+        if type(entry) is not dict and not isinstance(entry, Mapping):
+            raise _invalid(f"'{kind}' entry is not a map")
+    return kind, entries
+
+
+# --------------------------------------------------------------------------- dates that exist
+
+def dob_earliest(dob: str) -> date | None:
+    """The earliest day a (possibly partial) birth date can mean; None if empty."""
+    match = _DOB.match(dob)
+    if not match:
+        return None
+    year, month, day = match.groups()
+    return date(int(year), int(month or 1), int(day or 1))
+
+
+def _check_dates(dcc: Mapping, kind: str, entries: list) -> None:
+    dob = dcc["dob"]
+    if dob:
+        try:
+            born = dob_earliest(dob)
+            if born is None:
+                raise ValueError
+            if len(dob) >= 10:
+                parse_date(dob)
+        except ValueError:
+            raise _invalid(f"'dob' is not a date that exists: {dob[:40]!r}") from None
+        if born.year < MIN_BIRTH_YEAR:
+            raise _invalid(f"'dob' {dob[:10]} is before {MIN_BIRTH_YEAR}")
+    many = len(entries) > 1
+    for i, entry in enumerate(entries):
+        where = f"{kind}[{i}]" if many else kind
+        for name in _DATE_FIELDS[kind]:
+            value = entry.get(name)
+            if isinstance(value, str):
+                try:
+                    parse_date(value)
+                except ValueError:
+                    raise _invalid(f"'{where}.{name}' is not a date that exists: {value[:40]!r}") from None
+        for name in _DATE_TIME_FIELDS[kind]:
+            value = entry.get(name)
+            if isinstance(value, str):
+                try:
+                    parse_datetime(value)
+                except ValueError:
+                    raise _invalid(f"'{where}.{name}' is not a date-time that exists: "
+                                   f"{value[:40]!r}") from None
+
+
+def parse_dcc(dcc: Mapping, iss=None, iat=0, exp=0) -> Certificate:
+    if type(dcc) is not dict and not isinstance(dcc, Mapping):
+        raise _invalid("health certificate is not a map")
+    dcc = normalise(dcc)
+    kind, entries = _structure(dcc)
+    version = schema.validate(dcc)
+    _check_dates(dcc, kind, entries)
+    if len(entries) == 1:
+        entry = entries[0]
+        payload = dcc
+    else:
+        latest = _LATEST[kind]
+        entry = max(reversed(entries), key=latest)  # max keeps the first of equals: the last entry
+        payload = {**dcc, kind: [entry]}
+    nam = dcc["nam"]
+    return Certificate(kind, entry, entry["ci"], iss, iat, exp, nam.get("fnt", ""),
+                       nam.get("gnt", ""), dcc["dob"], payload, iss, version)
+
+
+# --------------------------------------------------------------------------- plausibility
+
+def check_plausibility(cert: Certificate) -> None:
+    """Rules real verifiers apply beyond the schema; raises Rejected (invalid_content)."""
+    born = dob_earliest(cert.dob) if cert.dob else None
+    if born is not None:
+        issued = datetime.fromtimestamp(cert.iat, timezone.utc).date()
+        if born > issued + _BIRTH_SLACK:
+            raise _invalid(f"'dob' {cert.dob[:10]} is after the certificate was issued "
+                           f"({issued.isoformat()})")

@@ -8,6 +8,7 @@ protected one lacks them.
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -117,15 +118,36 @@ def parse(data: bytes) -> Sign1:
     if not isinstance(payload, bytes) or not isinstance(signature, bytes):
         raise Rejected("unreadable", "COSE payload and signature must be byte strings")
     if protected:
-        try:
-            protected_header = loads(protected)
-        except Exception as exc:
-            raise Rejected("unreadable", f"protected header is not valid CBOR: {exc}") from None
-        if not isinstance(protected_header, Mapping):
-            raise Rejected("unreadable", "protected header is not a map")
+        protected_header = _protected_header(protected)
     else:
         protected_header = {}
     return Sign1(protected, protected_header, unprotected, payload, signature)
+
+
+# A signer's certificates all carry the same protected header ({alg, kid}, ~15
+# bytes), so its decoded map is kept: one dict lookup instead of a CBOR decoder
+# per scan. Keyed by the exact bytes, bounded, read-only (a mapping proxy): the
+# result is the same as decoding them again.
+_HEADERS: dict[bytes, Mapping] = {}
+_HEADERS_MAX = 256
+_HEADER_CACHED_SIZE = 64
+
+
+def _protected_header(protected: bytes) -> Mapping:
+    header = _HEADERS.get(protected)
+    if header is not None:
+        return header
+    try:
+        header = loads(protected)
+    except Exception as exc:
+        raise Rejected("unreadable", f"protected header is not valid CBOR: {exc}") from None
+    if not isinstance(header, Mapping):
+        raise Rejected("unreadable", "protected header is not a map")
+    if len(protected) <= _HEADER_CACHED_SIZE and type(header) is dict:
+        if len(_HEADERS) >= _HEADERS_MAX:
+            _HEADERS.clear()
+        header = _HEADERS[protected] = MappingProxyType(header)
+    return header
 
 
 def sign(payload: bytes, private_key, kid: bytes, *, alg: int | None = None,

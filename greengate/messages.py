@@ -241,11 +241,11 @@ def parse_heartbeat(payload: bytes, kiosk: str) -> dict:
     _field(doc, "uptime", (int, float), low=0, high=1e10)
     bundles = _field(doc, "bundles", dict)
     if len(bundles) > 8:
-        raise MessageError("field 'bundles' must map trust/policy/status to versions")
+        raise MessageError("field 'bundles' must map trust/policy/status/valuesets to versions")
     for kind, version in bundles.items():
-        if kind not in ("trust", "policy", "status") or (version is not None and (
+        if kind not in ("trust", "policy", "status", "valuesets") or (version is not None and (
                 type(version) is not int or not 0 <= version <= MAX_SEQ)):
-            raise MessageError("field 'bundles' must map trust/policy/status to versions")
+            raise MessageError("field 'bundles' must map trust/policy/status/valuesets to versions")
     _field(doc, "outbox", int, low=0, high=MAX_COUNT)
     _field(doc, "overflow", int, optional=True, low=0, high=MAX_COUNT)
     if _field(doc, "clock", str) not in CLOCK_STATES:

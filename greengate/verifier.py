@@ -5,23 +5,43 @@ gives the reason. Nothing raises out of `verify`: an unexpected error is a red
 `unreadable` with its description, because a kiosk must always show a light.
 """
 
-from datetime import datetime, timezone
+import base64
+import inspect
+from collections.abc import Collection
+from datetime import datetime, timezone, tzinfo
+from zoneinfo import ZoneInfo
 
 from . import cose, hc1
-from .content import Certificate, parse_claims
+from .content import Certificate, check_plausibility, parse_claims, parse_date
 from .decision import Decision, Reason, red
 from .errors import Rejected
 from .policy import Policy
 from .status import REVOKED, StatusList, cert_hash
 from .trust import TrustList
+from .valuesets import ValueSets
 
 
 class Verifier:
     def __init__(self, trust: TrustList, policy: Policy, status: StatusList | None = None,
-                 valid_until: datetime | None = None):
+                 valid_until: datetime | None = None, valuesets: ValueSets | None = None,
+                 country: str = "VN", zone: tzinfo | str | None = None):
+        """country: the kiosk's country (CertLogic's external.countryCode).
+        zone: the calendar in which a recovery certificate's df/du dates are
+        read; default the policy's timezone, else UTC."""
         self.trust = trust
         self.policy = policy
         self.status = status
+        self.valuesets = valuesets if valuesets is not None else ValueSets.default()
+        self.country = country
+        self.timezone = _zone(zone if zone is not None else getattr(policy, "timezone", None))
+        # Policies evaluate(cert, at, external) with the EU verifiers' data; an
+        # older Policy takes (cert, at). Decided once, not per scan.
+        try:
+            self._pass_external = "external" in inspect.signature(policy.evaluate).parameters
+        except (TypeError, ValueError):
+            self._pass_external = False
+        # Only what the rules read is formatted per scan (None: all of it).
+        self._external_keys = getattr(policy, "external_keys", None)
         # Past this moment the lists are older than the offline budget.
         if valid_until is not None and valid_until.tzinfo is None:
             valid_until = valid_until.replace(tzinfo=timezone.utc)
@@ -71,6 +91,8 @@ class Verifier:
             return red(Reason.UNREADABLE, f"signed payload is not valid CBOR: {exc}", **facts)
         try:
             cert = parse_claims(claims)
+            check_plausibility(cert)
+            self.valuesets.check_strict(cert)
         except Rejected as exc:
             return red(exc.reason, exc.detail, **facts)
         facts.update(type=cert.type, cert_hash=cert_hash(cert.ci).hex(),
@@ -80,7 +102,7 @@ class Verifier:
             allowed = "/".join(sorted(signer.allowed_types))
             return red(Reason.WRONG_KEY_USAGE,
                        f"signer may sign only {allowed} certificates, not {cert.type}", **facts)
-        problem = check_times(cert, signer, at)
+        problem = check_times(cert, signer, at) or check_validity_window(cert, at, self.timezone)
         if problem:
             return red(*problem, **facts)
         if self.status is not None:
@@ -90,11 +112,46 @@ class Verifier:
                     return red(Reason.REVOKED, "certificate is revoked", **facts)
                 until = f" until {status.until.isoformat()}" if status.until else ""
                 return red(Reason.SUSPENDED, f"certificate is suspended{until}", **facts)
-        verdict = self.policy.evaluate(cert, at)
+        if self._pass_external:
+            verdict = self.policy.evaluate(cert, at, self.external(cert, at, kid,
+                                                                   self._external_keys))
+        else:
+            verdict = self.policy.evaluate(cert, at)
         if verdict:
             sub_reason, detail = verdict
             return red(Reason.POLICY_FAILED, detail, sub_reason=sub_reason, **facts)
         return Decision("green", Reason.OK, f"accepted by policy {self.policy.name}", **facts)
+
+    def external(self, cert: Certificate, at: datetime, kid: bytes,
+                 keys: Collection[str] | None = None) -> dict:
+        """CertLogic's `external`: the data the EU verifier apps pass to business rules.
+
+        keys: only these need to be there (the policy's `external_keys`, what its
+        rules read); None gives them all. The constant ones always are: they cost
+        nothing, while formatting the times and the kid is a good part of a scan.
+        """
+        external = {
+            "valueSets": self.valuesets.as_external(),
+            "countryCode": self.country,
+            "issuerCountryCode": cert.country,
+        }
+        if keys is None or "validationClock" in keys:
+            external["validationClock"] = at.isoformat()
+        if keys is None or "exp" in keys:
+            external["exp"] = datetime.fromtimestamp(cert.exp, timezone.utc).isoformat()
+        if keys is None or "iat" in keys:
+            external["iat"] = datetime.fromtimestamp(cert.iat, timezone.utc).isoformat()
+        if keys is None or "kid" in keys:
+            external["kid"] = base64.b64encode(kid).decode("ascii")
+        return external
+
+
+def _zone(value) -> tzinfo:
+    if value is None:
+        return timezone.utc
+    if isinstance(value, str):
+        return ZoneInfo(value)
+    return value
 
 
 def check_times(cert: Certificate, signer, at: datetime) -> tuple[Reason, str] | None:
@@ -107,4 +164,19 @@ def check_times(cert: Certificate, signer, at: datetime) -> tuple[Reason, str] |
         return Reason.NOT_YET_VALID, "validation time is before the signer certificate is valid"
     if at > signer.not_after:
         return Reason.EXPIRED, "signer certificate has expired"
+    return None
+
+
+def check_validity_window(cert: Certificate, at: datetime, zone: tzinfo = timezone.utc
+                          ) -> tuple[Reason, str] | None:
+    """A recovery certificate's own window: valid from `df` through `du`, both
+    whole days in `zone`'s calendar (technical validity, as exp is)."""
+    if cert.type != "r":
+        return None
+    today = at.astimezone(zone).date()
+    entry = cert.entry
+    if today < parse_date(entry["df"]):
+        return Reason.NOT_YET_VALID, f"recovery certificate is valid only from {entry['df'][:10]}"
+    if today > parse_date(entry["du"]):
+        return Reason.EXPIRED, f"recovery certificate was valid until {entry['du'][:10]}"
     return None

@@ -6,6 +6,7 @@ certificate gets an explicit iat/exp and every verification an explicit `at`.
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
@@ -99,6 +100,7 @@ def person():
 
 @pytest.fixture(scope="session")
 def hcmc_document():
-    """The built-in hcmc-2021 policy as a fresh, editable document."""
-    text = json.dumps(policies.load("hcmc-2021").document)
+    """hcmc-2021 in the old (pre-rule-set) policy format, as a fresh, editable document:
+    tests move its thresholds; policy.from_document converts it (convert_legacy)."""
+    text = (Path(__file__).parent / "data" / "policies" / "hcmc-2021-legacy.json").read_text()
     return lambda: json.loads(text)

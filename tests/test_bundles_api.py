@@ -58,7 +58,7 @@ def opened(fleet, data):
 
 # --- the bundles, as kiosks fetch them ---------------------------------------------------
 def test_bundles_are_public_signed_bytes_with_an_etag(fleet):
-    for kind in ("trust", "policy", "status", "status-head"):
+    for kind in ("trust", "policy", "status", "status-head", "valuesets"):
         r = fleet.client.get(f"/api/v1/bundles/test/{kind}")  # no token: bundles are public
         assert r.status_code == 200 and r.mimetype == OCTET
         b = opened(fleet, r.data)
@@ -352,7 +352,10 @@ def test_policies_list_put_and_distribute(fleet, hcmc_document):
     assert r.status_code == 200 and r.get_json()["result"] == "unchanged"
     assert r.get_json()["version"] == 2
     policy = opened(fleet, fleet.client.get("/api/v1/bundles/test/policy").data)
-    assert policy.version == 2 and policy.body["policies"]["market"]["accept"] == ["v"]
+    market = policy.body["policies"]["market"]
+    assert policy.version == 2 and "accept" not in market  # stored as its rule set
+    assert market["rules"] and market["name"] == "market"
+    assert "type_not_accepted" in {r["Identifier"] for r in market["rules"]}  # "accept": v
     one = fleet.client.get("/api/v1/policies/test/market", headers=fleet.officer).get_json()
     assert one["updated_by"] == "operator"
     assert fleet.client.get("/api/v1/policies/test/nope",
@@ -417,13 +420,13 @@ def test_the_kiosks_http_fallback_gets_its_lists_from_the_fleet(http_fleet, tmp_
     revoke(fleet, cis("R", 100))
     store = BundleStore(tmp_path / "kiosk", fleet.pub, "test", "hcmc-2021", timedelta(hours=72))
     etags = {}
-    for kind in ("trust", "policy", "status"):
+    for kind in ("trust", "policy", "status", "valuesets"):
         code, body, etags[kind] = kiosk_fetch(f"{fleet.url}/api/v1/bundles/test/{kind}", None)
         assert code == 200
         assert store.offer(body, "http") == (True, "applied")
     assert store.verifier is not None and store.versions() == {"trust": 2, "policy": 1,
-                                                                "status": 2}
-    for kind in ("trust", "policy"):
+                                                                "status": 2, "valuesets": 1}
+    for kind in ("trust", "policy", "valuesets"):
         assert kiosk_fetch(f"{fleet.url}/api/v1/bundles/test/{kind}", etags[kind])[0] == 304
     assert kiosk_fetch(f"{fleet.url}/api/v1/bundles/test/status?from=2", etags["status"])[0] \
         == 304

@@ -83,9 +83,10 @@ def test_json_red_exit_1_with_sub_reason(capsys, files, certs, holder):
                        "--at", AT, certs["v_recent"])
     assert code == 1
     result = json.loads(out)
-    assert set(result) == FIELDS
+    assert set(result) == FIELDS | {"descriptions"}  # policy_failed: the rule's, per language
     assert (result["decision"], result["reason"], result["sub_reason"]) == \
         ("red", "policy_failed", "vaccination_too_recent")
+    assert set(result["descriptions"]) == {"en", "vi"}
     for secret in (holder.family, holder.family_std, holder.given_std, holder.dob):
         assert secret not in out
 

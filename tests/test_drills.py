@@ -276,7 +276,7 @@ def test_drill_offline_beyond_budget_then_catch_up_by_delta(drill):
     # Meanwhile the fleet re-signs its lists (bundles refresh): status v3, delta from v2.
     with fleet.sessions() as s:
         assert set(bundles.refresh(s, fleet.config, DEP, force=True)) == \
-            {"trust", "policy", "status"}
+            {"trust", "policy", "status", "valuesets"}
         assert bundles.delta_from(s, DEP, 2) is not None
         snapshot = bundles.latest(s, DEP, "status")
         assert snapshot.version == 3

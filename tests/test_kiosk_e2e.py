@@ -232,7 +232,7 @@ def test_running_kiosk_heartbeats_and_refuses_bad_bundles(site, subscriber):
     try:
         msgs = sub.wait_for(lambda m: len(scans(m)) == 1 and beats(m), 60, "a scan and a beat")
         beat = beats(msgs)[-1]
-        assert beat["bundles"] == {"trust": 1, "policy": 1, "status": 1}
+        assert beat["bundles"] == {"trust": 1, "policy": 1, "status": 1, "valuesets": None}
         assert beat["clock"] == "floor"  # no NTP here: bounded by the signed bundle times
         assert beat["lists"] == "fresh" and beat["outbox"] == 0 and beat["session"] == 1
         assert beat["uptime"] > 0
@@ -397,8 +397,9 @@ def test_bundles_come_over_http_when_the_broker_is_down(site):
     base = f"/api/v1/bundles/{DEPLOYMENT}"
     # Holding status v1, it asks for the delta from there (the fleet answers with the
     # delta, or the snapshot if it has none).
+    # Value sets are asked for too (this server has none: the vendored copy serves).
     assert paths == {f"{base}/trust", f"{base}/policy", f"{base}/status",
-                     f"{base}/status?from=1"}
+                     f"{base}/status?from=1", f"{base}/valuesets"}
     # the decision waits in the outbox for the broker
     with Outbox(site.data / "outbox.sqlite") as outbox:
         assert outbox.depth() == 1

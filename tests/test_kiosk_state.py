@@ -58,7 +58,7 @@ def test_applied_bundles_verify_and_survive_restart(store_factory, fleet, es256)
     _, text = cert(es256)
     assert store.verifier.verify(text, CHECK).green
     again = store_factory()  # a restart reads the stored bundles back
-    assert again.versions() == {"trust": 1, "policy": 1, "status": 1}
+    assert again.versions() == {"trust": 1, "policy": 1, "status": 1, "valuesets": None}
     assert again.verifier.verify(text, CHECK).green
 
 
@@ -137,6 +137,96 @@ def test_stored_bundle_corrupted_on_disk_is_ignored(store_factory, fleet, es256,
     path.write_bytes(path.read_bytes()[:-10])
     store = store_factory()
     assert store.verifier is None and "trust" in store.problem
+
+
+# --- value sets and policy assignment -------------------------------------
+VALUE_SETS = Path(__file__).resolve().parents[1] / "greengate" / "data" / "dcc-valuesets"
+NAMES = "vaccines-covid-19-names"
+
+
+def value_sets(version, issued=T0, fleet=None, extra=()) -> bytes:
+    docs = {}
+    for path in sorted(VALUE_SETS.glob("*.json")):
+        doc = json.loads(path.read_text())
+        docs[doc["valueSetId"]] = doc
+    for code in extra:
+        docs[NAMES]["valueSetValues"][code] = {"display": code, "lang": "en", "active": True}
+    return fleet.seal("valuesets", version, issued, {"valueSets": docs})
+
+
+def test_value_sets_apply_survive_restart_and_reach_the_verifier(store_factory, fleet, es256):
+    store = store_factory()
+    fill(store, fleet, es256)
+    assert "EU/9/99/0001" not in store.verifier.valuesets.codes(NAMES)  # vendored until sent
+    ok, why = store.offer(value_sets(3, fleet=fleet, extra=["EU/9/99/0001"]))
+    assert ok, why
+    assert "EU/9/99/0001" in store.verifier.valuesets.codes(NAMES)
+    assert "EU/9/99/0001" in store.verifier.valuesets.as_external()[NAMES]
+    again = store_factory()
+    assert again.versions()["valuesets"] == 3
+    assert "EU/9/99/0001" in again.verifier.valuesets.codes(NAMES)
+
+
+def test_value_sets_rollback_tamper_foreign_key_and_bad_body_are_refused(store_factory, fleet,
+                                                                          es256):
+    store = store_factory()
+    fill(store, fleet, es256)
+    assert store.offer(value_sets(5, fleet=fleet, extra=["EU/9/99/0005"]))[0]
+    ok, why = store.offer(value_sets(4, fleet=fleet))
+    assert not ok and "refused rollback: valuesets v4" in why
+    tampered = bytearray(value_sets(6, fleet=fleet))
+    at = tampered.find(b"EU/1/20/1528")
+    tampered[at + 3] ^= 1  # one code changed in transit
+    ok, why = store.offer(bytes(tampered))
+    assert not ok and "bad_signature" in why
+    ok, why = store.offer(value_sets(7, fleet=FleetKit(fleet.deployment)))
+    assert not ok and "wrong_key" in why
+    ok, why = store.offer(value_sets(5, fleet=fleet, extra=["EU/9/99/0006"]))
+    assert not ok and "differs" in why
+    for body in ({"valueSets": {}}, {"valueSets": {"x": {"valueSetId": "y",
+                                                         "valueSetValues": {}}}},
+                 {"valueSets": {"x": {"valueSetId": "x", "valueSetValues": [1]}}}, [1]):
+        ok, why = store.offer(fleet.seal("valuesets", 8, T0, body))
+        assert not ok and "malformed valuesets body" in why, why
+    assert store.versions()["valuesets"] == 5 and store.refused == 8
+    assert "EU/9/99/0005" in store.verifier.valuesets.codes(NAMES)
+    assert "EU/9/99/0005" in store_factory().verifier.valuesets.codes(NAMES)
+
+
+def test_a_stored_value_set_bundle_corrupted_on_disk_leaves_the_vendored_copy(
+        store_factory, fleet, es256, tmp_path):
+    store = store_factory()
+    fill(store, fleet, es256)
+    assert store.offer(value_sets(2, fleet=fleet, extra=["EU/9/99/0002"]))[0]
+    path = tmp_path / "bundles" / "valuesets.bundle"
+    path.write_bytes(path.read_bytes()[:-10])
+    again = store_factory()
+    assert again.verifier is not None and again.versions()["valuesets"] is None
+    assert "EU/9/99/0002" not in again.verifier.valuesets.codes(NAMES)
+
+
+def test_the_policy_bundle_assigns_this_kiosk_its_policy(tmp_path, fleet, es256):
+    def store(kiosk_id):
+        return BundleStore(tmp_path / kiosk_id, load_public_key(fleet.public_pem),
+                           fleet.deployment, "hcmc-2021", BUDGET, kiosk_id=kiosk_id)
+
+    docs = {n: json.loads((Path(__file__).resolve().parents[1] / "greengate" / "policies" /
+                           f"{n}.json").read_text()) for n in ("hcmc-2021", "accept-valid")}
+    raw = fleet.seal("policy", 2, T0, {"policies": docs,
+                                       "assigned": {"k-assigned": "accept-valid"}})
+    recent = es256.mint(es256.vaccination(date="2021-10-01"), iat="2021-10-01",
+                        exp="2022-10-01")  # 4 days after the dose: hcmc-2021 wants 14
+    for kiosk_id, policy_name, green in (("k-assigned", "accept-valid", True),
+                                         ("k-other", "hcmc-2021", False)):
+        kiosk = store(kiosk_id)
+        for bundle_raw in (fleet.trust(1, T0, es256), raw, fleet.status(1, T0)):
+            assert kiosk.offer(bundle_raw)[0]
+        assert kiosk.policy_in_use == policy_name
+        assert kiosk.verifier.verify(recent, CHECK).green is green
+    # an assignment the bundle cannot satisfy is refused like a missing configured policy
+    bad = fleet.seal("policy", 3, T0, {"policies": docs, "assigned": {"k-assigned": "gone"}})
+    ok, why = store("k-assigned").offer(bad)
+    assert not ok and "gone" in why
 
 
 # --- clock ---------------------------------------------------------------

@@ -7,6 +7,7 @@ UTC days would fail them.
 """
 
 import json
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -95,7 +96,10 @@ FIRST_POSITIVE = "2021-03-01"  # +179 d = 2021-08-27, +180 d = 08-28, +181 d = 0
 
 @pytest.fixture(scope="module")
 def recovery(es256):
-    return es256.mint(es256.recovery(first_positive=FIRST_POSITIVE),
+    # the certificate's own window (df..du) is wider than the policy's 180 days, so
+    # these tests see the policy's limit, not the certificate's technical validity
+    return es256.mint(es256.recovery(first_positive=FIRST_POSITIVE, valid_from=FIRST_POSITIVE,
+                                     valid_until="2022-03-01"),
                       iat=utc(2021, 3, 12), exp=utc(2022, 3, 1))
 
 
@@ -120,7 +124,7 @@ def test_recovery_180_and_181_days_is_expired(hcmc, recovery, at, days):
 
 def test_recovery_on_day_of_first_positive_is_green(es256, hcmc):
     # min_days_since_positive is 0 in hcmc-2021
-    text = es256.mint(es256.recovery(first_positive=FIRST_POSITIVE),
+    text = es256.mint(es256.recovery(first_positive=FIRST_POSITIVE, valid_from=FIRST_POSITIVE),
                       iat=utc(2021, 2, 28), exp=utc(2022, 3, 1))
     assert_green(hcmc.verify(text, utc(2021, 2, 28, 17, 0)))  # 00:00 local on 1 Mar
 
@@ -253,7 +257,7 @@ def test_no_recovery_limit_when_null(es256, make_verifier, hcmc_document, recove
 
 
 def test_min_days_since_positive_comes_from_the_document(es256, make_verifier, hcmc_document):
-    recovery = es256.mint(es256.recovery(first_positive=FIRST_POSITIVE),
+    recovery = es256.mint(es256.recovery(first_positive=FIRST_POSITIVE, valid_from=FIRST_POSITIVE),
                           iat=utc(2021, 3, 1), exp=utc(2022, 3, 1))
     doc = hcmc_document()
     doc["recovery"]["min_days_since_positive"] = 11  # 2021-03-12
@@ -303,15 +307,18 @@ def test_accept_comes_from_the_document(es256, make_verifier, hcmc_document, rec
                       "type_not_accepted")
 
 
-def test_builtin_hcmc_policy_values():
+def test_builtin_hcmc_policy_is_a_rule_set_with_the_old_boundaries(hcmc_document):
     p = policies.load("hcmc-2021")
     assert p.name == "hcmc-2021"
     assert str(p.timezone) == "Asia/Ho_Chi_Minh"
-    assert p.accept == {"v", "r"}
-    assert (p.min_dose_number, p.min_days_after_dose, p.require_complete_series) == (1, 14, False)
-    assert p.max_days_since_positive == 180
-    assert p.test_max_hours == {"LP6464-4": 72.0, "LP217198-3": 48.0}
-    assert p.accept_positive is False
+    assert [r.identifier for r in p.rules] == [
+        "type_not_accepted", "vaccination_too_recent", "recovery_not_yet_valid",
+        "recovery_certificate_expired", "recovery_too_recent", "recovery_expired"]
+    assert all(r.document["Engine"] == "CERTLOGIC" for r in p.rules)
+    # the built-in is the old document's conversion (titles aside): same boundaries
+    converted = policies.convert_legacy(hcmc_document())
+    assert [r["Logic"] for r in p.document["rules"]] == [r["Logic"] for r in converted["rules"]]
+    assert policies.load("accept-valid").rules == ()
 
 
 # -- policy files: loading errors name the problem ---------------------------------------
@@ -324,7 +331,7 @@ def write(tmp_path, text, name="policy.json", encoding="utf-8"):
 
 def test_custom_policy_file_loads(tmp_path, tests_on_document):
     p = policies.load(write(tmp_path, json.dumps(tests_on_document)))
-    assert p.name == "tests-on" and p.accept == {"v", "t", "r"}
+    assert p.name == "tests-on" and "type_not_accepted" not in [r.identifier for r in p.rules]
 
 
 def test_bad_json_names_the_line(tmp_path):
@@ -433,10 +440,206 @@ def test_non_utf8_policy_file_is_a_policy_error(tmp_path, hcmc_document):
     assert str(path) in str(err.value)
 
 
-def test_unknown_policy_key_is_refused_naming_it():
+def test_unknown_policy_key_is_refused_naming_it(hcmc_document):
     from greengate.policy import PolicyError, from_document, load
     import copy
-    bad = copy.deepcopy(load("hcmc-2021").document)
+    bad = copy.deepcopy(hcmc_document())
     bad["vaccination"]["min_days_after_doses"] = 14
     with pytest.raises(PolicyError, match=r"vaccination\.min_days_after_doses"):
         from_document(bad)
+
+
+# -- rule sets: the EU rule format ---------------------------------------------------------
+
+from greengate.content import parse_dcc  # noqa: E402
+
+RULE = {
+    "Identifier": "VR-VN-0001", "Type": "Acceptance", "Country": "VN", "Version": "1.0.0",
+    "SchemaVersion": "1.3.0", "Engine": "CERTLOGIC", "EngineVersion": "1.3.3",
+    "CertificateType": "Vaccination",
+    "Description": [{"lang": "en", "desc": "Complete series only"},
+                    {"lang": "vi", "desc": "Chỉ chấp nhận đủ liệu trình"}],
+    "ValidFrom": "2021-09-01T00:00:00Z", "ValidTo": "2021-12-31T23:59:59Z",
+    "AffectedFields": ["v.0.dn", "v.0.sd"],
+    "Logic": {">=": [{"var": "payload.v.0.dn"}, {"var": "payload.v.0.sd"}]},
+}
+
+
+def rule(**changes):
+    return {**json.loads(json.dumps(RULE)), **changes}
+
+
+def rule_set(*rules, timezone="UTC"):
+    return policies.from_document({"name": "test-rules", "timezone": timezone,
+                                   "rules": list(rules)})
+
+
+@pytest.fixture(scope="module")
+def cert_1_of_2(es256):
+    return parse_dcc(es256.vaccination(date=DOSE, dose=1, of=2))
+
+
+@pytest.fixture(scope="module")
+def cert_2_of_2(es256):
+    return parse_dcc(es256.vaccination(date=DOSE, dose=2, of=2))
+
+
+def test_a_failing_rule_names_itself_in_english_with_the_vietnamese_at_hand(cert_1_of_2,
+                                                                            cert_2_of_2):
+    p = rule_set(rule())
+    at = utc(2021, 10, 1)
+    sub_reason, detail = p.evaluate(cert_1_of_2, at)
+    assert sub_reason == "VR-VN-0001"
+    assert detail.startswith("Complete series only") and "dose 1 of 2" in detail
+    assert p.descriptions("VR-VN-0001") == {"en": "Complete series only",
+                                            "vi": "Chỉ chấp nhận đủ liệu trình"}
+    assert p.evaluate(cert_2_of_2, at) is None
+
+
+@pytest.mark.parametrize("at, applied", [
+    (utc(2021, 8, 31, 23, 59, 59), False),
+    (utc(2021, 9, 1), True),
+    (utc(2021, 12, 31, 23, 59, 59), True),
+    (utc(2022, 1, 1), False),
+])
+def test_a_rule_applies_only_within_valid_from_and_valid_to(cert_1_of_2, at, applied):
+    assert (rule_set(rule()).evaluate(cert_1_of_2, at) is not None) == applied
+
+
+def test_certificate_type_restricts_a_rule(es256, cert_1_of_2):
+    never = {"===": [1, 2]}
+    recovery = parse_dcc(es256.recovery(first_positive="2021-08-01"))
+    at = utc(2021, 10, 1)
+    assert rule_set(rule(CertificateType="Recovery", Logic=never)).evaluate(cert_1_of_2, at) is None
+    assert rule_set(rule(CertificateType="Recovery", Logic=never)).evaluate(recovery, at)[0] == \
+        "VR-VN-0001"
+    assert rule_set(rule(CertificateType="General", Logic=never)).evaluate(cert_1_of_2, at)
+    assert rule_set(rule(CertificateType="General", Logic=never)).evaluate(recovery, at)
+
+
+@pytest.mark.parametrize("logic", [1, "true", {"var": "payload.v.0.dn"}, 0,
+                                   {"plusTime": ["2021-01-01", 0, "day"]}, [True]])
+def test_anything_but_true_fails_the_policy(cert_2_of_2, logic):
+    assert rule_set(rule(Logic=logic)).evaluate(cert_2_of_2, utc(2021, 10, 1))[0] == "VR-VN-0001"
+
+
+def test_a_rule_that_raises_fails_the_policy_and_says_why(cert_2_of_2):
+    broken = {"<": [{"var": "payload.v.0.dt"}, 5]}  # a date text is no integer
+    sub_reason, detail = rule_set(rule(Logic=broken)).evaluate(cert_2_of_2, utc(2021, 10, 1))
+    assert sub_reason == "VR-VN-0001" and "could not be evaluated" in detail
+
+
+def test_the_newest_version_of_a_rule_in_force_applies(cert_1_of_2):
+    old = rule(Version="1.0.0", Logic=True)
+    new = rule(Version="1.10.0", ValidFrom="2021-10-01T00:00:00Z", Logic=False)
+    p = rule_set(old, new)
+    assert p.evaluate(cert_1_of_2, utc(2021, 9, 30)) is None  # 1.10.0 not in force yet
+    assert p.evaluate(cert_1_of_2, utc(2021, 10, 1)) is not None
+
+
+def test_invalidation_rules_apply_to_their_issuer_countrys_certificates(cert_2_of_2):
+    p = rule_set(rule(Type="Invalidation", Country="DE", Logic=False))
+    at = utc(2021, 10, 1)
+    assert p.evaluate(cert_2_of_2, at, {"issuerCountryCode": "VN"}) is None
+    assert p.evaluate(cert_2_of_2, at, {"issuerCountryCode": "DE"})[0] == "VR-VN-0001"
+
+
+def test_rules_see_the_external_data(cert_2_of_2):
+    logic = {"in": [{"var": "payload.v.0.mp"}, {"var": "external.valueSets.vaccines-covid-19-names"}]}
+    p = rule_set(rule(Logic=logic))
+    at = utc(2021, 10, 1)
+    mp = cert_2_of_2.entry["mp"]
+    assert p.evaluate(cert_2_of_2, at, {"valueSets": {"vaccines-covid-19-names": [mp]}}) is None
+    assert p.evaluate(cert_2_of_2, at, {"valueSets": {"vaccines-covid-19-names": []}})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"Logic": {"all": [1]}}, "rule 'VR-VN-0001': 'Logic' is not valid CertLogic: "
+                              'unrecognised operator: "all"'),
+    ({"Logic": {"if": [True, 1]}}, "rule 'VR-VN-0001': 'Logic' is not valid CertLogic: an "
+                                   'operation with operator "if" must have exactly 3'),
+    ({"Logic": {"and": [True, {"plusTime": ["x", 1, "week"]}]}}, "rule 'VR-VN-0001'.*unit"),
+    ({"Engine": "JSONLOGIC"}, "rule 'VR-VN-0001': 'Engine'"),
+    ({"CertificateType": "Passport"}, "rule 'VR-VN-0001': 'CertificateType'"),
+    ({"Type": "Reject"}, "rule 'VR-VN-0001': 'Type'"),
+    ({"ValidFrom": "soon"}, "rule 'VR-VN-0001': 'ValidFrom'"),
+    ({"ValidTo": "2020-01-01T00:00:00Z"}, "rule 'VR-VN-0001': 'ValidTo' is before"),
+    ({"Description": []}, "rule 'VR-VN-0001': 'Description'"),
+    ({"AffectedFields": "v.0.dn"}, "rule 'VR-VN-0001': 'AffectedFields'"),
+    ({"Colour": "red"}, "rule 'VR-VN-0001': field 'Colour' is unknown"),
+    ({"Identifier": ""}, r"rule #1: 'Identifier'"),
+])
+def test_invalid_rules_are_refused_naming_the_rule(change, message):
+    with pytest.raises(PolicyError, match=message.replace("(", r"\(").replace('"', '.')
+                       if ".*" not in message else message):
+        rule_set(rule(**change))
+
+
+def test_a_missing_rule_field_is_named():
+    bad = rule()
+    del bad["ValidTo"]
+    with pytest.raises(PolicyError, match="rule 'VR-VN-0001': field 'ValidTo' is missing"):
+        rule_set(bad)
+
+
+def test_the_same_rule_version_twice_is_refused():
+    with pytest.raises(PolicyError, match="'VR-VN-0001' version 1.0.0 is in the policy twice"):
+        rule_set(rule(), rule())
+
+
+def test_unknown_rule_set_field_is_refused():
+    with pytest.raises(PolicyError, match="'rulez' is unknown"):
+        policies.from_document({"name": "x", "rules": [], "rulez": []})
+
+
+# -- hcmc-2021: the recovery certificate's own window, at both edges -----------------------
+# (the verifier also checks df/du as technical validity, before any policy; these run the
+# policy's own rules, which a rule set carries to wherever it is applied)
+
+@pytest.fixture(scope="module")
+def windowed_recovery(es256):
+    # df 2021-03-12, du 2021-06-30; first positive 2021-03-01 keeps the 180-day rule quiet
+    return parse_dcc(es256.recovery(first_positive=FIRST_POSITIVE, valid_from="2021-03-12",
+                                    valid_until="2021-06-30"))
+
+
+@pytest.mark.parametrize("at, verdict", [
+    (utc(2021, 3, 11, 16, 59, 59), "recovery_not_yet_valid"),  # 23:59:59 local on 11 Mar
+    (utc(2021, 3, 11, 17, 0), None),                             # 00:00 local on df
+    (utc(2021, 6, 30, 16, 59, 59), None),                        # 23:59:59 local on du
+    (utc(2021, 6, 30, 17, 0), "recovery_certificate_expired"),   # 00:00 local the day after
+])
+def test_hcmc_recovery_window_edges(windowed_recovery, at, verdict):
+    result = policies.load("hcmc-2021").evaluate(windowed_recovery, at)
+    assert (result and result[0]) == verdict, result
+
+
+# -- the old format: converted, same boundaries --------------------------------------------
+
+def test_convert_legacy_gives_a_valid_rule_set_that_loads(hcmc_document):
+    doc = policies.convert_legacy(hcmc_document())
+    assert set(doc) == {"name", "title", "timezone", "rules"}
+    assert policies.from_document(doc).rules == policies.from_document(hcmc_document()).rules
+    assert policies.convert_legacy(json.loads(
+        (Path(__file__).parent / "data" / "policies" / "accept-valid-legacy.json").read_text()
+    ))["rules"]  # the old accept-valid had checks (issue 13); the new built-in has none
+
+
+def test_convert_legacy_refuses_a_fractional_hour_limit(tests_on_document):
+    doc = json.loads(json.dumps(tests_on_document))
+    doc["test"]["max_hours"]["LP6464-4"] = 72.5
+    with pytest.raises(PolicyError, match="'test.max_hours.LP6464-4' must be a whole number"):
+        policies.convert_legacy(doc)
+
+
+def test_verify_json_carries_the_rule_description_in_both_languages(es256, vacc_2_of_2, tmp_path):
+    from device import verify_command
+    from greengate.trust import TrustList, load_signer
+    from greengate.verifier import Verifier
+    verifier = Verifier(TrustList([load_signer(es256.der)]), policies.load("hcmc-2021"))
+    decision = verifier.verify(vacc_2_of_2, utc(2021, 9, 14, 1, 0))
+    out = verify_command.as_json(decision, verifier)
+    assert out["sub_reason"] == "vaccination_too_recent"
+    assert out["detail"].startswith("The last dose must be at least 14 days")
+    assert out["descriptions"]["vi"].startswith("Mũi tiêm cuối")
+    assert set(out["descriptions"]) == {"en", "vi"}

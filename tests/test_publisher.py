@@ -83,10 +83,10 @@ def test_after_a_revoke_a_kiosk_gets_snapshot_delta_and_head(mqtt_fleet, subscri
     held = retained(fleet.broker, subscriber)
     # (no delta from the empty v1: it would be as big as the snapshot)
     assert set(held) == {f"{ROOT}/trust", f"{ROOT}/policy", f"{ROOT}/status",
-                         f"{ROOT}/status-head"}
-    for kind in ("trust", "policy", "status"):
+                         f"{ROOT}/status-head", f"{ROOT}/valuesets"}
+    for kind in ("trust", "policy", "status", "valuesets"):
         assert store.offer(held[f"{ROOT}/{kind}"], "mqtt") == (True, "applied")
-    assert store.versions() == {"trust": 1, "policy": 1, "status": 2}
+    assert store.versions() == {"trust": 1, "policy": 1, "status": 2, "valuesets": 1}
 
     # the kiosk listens where its version's delta will come (device/feed.py)
     sub = subscriber(fleet.broker, [f"{ROOT}/status-head", f"{ROOT}/status",
@@ -180,14 +180,14 @@ def test_everything_is_published_again_after_the_broker_lost_its_store(make_brok
     publisher = Publisher(config, fleet_db, backoff=(0.1, 0.5)).start()
     try:
         assert publisher.publish_all(DEP)
-        assert len(retained(broker, subscriber)) == 4  # trust, policy, status, head
+        assert len(retained(broker, subscriber)) == 5  # trust, policy, valuesets, status, head
         broker.restart()  # no persistence: the retained messages are gone
         sub = subscriber(broker, f"{ROOT}/#", tls=broker.client_tls("reader"),
                          persistent=False)
         # the publisher reconnects by itself and publishes the current set again
         sub.wait_for(lambda m: {x.topic for x in m if x.payload} >= {
-            f"{ROOT}/trust", f"{ROOT}/policy", f"{ROOT}/status", f"{ROOT}/status-head"},
-            timeout=30, what="the bundles republished")
+            f"{ROOT}/trust", f"{ROOT}/policy", f"{ROOT}/status", f"{ROOT}/status-head",
+            f"{ROOT}/valuesets"}, timeout=30, what="the bundles republished")
         assert publisher.stats["connects"] >= 2
     finally:
         publisher.stop()
@@ -225,4 +225,45 @@ def test_publish_command_publishes_the_current_set(mqtt_fleet, subscriber, monke
     assert main(["bundles", "refresh", "--timeout", "30"]) == 0
     assert f"{DEP}: published to {fleet.broker.host}:{fleet.broker.port}" in \
         capsys.readouterr().out
-    assert len(retained(fleet.broker, subscriber)) == 4
+    assert len(retained(fleet.broker, subscriber)) == 5  # trust, policy, valuesets, status, head
+
+
+def test_value_sets_and_an_imported_policy_are_published_retained(mqtt_fleet, subscriber,
+                                                                  monkeypatch, capsys,
+                                                                  tmp_path):
+    """The CLI commands commit, then publish and wait for the broker; a kiosk starting
+    afterwards applies what is retained, and refuses an older value-set bundle."""
+    import json
+    from pathlib import Path
+
+    from fleet.cli import main
+    fleet = mqtt_fleet
+    env = {"GREENGATE_FLEET_DATA_DIR": fleet.config.sections["fleet"]["data_dir"],
+           "GREENGATE_FLEET_DATABASE_URL": fleet.config.database_url,
+           "GREENGATE_FLEET_DEPLOYMENTS": DEP, "GREENGATE_MQTT_HOST": fleet.broker.host,
+           "GREENGATE_MQTT_PORT": str(fleet.broker.port), "GREENGATE_MQTT_CA": fleet.config.mqtt.ca,
+           "GREENGATE_MQTT_CERT": fleet.config.mqtt.cert, "GREENGATE_MQTT_KEY": fleet.config.mqtt.key}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with fleet.sessions() as s:
+        bundles.ensure_issued(s, fleet.config, DEP)
+        first = bundles.latest(s, DEP, "valuesets").raw
+    vendored = Path(__file__).resolve().parents[1] / "greengate" / "data" / "dcc-valuesets"
+    names = json.loads((vendored / "vaccine-medicinal-product.json").read_text())
+    names["valueSetValues"]["EU/9/99/0001"] = {"display": "new", "lang": "en", "active": True}
+    (tmp_path / "names.json").write_text(json.dumps(names))
+    assert main(["valuesets", "replace", str(tmp_path), "--timeout", "30"]) == 0
+    rules = Path(__file__).parent / "data" / "eu-rules"
+    assert main(["policies", "import", str(rules), "--name", "vn-eu", "--timeout", "30"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"{DEP}: published") == 2, out
+
+    held = retained(fleet.broker, subscriber)
+    assert opened(fleet, held[f"{ROOT}/valuesets"]).version == 2
+    assert "vn-eu" in opened(fleet, held[f"{ROOT}/policy"]).body["policies"]
+    store = BundleStore(tmp_path / "kiosk", fleet.pub, DEP, "vn-eu", timedelta(hours=72))
+    for kind in ("trust", "policy", "status", "valuesets"):
+        assert store.offer(held[f"{ROOT}/{kind}"], "mqtt") == (True, "applied")
+    assert "EU/9/99/0001" in store.verifier.valuesets.codes("vaccines-covid-19-names")
+    ok, why = store.offer(first, "mqtt")
+    assert not ok and "refused rollback: valuesets v1" in why

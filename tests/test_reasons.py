@@ -579,7 +579,8 @@ DCC_MUTATIONS = {
     "missing ci": _delete(["v", 0, "ci"]),
     "null dt": _set(["v", 0, "dt"], None),
     "dn=0": _set(["v", 0, "dn"], 0),
-    "dn=10": _set(["v", 0, "dn"], 10),
+    # schema 1.3.x sets no maximum dose number; 1.0.0-1.2.1 cap it at 9
+    "dn=10 under 1.2.1": lambda d: (d.update(ver="1.2.1"), d["v"][0].update(dn=10)),
     "dn as text": _set(["v", 0, "dn"], "1"),
     "dn as bool": _set(["v", 0, "dn"], True),
     "bad date": _set(["v", 0, "dt"], "2021-02-30"),

@@ -67,7 +67,8 @@ def moment(epoch: float) -> datetime:
 
 def test_revoke_suspend_reinstate_make_versions(lists):
     with lists.sessions() as s:
-        assert bundles.ensure_issued(s, lists.config, "test") == ["trust", "policy", "status"]
+        assert bundles.ensure_issued(s, lists.config, "test") == ["trust", "policy", "status",
+                                                                  "valuesets"]
         assert lists.snapshot(s)[0] == 1
         r = status_lists.revoke(s, lists.config, "test",
                                 [{"ci": "URN:UVCI:01:VN:AAA", "reason": "fraud"},
@@ -220,7 +221,7 @@ def test_lapsed_suspensions_leave_the_next_version(lists):
         assert [status_lists.entry_dict(e, T0 + 3601)["lapsed"] for e in listed] == [True, True]
         # the next version (here a refresh) drops both, recorded as reinstated
         assert bundles.refresh(s, lists.config, "test", now=T0 + 2 * DAY) == \
-            ["trust", "policy", "status"]
+            ["trust", "policy", "status", "valuesets"]
         version, v3 = lists.snapshot(s)
         assert version == 3 and v3.counts() == (100, 0)
         assert status_lists.entries(s, "test", kind="suspended") == []
@@ -387,7 +388,9 @@ def test_policies_are_seeded_validated_and_versioned(lists, hcmc_document):
         assert (version, outcome) == (3, "created")
         body = lists.opened(bundles.latest(s, "test", "policy")).body
         assert sorted(body["policies"]) == ["accept-valid", "hcmc-2021", "market"]
-        assert body["policies"]["hcmc-2021"]["vaccination"]["min_dose_number"] == 2
+        # stored and signed as the CertLogic rule set the legacy document converts to
+        from greengate.policy import convert_legacy
+        assert body["policies"]["hcmc-2021"] == convert_legacy(doc)
         bad = hcmc_document()
         bad["vaccination"]["min_dose"] = 1
         with pytest.raises(ListError, match="vaccination.min_dose' is unknown"):
@@ -404,8 +407,9 @@ def test_refresh_reissues_only_lists_older_than_refresh_hours(lists, monkeypatch
         assert bundles.refresh(s, lists.config, "test", now=issued + 3600) == []
         status_lists.revoke(s, lists.config, "test", cis("R", 1), actor="a", now=issued + 100)
         later = issued + lists.config.bundles.refresh_hours * 3600 + 10
-        # status changed 100 s later: still fresh at `later`; trust and policy are not
-        assert bundles.refresh(s, lists.config, "test", now=later) == ["trust", "policy"]
+        # status changed 100 s later: still fresh at `later`; the others are not
+        assert bundles.refresh(s, lists.config, "test", now=later) == ["trust", "policy",
+                                                                       "valuesets"]
         assert bundles.refresh(s, lists.config, "test", now=later) == []
         assert bundles.latest(s, "test", "trust").issued_at == int(later)
     # the command, as a timer runs it (database only here; test_publisher covers MQTT)

@@ -4,23 +4,36 @@ Unauthenticated on purpose: bundles are public and signed; a kiosk trusts
 the signature (its pinned fleet key), not the transport.
 
     GET /api/v1/bundles/<deployment>/<kind>           trust | policy | status | status-head
+                                                      | valuesets
     GET /api/v1/bundles/<deployment>/status?from=V    the delta from V if published, else
                                                       the snapshot (304 if V is current)
     GET /api/v1/bundles/<deployment>/status-delta/<base>
 
 The answer is the raw bundle (application/octet-stream) with a strong ETag
 (hex SHA-256 of the bytes); `If-None-Match` with that ETag gets 304.
+
+Also the value sets' management (logged in to read; admins and operators change):
+
+    GET /api/v1/valuesets/<deployment>     ids, dates, code counts, version
+    PUT /api/v1/valuesets/<deployment>     {"valueSets": [EU value-set document, ...]}:
+                                           replaces the value sets of those ids
 """
 
 from __future__ import annotations
 
-from flask import Response, request
+import json
 
-from .. import bundles
+from flask import Response, g, jsonify, request
+from sqlalchemy import select
+
+from .. import bundles, value_sets
+from .. import publisher as publisher_module
 from ..app import current_fleet, db
+from ..auth import require
 from ..bundles import ListError
+from ..models import OPERATOR, ValueSet
 from . import ApiError, bp
-from .common import now
+from .common import iso, now
 
 CONTENT_TYPE = "application/octet-stream"
 
@@ -108,3 +121,46 @@ def get_delta(deployment: str, base: int):
                             f"{', '.join(map(str, published)) or 'none'}); fetch the full "
                             f"snapshot: /api/v1/bundles/{deployment}/status")
     return _send(row)
+
+
+# --- value sets ---------------------------------------------------------------------------
+@bp.get("/valuesets/<deployment>")
+@require()
+def value_set_list(deployment: str):
+    _deployment(deployment)
+    session = db()
+    _issued(session, deployment)
+    rows = session.scalars(select(ValueSet).where(ValueSet.deployment == deployment)
+                           .order_by(ValueSet.value_set_id)).all()
+    return jsonify(value_sets=[{"id": r.value_set_id, "date": r.document.get("valueSetDate"),
+                                "codes": len(r.document.get("valueSetValues", {})),
+                                "updated_by": r.updated_by, "updated_at": iso(r.updated_at)}
+                               for r in rows],
+                   version=bundles.current_version(session, deployment, "valuesets"))
+
+
+@bp.put("/valuesets/<deployment>")
+@require(OPERATOR)
+def value_set_replace(deployment: str):
+    _deployment(deployment)
+    body = request.get_json(silent=True)
+    docs = body.get("valueSets") if isinstance(body, dict) else None
+    if not isinstance(docs, list) or not docs:
+        raise ApiError(400, "send {\"valueSets\": [EU value-set document, ...]} as JSON with "
+                            "'Content-Type: application/json'")
+    try:
+        parsed = {}
+        for i, doc in enumerate(docs):
+            one = value_sets.parse(f"#{i + 1}", json.dumps(doc).encode())
+            if one["valueSetId"] in parsed:
+                raise ListError(f"value set {one['valueSetId']!r} is sent twice")
+            parsed[one["valueSetId"]] = one
+        version, changed = value_sets.replace(db(), current_fleet().config, deployment, parsed,
+                                              actor=g.actor, reason=request.args.get("reason", ""),
+                                              now=now())
+    except ListError as exc:
+        raise ApiError(exc.status, exc.message, "not_set_up" if exc.status == 503 else None) \
+            from None
+    published = publisher_module.hand_off(current_fleet().publisher, deployment,
+                                          {"valuesets"}) if changed else "nothing changed"
+    return jsonify(version=version, changed=changed, published=published)
