@@ -68,7 +68,8 @@ def stage_costs(texts: list[str], trust: TrustList, pol, verifier: Verifier) -> 
                 verifier.valuesets.check_strict(cert)
                 if stage < 6:
                     continue
-                pol.evaluate(cert, AT, verifier.external(cert, AT, sign1.kid))
+                # as the verifier does: only the `external` keys the rules read
+                pol.evaluate(cert, AT, verifier.external(cert, AT, sign1.kid, pol.external_keys))
         return run
 
     names = ["base45", "zlib", "CBOR/COSE", "signature", "CBOR claims + schema", "policy (rules)"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from greengate import bundle, policy, status
 from greengate.bundle import Bundle, BundleError
 from greengate.trust import TrustList, load_signer
-from greengate.valuesets import ValueSets
+from greengate.valuesets import ValueSetError, ValueSets
 from greengate.verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,14 @@ def _valuesets_from(b: Bundle):
                 not isinstance(doc.get("valueSetValues"), dict):
             raise ValueError(f"value set {str(vid)[:64]!r} is not an EU value-set document "
                              "(valueSetId, valueSetValues)")
-    return ValueSets.from_documents(docs.values())
+    # the deployment's choice of fields where an unknown code is invalid content
+    strict = b.body.get("strictFields", [])
+    if not isinstance(strict, list) or not all(isinstance(f, str) for f in strict):
+        raise ValueError("valuesets body: 'strictFields' must be a list of field names")
+    try:
+        return ValueSets.from_documents(docs.values(), strict_fields=strict)
+    except ValueSetError as exc:
+        raise ValueError(f"valuesets body: {exc}") from None
 
 
 def _policy_from(b: Bundle, name: str) -> policy.Policy:

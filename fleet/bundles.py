@@ -216,12 +216,22 @@ def issue_policy(session, deployment: str, row: ListVersion, key, at: float) -> 
 
 
 def issue_valuesets(session, deployment: str, row: ListVersion, key,
-                    at: float) -> PublishedBundle:
+                    at: float, strict=()) -> PublishedBundle:
+    """strict: `[bundles] strict_value_fields`; the kiosks read them from the bundle, so a
+    deployment's choice reaches every kiosk with the value sets it applies to."""
+    from greengate.valuesets import FIELD_VALUE_SETS
+
     from . import value_sets  # it builds on this module
+    unknown = sorted(set(strict) - set(FIELD_VALUE_SETS))
+    if unknown:
+        raise ValueError(f"[bundles] strict_value_fields: {', '.join(unknown)} not a "
+                         f"value-set field (one of {', '.join(sorted(FIELD_VALUE_SETS))})")
     value_sets.seed(session, deployment, at)
     issued = int(at)
-    raw = bundle.seal("valuesets", row.version, issued,
-                      {"valueSets": value_sets.current(session, deployment)}, key, deployment)
+    body = {"valueSets": value_sets.current(session, deployment)}
+    if strict:
+        body["strictFields"] = sorted(set(strict))
+    raw = bundle.seal("valuesets", row.version, issued, body, key, deployment)
     return _store(session, deployment, "valuesets", row.version, issued, raw)
 
 
@@ -314,7 +324,8 @@ def issue(session, config, deployment: str, kind: str, *, key, actor: str, actio
     elif kind == "status":
         issue_status(session, config, deployment, row, key, at)
     elif kind == "valuesets":
-        issue_valuesets(session, deployment, row, key, at)
+        issue_valuesets(session, deployment, row, key, at,
+                        strict=config.bundles.strict_value_fields)
     else:
         raise ValueError(f"not a list kind: {kind!r}")
     return row.version

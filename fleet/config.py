@@ -75,6 +75,10 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
         "refresh_hours": (float, 24.0, "re-issue unchanged lists this often, well inside the "
                                        "kiosks' offline budget"),
         "deltas": (int, 8, "status versions back for which a delta is published"),
+        "strict_value_fields": (list, [], "certificate fields (`v.mp`, `t.tr`, ...) where a "
+                                          "code missing from the value sets is invalid "
+                                          "content; elsewhere it is only a policy matter "
+                                          "(sent to kiosks in the valuesets bundle)"),
     },
     "presence": {
         "keepalive": (float, 30.0, "the kiosks' MQTT keepalive / heartbeat, seconds"),

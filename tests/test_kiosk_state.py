@@ -144,14 +144,38 @@ VALUE_SETS = Path(__file__).resolve().parents[1] / "greengate" / "data" / "dcc-v
 NAMES = "vaccines-covid-19-names"
 
 
-def value_sets(version, issued=T0, fleet=None, extra=()) -> bytes:
+def value_sets(version, issued=T0, fleet=None, extra=(), strict=None) -> bytes:
     docs = {}
     for path in sorted(VALUE_SETS.glob("*.json")):
         doc = json.loads(path.read_text())
         docs[doc["valueSetId"]] = doc
     for code in extra:
         docs[NAMES]["valueSetValues"][code] = {"display": code, "lang": "en", "active": True}
-    return fleet.seal("valuesets", version, issued, {"valueSets": docs})
+    body = {"valueSets": docs}
+    if strict is not None:
+        body["strictFields"] = strict
+    return fleet.seal("valuesets", version, issued, body)
+
+
+def test_strict_fields_from_the_bundle_make_an_unknown_code_invalid_content(store_factory,
+                                                                             fleet, es256):
+    """A deployment's [bundles] strict_value_fields reach the kiosk inside the value-set
+    bundle: there an unknown product is invalid content; elsewhere only a policy matter."""
+    store = store_factory()
+    fill(store, fleet, es256)
+    dcc = es256.vaccination(date="2021-08-01", product="EU/9/99/0042")
+    text = es256.mint(dcc, iat="2021-09-01", exp="2022-09-01")
+    assert store.verifier.verify(text, CHECK).reason != "invalid_content"
+    ok, why = store.offer(value_sets(2, fleet=fleet, strict=["v.mp"]))
+    assert ok, why
+    decision = store.verifier.verify(text, CHECK)
+    assert (decision.decision, str(decision.reason)) == ("red", "invalid_content"), decision
+    _, known = cert(es256)
+    assert store.verifier.verify(known, CHECK).green
+    assert str(store_factory().verifier.verify(text, CHECK).reason) == "invalid_content"
+    for bad in (["v.zz"], "v.mp", [1]):
+        ok, why = store.offer(value_sets(3, fleet=fleet, strict=bad))
+        assert not ok and "malformed valuesets body" in why, why
 
 
 def test_value_sets_apply_survive_restart_and_reach_the_verifier(store_factory, fleet, es256):

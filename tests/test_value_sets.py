@@ -155,6 +155,25 @@ def test_refresh_reissues_value_sets_with_the_other_lists(fleet):
     assert "valuesets" in kinds and served(fleet).version == 2
 
 
+def test_strict_value_fields_are_signed_into_the_bundle(fleet):
+    """[bundles] strict_value_fields travel in the value-set bundle (the kiosk applies them:
+    tests/test_kiosk_state.py); a field that has no value set is refused by name."""
+    from fleet.config import load
+    assert "strictFields" not in served(fleet).body  # default: only a policy matter
+    fleet.config = load(None, env={}, **{**fleet.config.sections,
+                                         "bundles": {**fleet.config.sections["bundles"],
+                                                     "strict_value_fields": ["v.mp", "t.tr"]}})
+    with fleet.sessions() as s:
+        bundles.refresh(s, fleet.config, "test", force=True)
+        s.commit()
+    assert served(fleet).body["strictFields"] == ["t.tr", "v.mp"]
+    bad = load(None, env={}, **{**fleet.config.sections,
+                                "bundles": {**fleet.config.sections["bundles"],
+                                            "strict_value_fields": ["v.nam"]}})
+    with fleet.sessions() as s, pytest.raises(ValueError, match="v.nam not a value-set field"):
+        bundles.refresh(s, bad, "test", force=True)
+
+
 # --- migration 0007 ---------------------------------------------------------------------
 LEGACY = {"name": "market", "title": "Market", "timezone": "Asia/Ho_Chi_Minh",
           "accept": ["v"], "vaccination": {"min_dose_number": 2, "min_days_after_dose": 14,
