@@ -69,7 +69,8 @@ def stage_costs(texts: list[str], trust: TrustList, pol, verifier: Verifier) -> 
                 if stage < 6:
                     continue
                 # as the verifier does: only the `external` keys the rules read
-                pol.evaluate(cert, AT, verifier.external(cert, AT, sign1.kid, pol.external_keys))
+                keys = getattr(pol, "external_keys", None)
+                pol.evaluate(cert, AT, verifier.external(cert, AT, sign1.kid, keys))
         return run
 
     names = ["base45", "zlib", "CBOR/COSE", "signature", "CBOR claims + schema", "policy (rules)"]
