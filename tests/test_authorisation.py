@@ -65,9 +65,10 @@ RULES = [
     Rule("POST", r"^/api/v1/status/", roles(ADMIN, OPERATOR, HEALTH)),
     Rule("GET", r"^/api/v1/quarantine$", roles(ADMIN, OPERATOR, OFFICER)),  # raw kiosk bytes
     Rule("POST|PATCH|PUT|DELETE",
-         r"^/api/v1/(districts|locations|kiosks|trust|policies)(/|$)", roles(ADMIN, OPERATOR)),
+         r"^/api/v1/(districts|locations|kiosks|trust|policies|valuesets)(/|$)",
+         roles(ADMIN, OPERATOR)),
     Rule("GET", r"^/api/v1/(districts|locations|kiosks|presence|outages|scans|stats|status|"
-                r"trust|policies)(/|$)", EVERYONE),
+                r"trust|policies|valuesets)(/|$)", EVERYONE),
     # the dashboard
     Rule("GET", r"^/live/home$", EVERYONE, anon="401"),  # a script's fetch: no redirect
     Rule("GET", r"^/(kiosks(/<kiosk_id>)?|stats|lists/status)?$", EVERYONE),
