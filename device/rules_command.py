@@ -14,18 +14,17 @@ DCC payload, as JSON or as the HC1 text. It prints each rule's outcome; exit
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from greengate import certlogic
 from greengate import policy as policies
 
+# one --at syntax and one usage error for every kiosk command
+from .verify_command import UsageError, parse_at
+
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 MAX_LINE = 4 * 1024 * 1024  # one input line; EU payloads and rules are a few KB
-
-
-class UsageError(Exception):
-    pass
 
 
 def batch_line(line: str | bytes) -> dict:
@@ -120,17 +119,6 @@ def _rules_of(doc, path: str) -> policies.Policy:
         return policies.from_document(doc)
     except policies.PolicyError as exc:
         raise UsageError(f"--rule {path}: {exc}") from None
-
-
-def parse_at(text: str | None) -> datetime:
-    if text is None:
-        return datetime.now(timezone.utc)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--at {text!r} is not an ISO 8601 time, e.g. 2021-10-05T08:00:00Z") \
-            from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def try_rules(policy: policies.Policy, payload, at: datetime, out) -> int:
