@@ -337,7 +337,9 @@ def test_kiosk_killed_the_will_opens_an_outage_and_its_return_closes_it(
     assert first.cause == second.cause == LOST
     assert first.ended is not None and first.ended >= first.started
     assert second.ended is None  # still out
-    assert worker.metrics.value("greengate_presence_kiosks", state=OFFLINE) == 1
+    # the gauges follow the database write: counted a moment after the row is there
+    wait_for(lambda: worker.metrics.value("greengate_presence_kiosks", state=OFFLINE) == 1, 10,
+             "the offline gauge")
     assert worker.metrics.value("greengate_presence_transitions_total", state=OFFLINE) == 2
 
 
