@@ -21,30 +21,11 @@ from fleet import ingest, kiosks as fleet_kiosks
 from fleet.ingest import IngestWorker, _detail, row_problem
 from fleet.models import Kiosk
 from greengate import messages
-from tests.ingestkit import (Confirmations, KioskClient, Workers, ingest_config, quarantined,
-                             scan, scan_ids, settle, summary, wait_for)
+from tests.ingestkit import (Confirmations, ingest_config, quarantined, scan, scan_ids, settle,
+                             summary, wait_for)
+from tests.test_ingest import kiosks, workers  # noqa: F401  (the ingest tests' fixtures)
 
 NOW = time.time()
-
-
-@pytest.fixture
-def workers(tmp_path):
-    w = Workers(tmp_path)
-    yield w
-    w.close()
-
-
-@pytest.fixture
-def kiosks(broker):
-    made = []
-
-    def make(identity, **options):
-        made.append(KioskClient(broker, identity, **options))
-        return made[-1]
-
-    yield make
-    for k in made:
-        k.close()
 
 
 @pytest.fixture
