@@ -6,7 +6,7 @@ delivery rate.
                            [--repeat R] [--rates 1000,10000] [--duration S]
                            [--batch-seconds S] [--confirm-seconds S] [--confirm-timeout S]
                            [--no-compare-off] [--compare-unheard] [--delete-samples N]
-                           [--profile] [--quick]
+                           [--holders sealed|legacy] [--seal-samples N] [--profile] [--quick]
 
 The publishers are kiosk-like: P processes, each speaking for K kiosks (paho, QoS 1,
 1000 in flight each). When the consumer confirms (every ingest worker does: the ids of
@@ -73,6 +73,19 @@ fsync=on, full_page_writes=on and synchronous_commit=on, as production must run.
 --profile runs cProfile on the worker's threads in the SQLite drain and prints where
 the time goes. --quick: tiny sizes, SQLite only, one run (a smoke test, under a minute;
 its figures mean nothing).
+
+Holders (docs/privacy.md): --holders sealed (the default) has every scan carry its
+holder's identity sealed to the fleet's key (greengate/sealing.py; sealed by the
+publishers before the clock starts, as kiosks do at the decision, each kiosk in epochs
+of its own), which the worker opens and turns into the pseudonym; --holders legacy
+sends the ready pseudonym of a kiosk older than sealing (what every scan carried
+before): the two, run on the same machine, are the before/after of sealing. Each kiosk
+of the run seals its scans in one epoch (its ~messages/(P*K) scans fit one), so the
+worker makes one X25519 exchange per kiosk, as for a kiosk scanning that many people
+in one epoch (ten minutes). Apart, timed in this process (--seal-samples, 0: skip): the
+kiosk's cost per decision (Sealer as Kiosk.on_decision calls it, the trust bundle's key
+lookup included), within an epoch and at its start, and the ingest's cost per scan to
+open and derive (Unsealer.pseudonym), cached and at an epoch's first envelope.
 """
 
 from __future__ import annotations
@@ -102,6 +115,7 @@ from paho.mqtt.properties import Properties
 from .common import header
 
 KIOSKS = 100  # per publisher (--kiosks)
+LEGACY_KEY = bytes(range(32))  # --holders legacy: the pseudonym key old kiosks held
 TARGET_RATE = 10_000
 TARGET_SHARE = 0.5
 # One SQLite worker before confirmations existed (bench/REPORT.md at commit 6034437):
@@ -140,8 +154,12 @@ def _broker(directory: Path):
 
 # --- publishers = kiosks (separate processes) ---------------------------------------
 def _publisher(index: int, count: int, port: int, kiosks: int, confirm: bool,
-               rate: float | None, ready, go, published, confirmed, stop) -> None:
-    from greengate import messages
+               rate: float | None, ready, go, published, confirmed, stop,
+               sealing_key: bytes | None = None) -> None:
+    from greengate import messages, sealing
+
+    key = sealing.SealingKey.from_raw(sealing_key) if sealing_key else None
+    epochs: dict = {}  # kiosk -> its EpochSealer, as each kiosk seals in epochs of its own
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{index}",
                          protocol=mqtt.MQTTv311)
@@ -154,9 +172,18 @@ def _publisher(index: int, count: int, port: int, kiosks: int, confirm: bool,
         kiosk = names[i % kiosks]
         scan_id = f"p{index}-{i:09d}"
         where[scan_id] = i
+        # the holder as a kiosk sends it (one of 1000 people): sealed to the fleet, or,
+        # --holders legacy, the pseudonym a kiosk older than sealing made itself (the
+        # same 1000 distinct values the worker derives from the sealed ones: the holder
+        # index costs both modes the same)
+        identity = sealing.identity_bytes((f"FAMILY{i % 1000}", "GIVEN<NAME", "1990-01-01"))
+        sealed = epochs.setdefault(kiosk, sealing.EpochSealer())(
+            identity, key, kiosk=kiosk, scan_id=scan_id) if key else None
+        holder = None if key else sealing.pseudonym(LEGACY_KEY, identity)
         payloads.append((messages.scan_topic(kiosk), messages.encode(messages.scan(
             scan_id=scan_id, kiosk=kiosk, ts=now, decision="green", reason="ok",
-            sub_reason=None, cert_type="v", cert_hash="ab" * 16, holder="cd" * 16,
+            sub_reason=None, cert_type="v", cert_hash="ab" * 16,
+            holder=holder, sealed=sealed,
             policy="hcmc-2021", seq=1 + i // kiosks))))
     sent = array.array("d", bytes(8 * count))  # monotonic time of each publish
     got = array.array("d", bytes(8 * count))  # ... of its first confirmation, 0: none yet
@@ -280,14 +307,14 @@ class Confirmations:
 
 class Publishers:
     def __init__(self, n: int, total: int, port: int, kiosks: int, confirm: bool = False,
-                 rate: float | None = None):
+                 rate: float | None = None, sealing_key: bytes | None = None):
         ctx = mp.get_context("spawn")
         self.ready, self.go = ctx.Queue(), ctx.Event()
         self.published_q, self.confirmed_q, self.stop = ctx.Queue(), ctx.Queue(), ctx.Event()
         share = [total // n + (1 if i < total % n else 0) for i in range(n)]
         self.procs = [ctx.Process(target=_publisher, daemon=True, args=(
             i, share[i], port, kiosks, confirm, rate * share[i] / total if rate else None,
-            self.ready, self.go, self.published_q, self.confirmed_q, self.stop))
+            self.ready, self.go, self.published_q, self.confirmed_q, self.stop, sealing_key))
             for i in range(n)]
         for p in self.procs:
             p.start()
@@ -450,10 +477,11 @@ class WorkerProcesses:
         text = (f'[fleet]\ndata_dir = "{data}"\ndatabase_url = "{url}"\n'
                 f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\ntls = false\n'
                 f'batch_size = {batch}\n')
-        text += "".join(f"{k} = {v}\n" for k, v in extra.get("mqtt", {}).items())
+        text += "".join(f"{k} = {_toml(v)}\n" for k, v in extra.get("mqtt", {}).items())
         for section, values in extra.items():
             if section != "mqtt":
-                text += f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+                text += f"[{section}]\n" + "".join(f"{k} = {_toml(v)}\n"
+                                                   for k, v in values.items())
         self.conf.write_text(text)
         self.logs = [data / f"worker-{i}.log" for i in range(n)]
 
@@ -535,6 +563,7 @@ class Load:
     kiosks: int
     tmp: Path
     confirm_timeout: float
+    sealing_key: bytes | None = None  # --holders sealed: the fleet's public key (raw)
 
 
 def empty() -> dict:
@@ -565,7 +594,8 @@ def measure(make_consumer, load: Load, tag: str, run: int, out: dict) -> dict:
     try:
         consumer = make_consumer(broker.port, f"live{run}").start()
         confirm = consumer.listen
-        pubs = Publishers(load.publishers, n, broker.port, load.kiosks, confirm)
+        pubs = Publishers(load.publishers, n, broker.port, load.kiosks, confirm,
+                          sealing_key=load.sealing_key)
         cpu0, broker0 = _own_cpu(), _cpu_of(broker.proc.pid)
         t0 = pubs.start()
         t1 = _wait(consumer, n)
@@ -590,7 +620,8 @@ def measure(make_consumer, load: Load, tag: str, run: int, out: dict) -> dict:
     try:
         consumer = make_consumer(broker.port, f"drain{run}").start()
         consumer.stop()  # the persistent session now queues for it
-        pubs = Publishers(load.publishers, n, broker.port, load.kiosks, confirm)
+        pubs = Publishers(load.publishers, n, broker.port, load.kiosks, confirm,
+                          sealing_key=load.sealing_key)
         pubs.start()
         pubs.published()
         time.sleep(0.5)
@@ -637,7 +668,8 @@ def paced(rate: float, duration: float, load: Load, batch: int, settings: dict) 
                              load.publishers, load.kiosks)
         consumer = Worker(broker.port, url, load.tmp / "sqlite", batch,
                           settings=settings).start()
-        pubs = Publishers(load.publishers, n, broker.port, load.kiosks, True, rate)
+        pubs = Publishers(load.publishers, n, broker.port, load.kiosks, True, rate,
+                          sealing_key=load.sealing_key)
         cpu0, broker0 = sum(os.times()[:2]), _cpu_of(broker.proc.pid)
         t0 = pubs.start()
         t1 = _wait(consumer, n, timeout=duration + 600)
@@ -693,6 +725,81 @@ def kiosk_delete(samples: int, ids: int) -> tuple[float, float, int] | None:
     times.sort()
     return (1000 * times[len(times) // 2],
             1000 * times[max(0, math.ceil(0.95 * len(times)) - 1)], ids)
+
+
+def _toml(value) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def fleet_keys(tmp: Path) -> tuple[dict, bytes]:
+    """One holder-sealing key pair and pseudonym secret for every worker of the run
+    ([privacy] settings), and the public key the publishers seal to."""
+    from fleet import sealing_keys
+    from fleet.config import load
+
+    privacy = {"sealing_dir": str(tmp / "sealing"), "pseudonym_key": str(tmp / "pseudonym.key")}
+    config = load(None, env={}, fleet={"data_dir": str(tmp)}, privacy=privacy)
+    sealing_keys.pseudonym_secret(config)
+    return privacy, sealing_keys.load(config).current.public
+
+
+def seal_costs(samples: int, tmp: Path) -> dict:
+    """µs per call, median and p95 of `samples`: the kiosk's seal per decision (through a
+    BundleStore holding a fleet trust bundle, as Kiosk.on_decision), within an epoch and
+    when it begins one (an X25519 key pair and exchange: once per epoch), and the
+    ingest's open + pseudonym per scan (Unsealer.pseudonym, as IngestWorker._holder),
+    with the epoch's AEAD cached and for the first envelope of an epoch (the exchange)."""
+    import statistics
+    from datetime import timedelta
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from device.privacy import Sealer
+    from device.state import BundleStore
+    from fleet import sealing_keys
+    from fleet.config import load
+    from greengate import bundle, sealing
+
+    privacy, public = fleet_keys(tmp / "costs")
+    config = load(None, env={}, fleet={"data_dir": str(tmp / "costs")}, privacy=privacy)
+    signer = ec.generate_private_key(ec.SECP256R1())
+    store = BundleStore(tmp / "costs" / "kiosk", signer.public_key(), "bench", "p",
+                        timedelta(hours=72))
+    key = sealing_keys.load(config).current
+    store.offer(bundle.seal("trust", 1, int(time.time()), {"certificates": [],
+                                                           "sealing": key.body()},
+                            signer, "bench"))
+    holder = ("NGUYEN<THI", "MINH<ANH", "1990-01-01")
+
+    def run(sealer, kiosk):
+        times, docs = [], []
+        for i in range(samples):
+            scan_id = f"{i:032x}"
+            t = time.perf_counter()
+            text = sealer(holder, kiosk=kiosk, scan_id=scan_id)
+            times.append(time.perf_counter() - t)
+            docs.append((text, kiosk, scan_id))
+        return times, docs
+
+    # one epoch for all the samples (samples <= EPOCH_SEALS), and one epoch per seal
+    seal_t, docs = run(Sealer(lambda: store.sealing_key), "bench-kiosk")
+    start_t, fresh = run(Sealer(lambda: store.sealing_key, sealing.EpochSealer(seals=1)),
+                         "bench-kiosk-2")
+    unsealer = sealing_keys.Unsealer(config)
+    open_t, miss_t = [], []
+    for times, batch in ((open_t, docs), (miss_t, fresh)):
+        for text, kiosk, scan_id in batch:
+            t = time.perf_counter()
+            unsealer.pseudonym(text, kiosk, scan_id)
+            times.append(time.perf_counter() - t)
+    # one exchange per epoch: those of the first Sealer, and one per seal of the second
+    assert unsealer.opener.derived == -(-samples // sealing.EPOCH_SEALS) + len(fresh)
+
+    def stat(xs):
+        xs = sorted(xs)
+        return statistics.median(xs) * 1e6, xs[int(0.95 * (len(xs) - 1))] * 1e6
+    return {"seal": stat(seal_t[1:]), "epoch": stat(start_t), "open": stat(open_t[1:]),
+            "miss": stat(miss_t), "n": samples}
 
 
 def worker_settings(args) -> tuple[dict, str]:
@@ -754,6 +861,11 @@ def main(argv: list[str]) -> int:
                     help="seconds to wait, after the last commit, for the last confirmations")
     ap.add_argument("--delete-samples", type=int, default=200,
                     help="kiosk outbox deletes timed apart (0: skip)")
+    ap.add_argument("--holders", choices=("sealed", "legacy"), default="sealed",
+                    help="sealed: scans carry the holder sealed to the fleet's key (kiosks "
+                    "now); legacy: the pseudonym itself (kiosks before sealing)")
+    ap.add_argument("--seal-samples", type=int, default=2000,
+                    help="seal and open timed apart, per call (0: skip)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                     for k, v in QUICK.items())
@@ -778,7 +890,19 @@ def main(argv: list[str]) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     tmp = Path(tempfile.mkdtemp(prefix="greengate-bench-ingest-"))
-    load = Load(args.messages, args.publishers, args.kiosks, tmp, args.confirm_timeout)
+    privacy, public = fleet_keys(tmp)
+    settings["privacy"] = privacy
+    epochs = min(args.messages, args.publishers * args.kiosks)
+    print(f"holders: {args.holders}" + (" (sealed by the publishers before the clock "
+                                         "starts, each kiosk in one epoch of its own: "
+                                         f"{epochs} epochs, an X25519 exchange in the worker "
+                                         f"per {args.messages / epochs:.0f} scans; each "
+                                         "worker opens every one)"
+                                         if args.holders == "sealed" else
+                                         " (the pseudonym, as kiosks older than sealing)"))
+    load = Load(args.messages, args.publishers, args.kiosks, tmp, args.confirm_timeout,
+                public if args.holders == "sealed" else None)
+    costs = seal_costs(args.seal_samples, tmp) if args.seal_samples > 0 else None
     cluster = None
     results, paced_results = {}, []
     try:
@@ -928,6 +1052,14 @@ def main(argv: list[str]) -> int:
                       f"{p['lag']:.2f} s behind their schedule), sharing the machine's "
                       f"cores with the broker and the worker; its latency is that of "
                       f"the rate reached, publisher backlog included")
+    if costs is not None:
+        print(f"holder sealing, timed apart in this process ({costs['n']} calls each): kiosk "
+              f"seal per decision p50 {costs['seal'][0]:.1f} µs, p95 {costs['seal'][1]:.1f} "
+              f"µs (the first of an epoch: p50 {costs['epoch'][0]:.0f} µs, p95 "
+              f"{costs['epoch'][1]:.0f} µs); ingest open + pseudonym per scan p50 "
+              f"{costs['open'][0]:.1f} µs, p95 {costs['open'][1]:.1f} µs (the first of an "
+              f"epoch, one X25519 exchange: p50 {costs['miss'][0]:.0f} µs, p95 "
+              f"{costs['miss'][1]:.0f} µs)")
     if delete is not None:
         print(f"kiosk side, measured apart and not included above: Outbox.confirm of "
               f"{delete[2]} id(s) (one fsynced SQLite transaction) p50 {delete[0]:.1f} ms, "

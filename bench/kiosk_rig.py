@@ -45,7 +45,7 @@ tls = false
 [bundles]
 fleet_key = "fleet.pem"
 [privacy]
-pseudonym_key = "{"00" * 16}"
+pseudonyms = true
 """, root / "kiosk.toml")
     kiosk = Kiosk(cfg)
     issued = int(at.timestamp()) - 3600

@@ -1,7 +1,9 @@
 """Can the kiosk trust its clock? A Pi has no RTC, so it keeps a time floor.
 
-The floor only moves forward: from every verified bundle's issued_at and, while
-NTP says the clock is synchronised, from the clock itself. It is persisted, so
+The floor only moves forward: from every verified bundle's issued_at (those
+arriving, and those on disk, verified again at start: a lost clock.json costs
+nothing while signed lists are held) and, while NTP says the clock is
+synchronised, from the clock itself. It is persisted, so
 after a reboot with a clock that went backwards (fake-hwclock, no network) the
 kiosk answers clock_unknown instead of guessing.
 
@@ -16,11 +18,12 @@ States (reported in heartbeats):
 
 import json
 import logging
-import os
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +59,40 @@ class Clock:
             log.warning("time floor file %s unreadable (%s); starting without a floor", self.path, exc)
             return None
 
+    # on_write(None | OSError): told of every save's outcome (the kiosk's storage fault).
+    # With it, a save that fails (a full disk) is reported instead of raised: the floor
+    # in memory still holds, only a reboot before the next save would lose its rise.
+    on_write = None
+
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"floor": self._floor}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        try:
+            write_atomic(self.path, json.dumps({"floor": self._floor}))
+        except OSError as exc:
+            if self.on_write is None:
+                raise
+            self.on_write(exc)
+            return
         self._saved_floor = self._floor
+        if self.on_write is not None:
+            self.on_write(None)
+
+    def persist(self) -> None:
+        """Save the floor again (after a failed save, once the disk takes writes)."""
+        with self._lock:
+            if self._floor is not None:
+                self._save()
 
     @property
     def floor(self) -> float | None:
         return self._floor
 
-    def raise_floor(self, timestamp: float) -> None:
+    def raise_floor(self, timestamp: float, *, persist: bool = True) -> None:
+        """persist=False: in memory only (the selftest looks without changing the kiosk)."""
         with self._lock:
             if self._floor is None or timestamp > self._floor:
                 self._floor = float(timestamp)
-                self._save()
+                if persist:
+                    self._save()
 
     def state(self) -> str:
         now = self._now()

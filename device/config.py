@@ -93,9 +93,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "offline_budget_hours": Key(float, 72.0, "lists older than this: out_of_service"),
     },
     "privacy": {
-        "pseudonyms": Key(bool, True, "send a keyed holder pseudonym with each scan"),
-        "pseudonym_key": Key(str, "", "hex key for the pseudonyms (32-128 digits), from the "
-                                      "fleet at enrolment"),
+        "pseudonyms": Key(bool, True, "send each scan's holder identity sealed to the "
+                                      "fleet's key, from which the fleet derives the holder "
+                                      "pseudonym (docs/privacy.md)"),
+        "pseudonym_key": Key(str, "", "obsolete: the key earlier versions held; never used, "
+                                      "and removed from the file when the kiosk starts"),
     },
     "outbox": {
         "max_rows": Key(int, 500_000, "scans kept in full while unreported; beyond it, "
@@ -115,6 +117,7 @@ CHOICES = {
 class Config:
     path: Path
     sections: dict[str, dict] = field(default_factory=dict)
+    text: str = ""  # the file as read: later checks (file_errors) name its lines
 
     def __getattr__(self, name):
         try:
@@ -205,7 +208,7 @@ def parse(text: str, path: Path = Path("<config>"), overrides: dict[str, dict] |
                                   f"got {value!r}")
             values[key] = value
         sections[section] = values
-    config = Config(path, sections)
+    config = Config(path, sections, text)
     _check(config, text)
     return config
 
@@ -248,14 +251,103 @@ def _check(config: Config, text: str) -> None:
         fail("mqtt", "confirm_timeout", "'confirm_timeout' must be at least 1 second")
     if config.bundles.offline_budget_hours <= 0:
         fail("bundles", "offline_budget_hours", "'offline_budget_hours' must be positive")
-    key = config.privacy.pseudonym_key
-    if config.privacy.pseudonyms:
-        if not re.fullmatch(r"(?:[0-9a-fA-F]{2}){16,64}", key):
-            fail("privacy", "pseudonym_key" if key else "pseudonyms",
-                 "pseudonyms need 'pseudonym_key': 32-128 hex digits from the fleet "
-                 "(or set pseudonyms = false)")
+    # an old file's pseudonym key is accepted (the kiosk must start) and never kept: the
+    # kiosk removes it from the file at start (device/privacy.py)
+    config.sections["privacy"]["pseudonym_key"] = ""
     if config.outbox.max_rows < 100:
         fail("outbox", "max_rows", "'max_rows' must be at least 100")
+
+
+# --- the files the configuration names --------------------------------------------------
+# Checked apart from load(): `python -m device.indicator off` (after every stop) must
+# switch the lights off whatever state the key files are in.
+
+def pem_problem(path: Path, kind: str) -> str | None:
+    """What is wrong with a PEM file in plain words, or None. kind: "certificate"
+    (one or more, as a CA file holds), "private key" or "public key" (PEM or DER)."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return f"file missing: {path}"
+    except IsADirectoryError:
+        return f"not a file: {path}"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    try:
+        if kind == "certificate":
+            if not x509.load_pem_x509_certificates(data):
+                raise ValueError("no certificate")
+        elif kind == "private key":
+            serialization.load_pem_private_key(data, password=None)
+        else:
+            from greengate.bundle import load_public_key
+            load_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # TypeError: a password-protected key; the kiosk has no password to give
+        return f"not a PEM {kind}: {path}"
+    return None
+
+
+def file_errors(config: Config) -> list[ConfigError]:
+    """Every key file the configuration names that cannot be used, as ConfigErrors
+    naming the configuration file and line, most important first: without the fleet
+    key no list can be trusted; without the TLS files no report leaves the kiosk."""
+    wanted = [("bundles", "fleet_key", "public key")]
+    if config.mqtt.tls:
+        wanted += [("mqtt", "ca", "certificate"), ("mqtt", "cert", "certificate"),
+                   ("mqtt", "key", "private key")]
+    errors = []
+    for section, key, kind in wanted:
+        value = getattr(getattr(config, section), key)
+        problem = pem_problem(config.resolve(value), kind) if value else None
+        if problem:
+            where = _where(config.path, config.text, section, key)
+            errors.append(ConfigError(f"{where}: '{key}': {problem}"))
+    return errors
+
+
+def load_fleet_key(config: Config):
+    """The pinned fleet key, or ConfigError naming the file and line."""
+    from greengate.bundle import load_public_key
+    path = config.resolve(config.bundles.fleet_key)
+    problem = pem_problem(path, "public key")
+    if problem:
+        raise ConfigError(f"{_where(config.path, config.text, 'bundles', 'fleet_key')}: "
+                          f"'fleet_key': {problem}")
+    return load_public_key(path.read_bytes())
+
+
+def indicator_fallback(path: str | Path) -> "_Section":
+    """The [indicator] section to show a configuration fault with when the file as a
+    whole cannot be used: the file's own [indicator] keys where they are valid (a
+    simulated kiosk keeps its mock pins), the defaults otherwise."""
+    keys = SCHEMA["indicator"]
+    values = {key: spec.default for key, spec in keys.items()}
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("indicator")
+    except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        raw = None
+    if isinstance(raw, dict):
+        mine = dict(values)
+        for key, value in raw.items():
+            spec = keys.get(key)
+            if spec is None:
+                continue
+            if spec.kind is float and type(value) is int:
+                value = float(value)
+            if type(value) is spec.kind and value in CHOICES.get(("indicator", key), (value,)):
+                mine[key] = value
+        pins = [mine["green_pin"], mine["red_pin"], mine["buzzer_pin"]] + \
+            ([mine["relay_pin"]] if mine["relay_pin"] >= 0 else [])
+        if all(0 <= p <= 27 for p in pins) and len(set(pins)) == len(pins) and \
+                mine["green_seconds"] > 0 and mine["red_seconds"] > 0:
+            values = mine
+    return _Section(values)
 
 
 def reference() -> str:
@@ -275,7 +367,112 @@ def reference() -> str:
             kind_name = kind.__name__ + (f" ({' / '.join(choices)})" if choices else "")
             shown = "**required**" if default is _REQUIRED else f"`{_toml(default)}`"
             out.append(f"| `{key}` | {kind_name} | {shown} | {meaning} |")
+    for title, text in NOTES:
+        out += ["", f"## {title}", "", *text.strip("\n").splitlines()]
     return "\n".join(out) + "\n"
+
+
+# Sections of docs/kiosk-config.md after the keys: (title, Markdown text).
+NOTES = [
+    ("Storage failures", """
+A full or failing SD card (SQLite's `database or disk is full`, `disk I/O
+error`, a read-only file system, an outbox file that cannot be opened) does not
+stop the kiosk and does not hold anybody at the door:
+
+- **The light still shows every decision.** A decision the outbox cannot write
+  is kept in memory with its `seq`, up to 5 000 (`device/outbox.py`
+  `MEMORY_ROWS`), and sent to the fleet like a row on disk; the fleet's
+  confirmation removes it from memory.
+- **The fault `storage`** is set (the SQLite or OS message as its detail): with
+  nobody scanning the light shows two short red flashes every 2 s
+  (hardware/README.md), every heartbeat carries it in `faults` together with
+  `memory` (decisions held in memory), and the fleet shows the kiosk
+  `degraded`, cause `storage: database or disk is full`.
+- **As soon as the disk takes writes again** (the kiosk tries every second,
+  and at a scan), the rows in memory are written to the outbox in one
+  transaction, confirmations that could not be applied are applied, and the
+  fault ends.
+- **Past 5 000 decisions in memory** a decision is kept only as a count per
+  (hour, decision, reason): heartbeat field `lost` (cumulative); once the disk
+  takes writes the counts become overflow summaries (docs/protocol.md) and the
+  `lost` total is kept in the outbox file. Nothing is dropped silently.
+- **Logging:** the fault is logged once when it starts, changes and ends
+  (`device/faults.py`), and the counts held and lost at most once a minute;
+  never a line per frame.
+- The other writers do not stop the kiosk either: the time floor
+  (`clock.json`; the floor in memory still holds), the MQTT session counter
+  (a number that cannot be saved is at least the current Unix time, so the
+  fleet still sees the newest session as the newest) and bundle files (the
+  bundle is refused for now, the lists in hand stay in use; it comes again,
+  retained on the broker or over HTTP). Each sets the same `storage` fault,
+  naming itself, e.g. `No space left on device (clock)`; a small probe file
+  written every 5 s tells when the disk works again.
+
+What is only in memory is lost if the kiosk process dies or the Pi loses
+power before the disk recovers; `memory` in the last heartbeats says how many
+decisions were at stake. Tested in `tests/test_never_dark.py` with the data
+directory on a small full tmpfs.
+"""),
+    ("Errors", """
+A file that cannot be used is named with its line, e.g.
+`/etc/greengate/kiosk.toml, line 3: 'port' must be 1-65535`. The key files it
+names are checked the same way when the kiosk starts (`device/config.py`
+`file_errors`): `[bundles] fleet_key` must be a public key (PEM or DER),
+`[mqtt] ca` and `cert` PEM certificates and `key` a PEM private key without a
+password; the cause is one of `file missing: PATH`, `cannot read PATH: ...`,
+`not a PEM certificate: PATH`, `not a PEM private key: PATH`, `not a PEM public
+key: PATH`, e.g. `/etc/greengate/kiosk.toml, line 24: 'fleet_key': file
+missing: /etc/greengate/fleet.pem`.
+
+A kiosk is never dark because of its configuration:
+
+- **A key file cannot be used.** The kiosk runs, with the fault `config` (the
+  message above) on its light while no decision shows (red flicker,
+  `device/indicator.py`) and in every heartbeat's `faults`. Without the fleet
+  key it trusts no list, so every scan is `out_of_service`; without usable TLS
+  files it cannot reach the broker, but it scans and keeps the decisions in its
+  outbox. Fix the file and restart the kiosk (`systemctl restart
+  greengate-kiosk`); TLS files put back are used at the next connection attempt
+  even before that, but the fault shows until the restart.
+- **The file itself cannot be used** (not TOML, a wrong key or value). Under
+  systemd (`$NOTIFY_SOCKET` set) the kiosk shows the `config` pattern on the
+  pins of the file's own `[indicator]` section where those are valid, else on
+  the default pins, tells systemd it is ready (with the message as its
+  status: `systemctl status greengate-kiosk`), keeps the watchdog fed and
+  waits for SIGTERM, so there is no restart loop. Outside systemd it prints
+  the message and exits 2 at once.
+
+`greengate-kiosk run` exit codes: 0 stopped by SIGTERM or SIGINT (within a few
+seconds: nothing it waits on blocks for longer than 0.5 s), or a folder source
+finished; 2
+the configuration cannot be used (at once outside systemd, on SIGTERM under
+it); 1 an unexpected error, with a traceback (systemd restarts the kiosk:
+`Restart=on-failure`). A missing camera or scanner never ends the kiosk (next
+section). `greengate-kiosk selftest` names the same causes, and for the
+kiosk's certificate also `expired on DATE` or `not valid before DATE`.
+"""),
+    ("Sources", """
+The source is opened after the reporter and the heartbeats start, so a kiosk
+whose camera or scanner is missing still reports. A source that cannot be
+opened, or stops (a camera unplugged, a serial scanner gone, a scanner FIFO
+whose writer closed it, a Pi camera that delivers no frame for 5 s), sets the
+fault `source` with the cause (`camera not found: ...`, `camera lost: ...`,
+`scanner lost: ...`), shown on the light (three short red flashes every 2 s)
+and in the heartbeat's `faults`, and is opened again after 1 s, then 2, 4, ...
+up to 30 s between attempts. The fault ends when it works again: a camera
+when a frame arrives, a serial scanner when its port opens, a FIFO when a line
+arrives; a camera plugged back resumes without a restart. Only a folder, a
+video file or a regular file given as a scanner has an end: the kiosk reports
+what is left and exits 0 (`--keep-running`: it stays up).
+
+While it waits (for a frame, a scanned line or the next attempt) the frame
+loop still turns at least every 0.5 s (`device/sources.py` `TICK`): it sees
+SIGTERM at once, and the systemd watchdog is fed only while it turns. A loop
+stuck for 60 s (4 x `WatchdogSec/2`) gets no more pings, and systemd kills and
+restarts the kiosk `WatchdogSec` (30 s) later.
+"""),
+]
+
 
 
 def _toml(value) -> str:

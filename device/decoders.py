@@ -4,13 +4,15 @@ Every decoder has a `name` and `decode(gray) -> list[str]` (QR codes only, each
 text once, in the order found; [] when there is none). Three kinds:
 
 - `PyzbarDecoder`: ZBar through pyzbar (needs the libzbar0 system library);
-- `ZxingDecoder`: zxing-cpp (`pip install zxing-cpp`); optional, its
-  constructor raises `DecoderUnavailable` when the module is missing;
-- `CascadeDecoder`: one of the two on the whole frame first (the fast path);
-  only when that finds nothing, and only when the frame holds a large patch of
-  fine texture (a QR code, even a blurred one), it retries on that patch,
-  sharpened, then enlarged. An empty frame costs the fast path and a
-  2-3 ms texture check, nothing more.
+- `ZxingDecoder`: zxing-cpp (a main dependency; where its wheel cannot be
+  installed the constructor raises `DecoderUnavailable` and `auto` falls back);
+- `CascadeDecoder`: one of the two on the whole frame first (the fast path: a
+  frame it reads costs just that); only when that finds nothing, and only when
+  the frame holds a large patch of fine texture (a QR code, even a blurred
+  one), it works on that patch through a rotation of expensive stages:
+  deconvolution (Wiener) with candidate blur kernels, sharpening, enlarging.
+  It is stateful: each frame gets a time budget, runs the stages that fit, and
+  the next frame of the same held-up code goes on where it stopped.
 
 `make_decoder(backend)` picks one for the kiosk: "auto" is the cascade over
 zxing-cpp when installed, else over pyzbar; "zxing" and "pyzbar" are the
@@ -19,6 +21,8 @@ cascade over that backend. docs/camera.md has the figures behind the choice
 """
 
 import logging
+import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -156,39 +160,217 @@ def enlarge(gray: np.ndarray, factor: float = 1.5) -> np.ndarray:
     return cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
 
 
-class CascadeDecoder:
-    """A backend on the whole frame; if nothing is found, again on the code's patch,
-    first sharpened (zxing-cpp also looks for light-on-dark codes there), then
-    enlarged. Stops at the first stage that finds a code."""
+# --- deblurring -----------------------------------------------------------------------------
 
-    def __init__(self, backend):
+# A candidate blur kernel, in frame pixels: ("g", sigma) a defocus (Gaussian), ("m", length,
+# angle in degrees) a straight motion path. Each is undone by a Wiener filter: in frequency,
+# H / (H^2 + nsr), with H the kernel's (real, symmetric) transfer function and nsr the noise-
+# to-signal ratio that keeps it from amplifying noise and JPEG blocks where H is small. A
+# Gaussian is separable, so its filter is applied as one 1-D Wiener filter per axis (each
+# regularised on its own); a motion path's along the path only. As short spatial filters
+# (7-25 taps), that costs 1-2 ms on a code patch where a 2-D FFT deconvolution cost 10-25 ms,
+# and on the corpus's TUNE frames it recovered more (bench/corpus.py, docs/camera.md).
+DEBLUR_NSR = 0.1
+
+
+@lru_cache(maxsize=64)
+def deblur_taps(kernel: tuple, nsr: float = DEBLUR_NSR) -> np.ndarray:
+    """The 1-D Wiener filter for `kernel` as spatial taps (odd length, sum 1)."""
+    n = 256
+    freq = np.fft.fftfreq(n)
+    if kernel[0] == "g":
+        sigma = kernel[1]
+        otf = np.exp(-2 * np.pi ** 2 * sigma * sigma * freq * freq)
+        half = max(3, int(round(3 * sigma)))
+    elif kernel[0] == "m":
+        length = kernel[1]
+        otf = np.sinc(length * freq)
+        half = int(round(length)) + 3
+    else:
+        raise ValueError(f"unknown blur kernel {kernel!r}")
+    taps = np.real(np.fft.ifft(otf / (otf * otf + nsr)))
+    taps = np.roll(taps, half)[:2 * half + 1]
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def _rotate(gray: np.ndarray, angle: float) -> np.ndarray:
+    """`gray` turned by `angle` degrees on a canvas large enough to keep its corners."""
+    import cv2
+    height, width = gray.shape
+    m = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    cos, sin = abs(m[0, 0]), abs(m[0, 1])
+    new_w, new_h = int(height * sin + width * cos) + 1, int(height * cos + width * sin) + 1
+    m[0, 2] += new_w / 2 - width / 2
+    m[1, 2] += new_h / 2 - height / 2
+    return cv2.warpAffine(gray, m, (new_w, new_h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def deblur(gray: np.ndarray, kernel: tuple, nsr: float = DEBLUR_NSR) -> np.ndarray:
+    """`gray` deconvolved (Wiener) with a candidate kernel. A motion path that is neither
+    horizontal nor vertical is undone on the image turned to make it horizontal: the result
+    is turned too, which a QR decoder does not mind."""
+    import cv2
+    taps = deblur_taps(kernel, nsr)
+    one = np.ones(1, np.float32)
+    image = gray
+    if kernel[0] == "g":
+        kx, ky = taps, taps
+    else:
+        angle = kernel[2] % 180
+        if angle == 90:
+            kx, ky = one, taps
+        else:
+            kx, ky = taps, one
+            if angle:
+                image = _rotate(gray, angle)  # image y points down: this turns the path level
+    out = cv2.sepFilter2D(image.astype(np.float32), -1, kx, ky, borderType=cv2.BORDER_REFLECT)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# --- the cascade -------------------------------------------------------------------------------
+
+# The expensive stages, in the order tried after the whole frame finds nothing. The order is
+# their yield on the corpus's TUNE seeds (bench/corpus.py): most frames recovered (that the
+# stages before had not) per millisecond first. "sharpened" and "enlarged" work on the located
+# patch; "deblur KERNEL" deconvolves it with one candidate kernel (g: Gaussian sigma, m: motion
+# length/angle, in frame pixels; nsr 0.1 unless ",NSR" follows).
+ROTATION = ("deblur g1.5", "deblur g2,0.2", "deblur g2,0.03", "deblur g2.5", "sharpened",
+            "deblur g3", "enlarged", "deblur m6/90", "deblur m6/0", "deblur g1", "deblur m4/90",
+            "deblur m9/90", "deblur m6/45", "deblur m6/135")
+
+# First guesses of each stage's cost (seconds on this project's CI machine), replaced by
+# running averages of what they really take on the machine at hand.
+PRIOR_COST = {"locate": 0.002, "sharpened": 0.005, "enlarged": 0.005, "deblur": 0.004}
+
+SINGLE_FRAME_BUDGET = 0.100  # a one-off image (verify --image): every stage, within 100 ms
+KIOSK_BUDGET = 0.066  # a camera at 15 fps on a Pi 4: one frame's time, spent on that frame
+
+
+def parse_kernel(stage: str) -> tuple[tuple, float]:
+    """(kernel, nsr) of a deblur stage: "deblur g1.5" -> (("g", 1.5), DEBLUR_NSR);
+    "deblur m6/45,0.05" -> (("m", 6.0, 45.0), 0.05)."""
+    spec = stage.split()[1]
+    nsr = DEBLUR_NSR
+    if "," in spec:
+        spec, value = spec.split(",")
+        nsr = float(value)
+    if spec[0] == "g":
+        return ("g", float(spec[1:])), nsr
+    if spec[0] == "m":
+        length, angle = spec[1:].split("/")
+        return ("m", float(length), float(angle)), nsr
+    raise ValueError(f"unknown blur kernel in stage {stage!r}")
+
+
+class _Patch:
+    """The located code patch of one frame; each stage's picture of it."""
+
+    def __init__(self, gray, box):
+        x0, y0, x1, y1 = box
+        self.patch = gray[y0:y1, x0:x1]
+
+    def image(self, stage: str) -> tuple[np.ndarray, bool]:
+        """(image to decode, also look for light-on-dark codes)."""
+        if stage == "sharpened":
+            return sharpen(self.patch), True
+        if stage == "enlarged":
+            return enlarge(self.patch), False
+        kernel, nsr = parse_kernel(stage)
+        return deblur(self.patch, kernel, nsr), False
+
+
+class CascadeDecoder:
+    """A backend on the whole frame; if nothing is found, on the code's patch, through the
+    expensive stages of ROTATION, as many as fit in `budget` seconds per frame.
+
+    Stateful across frames: a held-up code gives several frames, so where one frame's budget
+    ends the next frame goes on with the next stage of the rotation (a 3-frame burst tries
+    different stages instead of the first ones three times). A frame that decodes, or one
+    with no code-like patch, starts the rotation again. Each stage's cost is a running
+    average of what it took here; a stage runs only if its expected cost fits in what is
+    left of the frame's budget (budget=None: no limit, every stage).
+    """
+
+    def __init__(self, backend, budget: float | None = KIOSK_BUDGET, rotation=ROTATION,
+                 costs: dict | None = None, learn: bool = True, clock=time.perf_counter):
         self.backend = backend
         self.name = f"cascade({backend.name})"
+        self.budget = budget
+        self.rotation = tuple(rotation)
+        for stage in self.rotation:
+            if stage not in ("sharpened", "enlarged"):
+                parse_kernel(stage)  # a typo fails here, not on a camera frame
+        self.cost = {stage: PRIOR_COST[stage.split()[0]] for stage in self.rotation}
+        self.cost["locate"] = PRIOR_COST["locate"]
+        self.cost.update(costs or {})
+        self.learn = learn
+        self.clock = clock
+        self.next_stage = 0  # index into rotation where the next missed frame goes on
         self.last_stage = None  # which stage found the code(s) of the last frame
+        self.last_tried: list[str] = []  # the expensive stages the last frame ran
 
-    def stages(self, gray: np.ndarray):
-        """(name, image, also light-on-dark) in the order tried, made lazily."""
-        yield "frame", gray, False
-        box = locate(gray)
-        if box is None:
-            return
-        x0, y0, x1, y1 = box
-        patch = gray[y0:y1, x0:x1]
-        yield "sharpened", sharpen(patch), True
-        yield "enlarged", enlarge(patch), False
+    def reset(self) -> None:
+        """Forget where the rotation was (a different code comes next)."""
+        self.next_stage = 0
+
+    def _measure(self, stage: str, seconds: float) -> None:
+        if self.learn:
+            # One preempted run (the machine was busy) must not price a stage out for long.
+            seconds = min(seconds, 3 * self.cost[stage])
+            self.cost[stage] += 0.3 * (seconds - self.cost[stage])
+
+
+    def _fits(self, stage: str, start: float) -> bool:
+        return self.budget is None or self.clock() - start + self.cost[stage] <= self.budget
+
+    def _read(self, img, invert: bool) -> list[str]:
+        if invert and isinstance(self.backend, ZxingDecoder):
+            return self.backend.decode(img, try_invert=True)
+        return self.backend.decode(img)
 
     def decode(self, image) -> list[str]:
+        start = self.clock()
         gray = as_gray(image)
-        self.last_stage = None
+        self.last_stage, self.last_tried = None, []
         if gray.size == 0:
             return []
-        zxing = isinstance(self.backend, ZxingDecoder)
-        for stage, img, invert in self.stages(gray):
-            texts = self.backend.decode(img, try_invert=True) if zxing and invert \
-                else self.backend.decode(img)
+        texts = self.backend.decode(gray)
+        if texts:
+            self.last_stage, self.next_stage = "frame", 0
+            return texts
+        if not self.rotation or not self._fits("locate", start):
+            return []
+        began = self.clock()
+        box = locate(gray)
+        self._measure("locate", self.clock() - began)
+        if box is None:  # nothing like a code in view: the next code starts afresh
+            self.next_stage = 0
+            return []
+        patch = _Patch(gray, box)
+        count, first = len(self.rotation), self.next_stage
+        for step in range(count):  # each stage at most once a frame
+            index = (first + step) % count
+            stage = self.rotation[index]
+            if not self._fits(stage, start):
+                continue  # a cheaper stage further on may still fit
+            began = self.clock()
+            image, invert = patch.image(stage)
+            # Light-on-dark codes (some phone apps' dark mode): the first stage a missed frame
+            # runs looks for them too, so no frame waits for the rotation to reach a stage
+            # that does (it costs one more decode of the patch, ~1 ms, on a missed frame).
+            texts = self._read(image, invert or not self.last_tried)
+            self._measure(stage, self.clock() - began)
+            self.last_tried.append(stage)
+            self.next_stage = (index + 1) % count
             if texts:
-                self.last_stage = stage
+                self.last_stage, self.next_stage = stage, 0
                 return texts
+        if not self.last_tried and self.learn:
+            # Nothing fitted at all: estimates inflated by a busy spell must come down again,
+            # or their stages would never run (and be re-measured) again.
+            for stage in self.rotation:
+                self.cost[stage] *= 0.9
         return []
 
 
@@ -201,12 +383,14 @@ def make_backend(name: str):
     raise ValueError(f"unknown decoder backend {name!r}; use one of: pyzbar, zxing")
 
 
-def make_decoder(backend: str = "auto", *, cascade: bool = True):
+def make_decoder(backend: str = "auto", *, cascade: bool = True,
+                 budget: float | None = KIOSK_BUDGET):
     """The kiosk's decoder for config [decoder] backend = auto | pyzbar | zxing.
 
-    auto: zxing-cpp when installed (faster and reads more blurred codes than
+    auto: zxing-cpp when it can be imported (faster and reads more blurred codes than
     pyzbar, see docs/camera.md), else pyzbar. cascade=False gives the bare
-    backend (benchmarks compare the two).
+    backend (benchmarks compare the two). budget: the cascade's seconds per frame
+    (KIOSK_BUDGET: one frame's time at 15 fps; None: no limit).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown decoder backend {backend!r}; use one of: {', '.join(BACKENDS)}")
@@ -217,7 +401,7 @@ def make_decoder(backend: str = "auto", *, cascade: bool = True):
             log.info("zxing-cpp not installed: decoding with pyzbar")
             backend = "pyzbar"
     bare = make_backend(backend)
-    return CascadeDecoder(bare) if cascade else bare
+    return CascadeDecoder(bare, budget) if cascade else bare
 
 
 def decode_image_file(path: str | Path, decoder=None) -> list[str]:
@@ -225,4 +409,4 @@ def decode_image_file(path: str | Path, decoder=None) -> list[str]:
     from PIL import Image
     with Image.open(path) as img:
         gray = np.asarray(img.convert("L"))
-    return (decoder or make_decoder("auto")).decode(gray)
+    return (decoder or make_decoder("auto", budget=SINGLE_FRAME_BUDGET)).decode(gray)

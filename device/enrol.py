@@ -13,7 +13,6 @@ Exit status: 0 enrolled; 1 the fleet refused or could not be reached; 2 bad usag
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import sys
 import urllib.error
@@ -26,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from greengate import enrolment
+
+from .files import write_atomic
 
 TIMEOUT = 30.0
 
@@ -107,15 +108,8 @@ def enrol(base: str, token: str, directory: Path, force: bool = False) -> str:
         raise EnrolFailed("the certificate the fleet sent is not for this kiosk's key")
     directory.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():  # the key first: nothing is usable without it
-        target = directory / name
-        tmp = directory / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                     0o600 if name in (enrolment.KEY, enrolment.CONFIG) else 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        write_atomic(directory / name, data,
+                     mode=0o600 if name in (enrolment.KEY, enrolment.CONFIG) else 0o644)
     return kiosk_id
 
 

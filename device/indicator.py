@@ -20,6 +20,18 @@ Patterns (the guard's table is in hardware/README.md):
   until the next pattern.
 - starting: green 0.2 s blip once a second until the next pattern.
 - idle: all off.
+
+Fault patterns (fault(kind), shown by the kiosk while no decision is showing, for
+the worst active fault of device/faults.py; all repeat until the next pattern and
+never light green, so none can be taken for a pass):
+
+- config (a configuration or key file cannot be used): red flickers, 0.1 s on /
+  0.1 s off, one 1 s beep at the start.
+- storage (the data directory refuses writes): two short red flashes (0.15 s)
+  every 2 s, two short beeps at the start.
+- source (camera or scanner missing or lost): three short red flashes (0.15 s)
+  every 2 s, three short beeps at the start.
+- lists: the out_of_service pattern. clock: the clock_unknown pattern.
 """
 
 import logging
@@ -30,7 +42,7 @@ from dataclasses import dataclass
 
 from gpiozero import LED, Buzzer, DigitalOutputDevice
 
-from greengate.decision import Decision, Reason
+from greengate.decision import Decision, Reason, red
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +101,9 @@ class Indicator:
     blink_fast = 0.25  # clock_unknown: green/red alternation
     blink_slow = 1.0  # out_of_service: red on, then off
     starting_period = 1.0  # starting: a green blip (a fifth of it) once per period
+    flicker = 0.1  # config fault: red on, then off
+    flash = 0.15  # storage/source faults: each short red flash, and the gap after it
+    flash_period = 2.0  # storage/source faults: one group of flashes per period
 
     def __init__(self, green_pin: int, red_pin: int, buzzer_pin: int,
                  relay_pin: int | None = None, green_seconds: float = 1.5,
@@ -135,6 +150,10 @@ class Indicator:
     def show(self, decision: Decision) -> None:
         """Show a decision at once, replacing whatever is showing; returns immediately."""
         self._play(self.pattern_for(decision))
+
+    def fault(self, kind: str) -> None:
+        """Show a fault of device/faults.py (its pattern is in the module docstring)."""
+        self._play(self.fault_pattern(kind))
 
     def starting(self) -> None:
         """Starting-up pattern, until the first show()/idle()."""
@@ -207,6 +226,27 @@ class Indicator:
                            timeline(2 * on, red=[(0, on)]))
         r = self.red_seconds
         return Pattern("red", timeline(r, red=[(0, r)], buzzer=_beeps(2, self.beep_long, 0.15)))
+
+    def fault_pattern(self, kind: str) -> Pattern:
+        """The pattern fault() plays for a fault kind (device.faults.KINDS)."""
+        if kind == "lists":
+            return self.pattern_for(red(Reason.OUT_OF_SERVICE, "lists"))
+        if kind == "clock":
+            return self.pattern_for(red(Reason.CLOCK_UNKNOWN, "clock"))
+        if kind == "config":
+            f = self.flicker
+            return Pattern("config_fault", timeline(2 * f * 5, red=_beeps(5, f, f),
+                                                    buzzer=[(0, 1.0)]),
+                           timeline(2 * f, red=[(0, f)]))
+        flashes = {"storage": 2, "source": 3}.get(kind)
+        if flashes is None:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        f, period = self.flash, max(self.flash_period, 2 * flashes * self.flash)
+        cycle = timeline(period, red=_beeps(flashes, f, f))
+        return Pattern(f"{kind}_fault",
+                       timeline(period, red=_beeps(flashes, f, f),
+                                buzzer=_beeps(flashes, 0.08, 2 * f - 0.08)),
+                       cycle)
 
     # --- machinery ----------------------------------------------------------------
 

@@ -8,9 +8,6 @@ import socket
 import ssl
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-
-from greengate.bundle import load_public_key
 
 from . import config as config_module
 from .cli import source_overrides
@@ -62,6 +59,14 @@ def _clock_and_bundles(cfg, report):
     data = cfg.resolve(cfg.kiosk.data_dir)
     budget = timedelta(hours=cfg.bundles.offline_budget_hours)
     clock = Clock(data / "clock.json", budget.total_seconds())
+    key_problem = config_module.pem_problem(cfg.resolve(cfg.bundles.fleet_key), "public key")
+    store = None
+    if key_problem is None:
+        # The bundles on disk raise the floor as they do when the kiosk starts; in memory
+        # only: a selftest changes nothing on the kiosk.
+        store = BundleStore(data / "bundles", config_module.load_fleet_key(cfg),
+                            cfg.kiosk.deployment, cfg.kiosk.policy, budget,
+                            on_bundle=lambda b: clock.raise_floor(b.issued_at, persist=False))
     state = clock.state()
     if state == SYNCED:
         report(True, "clock", "synchronised by NTP")
@@ -75,13 +80,10 @@ def _clock_and_bundles(cfg, report):
     else:
         report(False, "clock", "the time cannot be trusted: connect the kiosk to the network so it "
                                "can synchronise (NTP), the kiosk shows 'clock unknown' until then")
-    try:
-        key = load_public_key(cfg.resolve(cfg.bundles.fleet_key).read_bytes())
-    except (OSError, ValueError) as exc:
-        report(False, "bundles", f"the pinned fleet key {cfg.bundles.fleet_key} is unreadable ({exc}); "
+    if store is None:
+        report(False, "bundles", f"the pinned fleet key ({key_problem}) cannot be used: "
                                  "re-run the enrolment")
         return
-    store = BundleStore(data / "bundles", key, cfg.kiosk.deployment, cfg.kiosk.policy, budget)
     if store.verifier is None:
         report(False, "bundles", f"{store.problem}: the kiosk has not received its lists from the "
                                  "fleet yet; check the network and the broker")
@@ -96,8 +98,38 @@ def _clock_and_bundles(cfg, report):
         report(True, "bundles", f"lists present ({versions})")
 
 
+def _tls_files(cfg) -> list[str]:
+    """What is wrong with the kiosk's TLS files, in plain words (empty: nothing)."""
+    from cryptography import x509
+
+    problems = []
+    now = datetime.now(timezone.utc)
+    for key, kind, what in (("ca", "certificate", "the broker's CA certificate"),
+                            ("cert", "certificate", "the kiosk certificate"),
+                            ("key", "private key", "the kiosk's private key")):
+        path = cfg.resolve(getattr(cfg.mqtt, key))
+        problem = config_module.pem_problem(path, kind)
+        if problem is None and kind == "certificate":
+            cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+            if cert.not_valid_after_utc < now:
+                problem = f"expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: {path}"
+            elif cert.not_valid_before_utc > now:
+                problem = (f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
+                           f"(is the kiosk's clock right?): {path}")
+        if problem:
+            problems.append(f"{what}: {problem}")
+    return problems
+
+
 def _broker(cfg, report):
     host, port = cfg.mqtt.host, cfg.mqtt.port
+    if cfg.mqtt.tls:
+        problems = _tls_files(cfg)
+        if problems:
+            report(False, "broker", "; ".join(problems) + ": re-enrol the kiosk, or put the "
+                                    "files from its enrolment back")
+            return
+
     try:
         sock = socket.create_connection((host, port), timeout=5)
     except OSError as exc:

@@ -14,14 +14,20 @@ Sources:
 - ScannerSource: a serial 2D scanner, one code per line (also a file, FIFO or
   terminal, which is how HID keyboard-wedge scanners arrive).
 
-make_source(config.source, path) builds the one the kiosk's config names.
-See docs/camera.md.
+make_source(config.source, path) builds the one the kiosk's config names;
+Recovering wraps it so that a missing or lost device is opened again with
+backoff instead of ending the kiosk. With `ticks`, a source yields None
+whenever it has waited `TICK` seconds without an item, so the loop pulling
+from it stays in control (it can stop on SIGTERM, and the watchdog can tell a
+loop that waits from one that hangs). See docs/camera.md.
 """
 
 import logging
 import os
 import re
+import select
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -37,10 +43,21 @@ class SourceError(RuntimeError):
     """The source cannot be opened or has stopped working."""
 
 
+TICK = 0.5  # seconds a source with ticks waits at most before it yields None
+
+
 class Source:
-    """Base: iterate for items; close() releases the device (idempotent)."""
+    """Base: iterate for items; close() releases the device (idempotent).
+
+    finite: the end of the iteration is the end of the input (a folder, a video or
+    regular file), not a device that went away. ready_on_open: a source that opened
+    is known to work (a serial port); a camera proves it only with a frame, and a
+    FIFO only with a line.
+    """
 
     closed = False
+    finite = False
+    ready_on_open = False
 
     def __iter__(self):
         raise NotImplementedError
@@ -80,8 +97,11 @@ class Picamera2Source(Source):
     without autofocus (Camera Module v1, v2, HQ) skip the focus controls.
     """
 
+    stall_seconds = 5.0  # no frame for this long: the camera is lost
+
     def __init__(self, width: int = 1280, height: int = 960, lens_position: float = -1.0,
-                 fps: float | None = None, format: str = "YUV420", camera_num: int = 0):
+                 fps: float | None = None, format: str = "YUV420", camera_num: int = 0,
+                 *, ticks: bool = False):
         try:
             from picamera2 import Picamera2
         except ImportError as exc:
@@ -90,6 +110,7 @@ class Picamera2Source(Source):
                               "--system-site-packages)") from exc
         self.format = format
         self.width = int(width)
+        self.ticks = ticks
         try:
             self._camera = Picamera2(camera_num)
         except Exception as exc:  # no camera connected, or in use by another program
@@ -124,8 +145,37 @@ class Picamera2Source(Source):
         return to_gray(array)
 
     def __iter__(self):
+        # An unplugged camera does not fail a blocking capture_array(): it never returns.
+        # So the capture is asked for without waiting and waited for in slices.
         while not self.closed:
-            array = self._camera.capture_array("main")
+            waited = 0.0
+            try:
+                try:
+                    job = self._camera.capture_array("main", wait=False)
+                except TypeError:  # a picamera2 too old for asynchronous captures: blocks
+                    job, array = None, self._camera.capture_array("main")
+                while job is not None:
+                    try:
+                        array = self._camera.wait(job, timeout=TICK)
+                        break
+                    except TypeError:  # wait() without a timeout (an old picamera2): blocks
+                        array = self._camera.wait(job)
+                        break
+                    except TimeoutError:
+                        waited += TICK
+                        if self.closed:
+                            return
+                        if waited >= self.stall_seconds:
+                            raise SourceError(f"the Pi camera delivered no frame for "
+                                              f"{waited:.0f} s") from None
+                        if self.ticks:
+                            yield None
+            except SourceError:
+                raise
+            except Exception as exc:  # libcamera errors come as RuntimeError and others
+                if self.closed:
+                    return
+                raise SourceError(f"the Pi camera failed: {exc}") from exc
             if self.closed:
                 return
             yield self.gray(array)
@@ -159,6 +209,7 @@ class CaptureSource(Source):
         self.target = target
         self.loop = loop
         self.camera = camera
+        self.finite = not camera
         self.max_failures = max_failures
         api = cv2.CAP_ANY if api is None else api
         self._cap = cv2.VideoCapture(target, api)
@@ -226,6 +277,8 @@ class FolderSource(Source):
     """A folder of images (by name: .png .jpg .jpeg .bmp .pgm), a single image, or a
     video file. interval: seconds to wait between frames; loop: start again at the end.
     Unreadable images are skipped with a warning."""
+
+    finite = True
 
     def __init__(self, path, interval: float = 0.0, loop: bool = False, *, sleep=time.sleep):
         self.path = Path(path)
@@ -299,13 +352,22 @@ class ScannerSource(Source):
     opened at baudrate; or a FIFO or regular file (read as it is: a test feed, or a
     keyboard-wedge scanner's input piped in). A character device is opened as a
     serial port (that includes a console tty). Yields each non-empty line as text
-    (invalid UTF-8 becomes U+FFFD). A FIFO or file ends at its end.
+    (invalid UTF-8 becomes U+FFFD). A FIFO or file ends at its end: for a FIFO,
+    when its writer closes it.
+
+    A FIFO is opened without waiting for a writer and read through poll() with a
+    timeout: a blocking open() or read() of an empty FIFO would leave the kiosk
+    deaf to SIGTERM. A serial port or a device that fails (unplugged) raises
+    SourceError.
     """
 
-    def __init__(self, port, baudrate: int = 9600, *, timeout: float = 0.2):
+    def __init__(self, port, baudrate: int = 9600, *, timeout: float = 0.2,
+                 ticks: bool = False):
         self.port = str(port)
+        self.ticks = ticks
         self._serial = None
         self._fd = None
+        self._poll = None
         kind = None
         if "://" not in self.port:
             try:
@@ -314,19 +376,24 @@ class ScannerSource(Source):
                 raise SourceError(f"scanner port {self.port} does not exist "
                                   f"({exc.strerror})") from None
         if kind is not None and (stat.S_ISFIFO(kind) or stat.S_ISREG(kind)):
+            self.finite = self.ready_on_open = stat.S_ISREG(kind)
             try:
-                self._fd = os.open(self.port, os.O_RDONLY)
+                self._fd = os.open(self.port, os.O_RDONLY | os.O_NONBLOCK)
             except OSError as exc:
                 raise SourceError(f"cannot open scanner input {self.port}: "
                                   f"{exc.strerror}") from None
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
         else:
             import serial
+            self.ready_on_open = True
             try:
                 self._serial = serial.serial_for_url(self.port, baudrate=baudrate, timeout=timeout)
-            except (serial.SerialException, ValueError) as exc:
+            except (serial.SerialException, ValueError, OSError) as exc:
                 raise SourceError(f"cannot open scanner port {self.port}: {exc}") from None
 
     def _chunks(self):
+        """Bytes as they come; b"" after a wait with nothing (the serial timeout or TICK)."""
         while not self.closed:
             if self._serial is not None:
                 try:
@@ -335,23 +402,32 @@ class ScannerSource(Source):
                     if self.closed:
                         return
                     raise SourceError(f"scanner {self.port} stopped: {exc}") from exc
-                if data:
-                    yield data
-            else:
-                try:
-                    data = os.read(self._fd, 4096)
-                except OSError:
-                    if self.closed:
-                        return
-                    raise
-                if not data:
-                    return
                 yield data
+                continue
+            try:
+                if not self._poll.poll(TICK * 1000):
+                    yield b""
+                    continue
+                data = os.read(self._fd, 4096)
+            except BlockingIOError:  # woken with nothing to read after all
+                yield b""
+                continue
+            except (OSError, ValueError) as exc:  # ValueError: the fd closed under us
+                if self.closed:
+                    return
+                raise SourceError(f"scanner input {self.port} failed: {exc}") from exc
+            if not data:  # end of file, or the FIFO's last writer closed it
+                return
+            yield data
 
     def __iter__(self):
         buffer = b""
         skipping = False  # inside a line already found too long
         for data in self._chunks():
+            if not data:
+                if self.ticks:
+                    yield None
+                continue
             buffer += data
             *lines, buffer = _LINE_END.split(buffer)
             for line in lines:
@@ -393,10 +469,11 @@ def _text(line: bytes) -> str | None:
 KINDS = ("picamera2", "v4l2", "folder", "scanner")
 
 
-def make_source(section, path=None) -> Source:
+def make_source(section, path=None, *, ticks: bool = False) -> Source:
     """The source for a [source] config section (kind, path, width, height, fps,
     lens_position, interval, loop, baudrate). path: the section's path already
-    resolved (config paths may be relative to the config file); default section.path."""
+    resolved (config paths may be relative to the config file); default section.path.
+    ticks: the source yields None while it waits (see the module's docstring)."""
     kind = section.kind
     if path is None or path == "":
         path = getattr(section, "path", "")
@@ -404,12 +481,122 @@ def make_source(section, path=None) -> Source:
     height = getattr(section, "height", 960)
     fps = getattr(section, "fps", 15.0)
     if kind == "picamera2":
-        return Picamera2Source(width, height, getattr(section, "lens_position", -1.0), fps=fps)
+        return Picamera2Source(width, height, getattr(section, "lens_position", -1.0), fps=fps,
+                               ticks=ticks)
     if kind == "v4l2":
         return V4L2Source(path if path != "" else "/dev/video0", width, height, fps)
     if kind == "folder":
         return FolderSource(path, getattr(section, "interval", 0.0),
                             getattr(section, "loop", False))
     if kind == "scanner":
-        return ScannerSource(path, getattr(section, "baudrate", 9600))
+        return ScannerSource(path, getattr(section, "baudrate", 9600), ticks=ticks)
     raise ValueError(f"unknown source kind {kind!r}; use one of: {', '.join(KINDS)}")
+
+
+# --- a device that comes back --------------------------------------------------------------
+
+DEVICE_NAMES = {"picamera2": "camera", "v4l2": "camera", "scanner": "scanner", "folder": "folder"}
+
+
+class Recovering(Source):
+    """A source opened by `opener()`, and opened again with backoff (`first` seconds,
+    doubling to `longest`) whenever it cannot be opened or stops: a camera unplugged
+    and plugged back resumes without a restart. Yields None while it waits (every
+    TICK seconds), like a source with ticks.
+
+    on_fault(detail) is called when the device is missing or lost ("camera not found:
+    ...", "scanner lost: ..."), on_recovered() when it works again: a frame or line
+    arrived, or, for a source whose opening proves it (a serial port), it opened. A
+    finite source (a folder) that reaches its end ends this iteration too.
+    """
+
+    def __init__(self, opener, what: str, on_fault=None, on_recovered=None, *,
+                 first: float = 1.0, longest: float = 30.0):
+        self._opener = opener
+        self.what = what
+        self._on_fault = on_fault or (lambda detail: None)
+        self._on_recovered = on_recovered or (lambda: None)
+        self.first, self.longest = first, longest
+        self.current: Source | None = None
+        self.failing = False
+        self.finished = False  # a finite source came to its end
+        self.attempts = 0
+        self._wake = threading.Event()
+
+    def _fault(self, detail: str) -> None:
+        self.failing = True
+        self._on_fault(detail)
+
+    def _ok(self) -> None:
+        if self.failing:
+            self.failing = False
+            self._on_recovered()
+
+    def _wait(self, seconds: float):
+        deadline = time.monotonic() + seconds
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(min(TICK, left))
+            yield None
+
+    def __iter__(self):
+        delay = self.first
+        opened_once = False
+        while not self.closed:
+            self.attempts += 1
+            try:
+                source = self._opener()
+            except Exception as exc:  # SourceError, and whatever a driver raises
+                if not isinstance(exc, SourceError):
+                    log.exception("opening the %s failed", self.what)
+                state = "lost" if opened_once else "not found"
+                self._fault(f"{self.what} {state}: {exc}")
+                log.info("opening the %s again in %.0f s", self.what, delay)
+                yield from self._wait(delay)
+                delay = min(self.longest, delay * 2)
+                continue
+            opened_once = True
+            self.current = source
+            if source.ready_on_open:
+                self._ok()
+            try:
+                for item in source:
+                    if item is not None:
+                        self._ok()
+                        delay = self.first
+                    yield item
+                    if self.closed:
+                        return
+                if self.closed:
+                    return
+                if source.finite:
+                    self.finished = True
+                    return
+                problem = f"{self.what} lost: it stopped delivering"
+            except Exception as exc:
+                if self.closed:
+                    return
+                if not isinstance(exc, SourceError):
+                    log.exception("the %s failed", self.what)
+                problem = f"{self.what} lost: {exc}"
+            finally:
+                self.current = None
+                try:
+                    source.close()
+                except Exception:  # a device gone away may fail its own close
+                    log.debug("closing the lost %s failed", self.what, exc_info=True)
+            self._fault(problem)
+            log.info("opening the %s again in %.0f s", self.what, delay)
+            yield from self._wait(delay)
+            delay = min(self.longest, delay * 2)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._wake.set()
+        current = self.current
+        if current is not None:
+            current.close()

@@ -15,16 +15,17 @@ this kiosk, else the one its config names.
 """
 
 import logging
-import os
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from greengate import bundle, policy, status
+from greengate import bundle, policy, sealing, status
 from greengate.bundle import Bundle, BundleError
 from greengate.trust import TrustList, load_signer
 from greengate.valuesets import ValueSetError, ValueSets
 from greengate.verifier import Verifier
+
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,14 @@ class BundleStore:
         self.kiosk_id = kiosk_id
         self.budget = budget
         self.on_bundle = on_bundle  # called with each accepted Bundle (the clock's floor)
+        self.on_write = None  # on_write(OSError): a bundle could not be stored (the kiosk)
         self._lock = threading.Lock()
         self.bundles: dict[str, Bundle] = {}
         self._status: status.StatusList | None = None
         self.verifier: Verifier | None = None
         self.problem = "no trust list, policy or status list yet"
         self.refused = 0
-        for kind in STORED:
+        for kind in STORED if fleet_key is not None else ():
             path = self.dir / f"{kind}.bundle"
             if path.exists():
                 try:
@@ -58,7 +60,8 @@ class BundleStore:
                                  persist=False)
                 except (BundleError, ValueError) as exc:
                     log.error("stored %s bundle %s is invalid (%s); ignoring it", kind, path, exc)
-        for path in sorted(self.dir.glob("status-delta-*.bundle"), key=_delta_version):
+        deltas = self.dir.glob("status-delta-*.bundle") if fleet_key is not None else ()
+        for path in sorted(deltas, key=_delta_version):
             try:
                 accepted, why = self._accept(bundle.open_bundle(path.read_bytes(), fleet_key,
                                                                 deployment), persist=False)
@@ -68,10 +71,19 @@ class BundleStore:
                 log.info("stored delta %s not replayed (%s); removing it", path.name, why)
                 path.unlink(missing_ok=True)
         self._rebuild()
+        if fleet_key is None:
+            self.problem = "the pinned fleet key cannot be used: no list can be trusted"
+        if on_bundle:
+            # Verified again just now, so signed fleet data: their times raise the clock's
+            # floor at start, as they did on arrival (a lost clock.json is rebuilt here).
+            for held in list(self.bundles.values()):
+                on_bundle(held)
 
     # --- intake ------------------------------------------------------------
     def offer(self, raw: bytes, source: str = "mqtt") -> tuple[bool, str]:
         """Verify and maybe apply a bundle; return (accepted, why) and log the reason."""
+        if self.fleet_key is None:
+            return False, "no usable fleet key to verify it with"
         try:
             candidate = bundle.open_bundle(raw, self.fleet_key, self.deployment)
         except BundleError as exc:
@@ -81,6 +93,15 @@ class BundleStore:
                 accepted, why = self._accept(candidate, persist=True)
             except ValueError as exc:
                 return self._refuse(source, f"malformed {candidate.kind} body: {exc}")
+            except OSError as exc:
+                # a full disk: keep the lists held (the bundle comes again: retained on
+                # the broker, polled over HTTP) and tell the kiosk, never raise
+                if self.on_write is None:
+                    raise
+                self.on_write(exc)
+                log.warning("cannot store %s bundle v%d: %s", candidate.kind,
+                            candidate.version, exc)
+                return False, f"cannot store: {exc}"
             if not accepted:
                 if why.startswith("refused"):
                     return self._refuse(source, why)
@@ -147,18 +168,7 @@ class BundleStore:
         return True, "applied"
 
     def _write(self, kind: str, raw: bytes) -> None:
-        path = self.dir / f"{kind}.bundle"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.dir / f"{kind}.bundle", raw)
 
     # --- the verifier ------------------------------------------------------
     def _policy_name(self, b: Bundle) -> str:
@@ -190,6 +200,18 @@ class BundleStore:
                                  valuesets=valuesets)
         self.problem = None
 
+    @property
+    def sealing_key(self) -> sealing.SealingKey | None:
+        """The public key the kiosk seals holder identities to: the trust bundle's."""
+        held = self.bundles.get("trust")
+        if held is None:
+            return None
+        # read once per trust bundle held, not once per decision (the Sealer asks each time)
+        cached = getattr(self, "_sealing_cache", None)
+        if cached is None or cached[0] is not held:
+            cached = self._sealing_cache = (held, _sealing_from(held))
+        return cached[1]
+
     def chain_length(self) -> int:
         """Signed deltas held on top of the status snapshot (replayed at every start)."""
         return sum(1 for _ in self.dir.glob("status-delta-*.bundle"))
@@ -214,7 +236,15 @@ def _trust_from(b: Bundle) -> TrustList:
     certs = b.body.get("certificates") if isinstance(b.body, dict) else None
     if not isinstance(certs, list) or not all(isinstance(c, bytes) for c in certs):
         raise ValueError("trust body needs 'certificates': a list of DER certificates")
+    _sealing_from(b)  # a trust bundle with a sealing key the kiosk cannot use is refused
     return TrustList(load_signer(c) for c in certs)
+
+
+def _sealing_from(b: Bundle) -> sealing.SealingKey | None:
+    """The fleet's holder-sealing public key a trust bundle carries (None: a fleet older
+    than sealing)."""
+    entry = b.body.get("sealing") if isinstance(b.body, dict) else None
+    return None if entry is None else sealing.SealingKey.from_body(entry)
 
 
 def _valuesets_from(b: Bundle):

@@ -35,12 +35,13 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from greengate import bundle, status
+from greengate import bundle, cose, status
 from greengate import policy as policies
 
 from .models import (REINSTATED, RETIRED, REVOKED, SUSPENDED, Kiosk, ListVersion, Policy,
@@ -186,14 +187,45 @@ def seed_policies(session, deployment: str, at: float) -> int:
     return seeded
 
 
-def issue_trust(session, deployment: str, row: ListVersion, key, at: float) -> PublishedBundle:
+def issue_trust(session, deployment: str, row: ListVersion, key, at: float,
+                sealing=None) -> PublishedBundle:
+    """sealing: the fleet's current holder-sealing public key (greengate/sealing.py), which
+    kiosks seal holder identities to; it travels signed, so nobody can slip kiosks theirs."""
     certs = session.scalars(select(TrustEntry.certificate)
                             .where(TrustEntry.deployment == deployment,
                                    TrustEntry.removed_at.is_(None))
                             .order_by(TrustEntry.added_at, TrustEntry.id)).all()
     issued = int(at)
-    raw = bundle.seal("trust", row.version, issued, {"certificates": list(certs)}, key, deployment)
+    body = {"certificates": list(certs)}
+    if sealing is not None:
+        body["sealing"] = sealing.body()
+    raw = bundle.seal("trust", row.version, issued, body, key, deployment)
     return _store(session, deployment, "trust", row.version, issued, raw)
+
+
+def current_sealing_key(config):
+    """The fleet's current holder-sealing public key, made on first use (the upgrade of a
+    fleet whose kiosks held the pseudonym key: fleet/sealing_keys.py)."""
+    from . import sealing_keys
+    try:
+        return sealing_keys.current_public(config)
+    except sealing_keys.KeyError_ as exc:
+        raise ListError(f"cannot read the holder-sealing keys: {exc}", 503) from None
+
+
+def _current_kid(config) -> bytes | None:
+    current = current_sealing_key(config)
+    return current.kid if current is not None else None
+
+
+def trust_sealing_kid(raw: bytes) -> bytes | None:
+    """The sealing kid a stored trust bundle carries (None: none, or unreadable). The
+    fleet signed it, so it is read without verifying."""
+    try:
+        body = cbor2.loads(cose.parse(raw).payload).get("body")
+        return body["sealing"]["kid"]
+    except Exception:  # an old bundle or anything odd: re-issue it
+        return None
 
 
 def assignments(session, deployment: str) -> dict[str, str]:
@@ -318,7 +350,7 @@ def issue(session, config, deployment: str, kind: str, *, key, actor: str, actio
     row = claim_version(session, deployment, kind, actor=actor, action=action, at=at)
     row.changes = changes
     if kind == "trust":
-        issue_trust(session, deployment, row, key, at)
+        issue_trust(session, deployment, row, key, at, sealing=current_sealing_key(config))
     elif kind == "policy":
         issue_policy(session, deployment, row, key, at)
     elif kind == "status":
@@ -409,6 +441,8 @@ def refresh(session, config, deployment: str, *, key=None, now: float | None = N
             newest = latest(session, deployment, kind)
             if force or newest is None or newest.issued_at <= at - limit:
                 stale.append(kind)
+            elif kind == "trust" and trust_sealing_kid(newest.raw) != _current_kid(config):
+                stale.append(kind)  # the sealing key changed (first made, or rotated)
         if stale:
             signer = key or load_signing_key(config)
             for kind in stale:

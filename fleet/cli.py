@@ -7,6 +7,7 @@
     greengate-fleet [--config FILE] user create|add NAME --role ROLE [--district CODE]
     greengate-fleet [--config FILE] token create USER --name NAME
     greengate-fleet [--config FILE] bundles refresh [--force] | publish | key [--create]
+    greengate-fleet [--config FILE] sealing show | rotate [--no-publish] | purge
     greengate-fleet [--config FILE] valuesets replace DIR         (EU value-set JSON files)
     greengate-fleet [--config FILE] policies import DIR [--name N] (EU rule files)
     greengate-fleet [--config FILE] policies assign NAME --kiosk ID [--kiosk ID ...]
@@ -91,6 +92,18 @@ def main(argv=None) -> int:
     lists.add_argument("--timeout", type=float, default=60.0,
                        help="seconds to wait for the broker's acknowledgements")
     lists.set_defaults(handler=_lazy("fleet.bundles"))
+
+    sealing = sub.add_parser("sealing", help="the keys kiosks seal holder identities to "
+                                             "(docs/privacy.md): show, rotate, purge")
+    sealing.add_argument("action", choices=("show", "rotate", "purge"),
+                         help="show: the key pairs held; rotate: a new current key, the old "
+                              "one retired (still opens for [privacy] grace_days), a new "
+                              "trust bundle carries it to the kiosks; purge: delete keys "
+                              "past their grace period")
+    sealing.add_argument("--no-publish", action="store_true",
+                         help="rotate: database only; kiosks get the key at the next "
+                              "publication or by HTTP")
+    sealing.set_defaults(handler=_lazy("fleet.sealing_keys"))
 
     valuesets = sub.add_parser("valuesets", help="the EU value sets kiosks verify with: "
                                                  "replace them from a folder of EU JSON files")

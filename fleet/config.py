@@ -6,6 +6,7 @@
     [bundles]     the bundle-signing key and how often lists are re-issued
     [presence]    keepalive and sweep timing
     [pki]         where the fleet PKI is, and how the broker learns of a new CRL
+    [privacy]     the holder-sealing keys and the pseudonym secret (docs/privacy.md)
     [enrol]       what enrolled kiosks are told (broker, URL) and token rules
     [web]         the dashboard: language, cookies, login limits, silent kiosks, tracing
     [alerts]      the alert dispatcher: timing, webhook, SMTP (fleet/alerts.py)
@@ -94,6 +95,17 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
         "broker_reload": (str, "systemctl reload mosquitto", "command run after the CRL "
                                                              "changed (Mosquitto re-reads "
                                                              "it on SIGHUP); empty: none"),
+    },
+    "privacy": {
+        "sealing_dir": (str, "", "the holder-sealing X25519 key pairs (current and retired) "
+                                 "and their index, relative to data_dir; empty: `sealing/` "
+                                 "in the PKI directory (docs/privacy.md)"),
+        "pseudonym_key": (str, "", "the holder pseudonyms' secret (hex), relative to "
+                                   "data_dir; empty: `pseudonym.key` in the PKI directory. "
+                                   "Only the fleet holds it"),
+        "grace_days": (float, 30.0, "a rotated-out sealing key still opens envelopes this "
+                                    "long (scans kiosks sealed before they learnt the new "
+                                    "key), then `greengate-fleet sealing purge` deletes it"),
     },
     "enrol": {
         "broker_host": (str, "", "the broker's name as kiosks reach it; empty: [mqtt] host"),
@@ -274,6 +286,9 @@ def load(path: str | Path | None = None, env: dict | None = None, **overrides) -
                           "positive, confirm_seconds not negative")
     if not config.fleet.deployments:
         raise ConfigError(f"{where}: [fleet] deployments must name at least one deployment")
+    if config.privacy.grace_days < 0:
+        raise ConfigError(f"{where}{_line(text, 'privacy', 'grace_days')}: [privacy] "
+                          "grace_days must not be negative")
     _check_identity_paths(config, text, where)
     return config
 

@@ -75,10 +75,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.exc import (DataError, DBAPIError, IntegrityError, SQLAlchemyError,
                             StatementError)
 
-from greengate import messages, watchdog
+from greengate import messages, sealing, watchdog
 
 from . import mqtt_identity
 from . import presence as presence_db
+from . import sealing_keys
 from .db import make_engine
 from .ingest_metrics import IngestMetrics
 from .ingest_store import Quarantined, ScanStore, Written
@@ -152,7 +153,8 @@ def _detail(exc: BaseException) -> str:
 # parser passes other keys through unchecked (a structure ~900 levels deep fits in a
 # message), and nothing stored may make a page fail to render it.
 HEARTBEAT_FIELDS = ("v", "kiosk", "session", "ts", "uptime", "bundles", "outbox", "clock",
-                    "lists", "cpu_temp", "overflow", "seq", "confirmed")
+                    "lists", "cpu_temp", "overflow", "seq", "confirmed", "faults", "memory",
+                    "lost")
 PRESENCE_FIELDS = ("v", "kiosk", "session", "state", "cause")
 
 
@@ -187,6 +189,9 @@ class IngestWorker:
         self.tracker = Tracker(p.keepalive, p.backlog) if self.tracks_presence else None
         self.engine = None
         self.store: ScanStore | None = None
+        # opens sealed holder identities; made in start() (it reads the fleet's keys)
+        self.unsealer: sealing_keys.Unsealer | None = None
+        self._sealed_outcomes: dict[str, int] = {}  # this batch's, by outcome
         self.client: mqtt.Client | None = None
         self.stats = {"batches": 0, "acked": 0, "bad": 0, "confirmed": 0}
         self.problem: str | None = None  # the last connection / database trouble, for humans
@@ -228,6 +233,8 @@ class IngestWorker:
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> "IngestWorker":
         cfg = self.config
+        if self.unsealer is None:
+            self.unsealer = sealing_keys.Unsealer(cfg)
         self.engine = make_engine(cfg.database_url)
         self.store = ScanStore(self.engine, deployment=cfg.fleet.deployments[0],
                                metrics=self.metrics, refresh=REFRESH, clock=self.clock)
@@ -516,6 +523,7 @@ class IngestWorker:
                     doc = messages.parse_scan(payload, kiosk)
                     ts = doc["ts"]
                     if low <= ts <= high:
+                        self._holder(kiosk, doc)
                         scans.append((kiosk, doc, payload))
                     else:
                         refused.append(self._bad(kind, kiosk, topic, payload,
@@ -545,6 +553,9 @@ class IngestWorker:
                 refused.append(self._bad(kind, kiosk, topic, payload, exc))
         for kind, n in kinds.items():
             self.metrics.received.labels(kind=kind).inc(n)
+        for outcome, n in self._sealed_outcomes.items():
+            self.metrics.sealed.labels(outcome=outcome).inc(n)
+        self._sealed_outcomes.clear()
         confirms = None
         if scans or summaries or refused:
             written = self._commit(scans, summaries, refused)
@@ -557,6 +568,31 @@ class IngestWorker:
             self._idle_since = time.monotonic()
         self.stats["batches"] += 1
         self.metrics.batch_size.observe(len(acks))
+
+    def _holder(self, kiosk: str, doc: dict) -> None:
+        """The scan's holder pseudonym from its sealed identity, which is then dropped. One
+        that does not open is not the scan's fault as a whole: the decision is stored
+        without a holder, and counted (docs/privacy.md#at-the-fleet)."""
+        text = doc.pop("sealed", None)
+        outcomes = self._sealed_outcomes  # counted per batch, like `kinds`
+        if text is None:
+            if doc.get("holder") is not None:  # a kiosk older than sealing
+                outcomes["legacy"] = outcomes.get("legacy", 0) + 1
+            return
+        try:
+            doc["holder"] = self.unsealer.pseudonym(text, kiosk, doc["id"])
+        except sealing.SealError as exc:
+            doc["holder"] = None
+            outcomes[exc.reason] = outcomes.get(exc.reason, 0) + 1
+            key = (kiosk, "sealed_" + exc.reason)
+            now = time.monotonic()
+            entry = self._bad_logged.get(key)
+            if entry is None or now - entry[0] >= LOG_EVERY:
+                log.warning("scan %s of kiosk %s: its holder did not open (%s); stored "
+                            "without a holder", doc["id"], kiosk, exc)
+                self._bad_logged[key] = [now, 0]
+            return
+        outcomes["opened"] = outcomes.get("opened", 0) + 1
 
     def _window(self, ts: float, wall: float) -> messages.MessageError:
         """The refusal of a kiosk time outside [ingest] max_age_days / max_ahead_hours."""
@@ -633,7 +669,9 @@ class IngestWorker:
         else:
             entry[1] += 1
         raw = bytes(payload) if isinstance(payload, (bytes, bytearray, memoryview)) else b""
-        return Quarantined(kiosk, topic, kind, reason, detail, raw[:RAW_BYTES], len(raw), confirm)
+        # a sealed identity is never kept, not even in the quarantine's first bytes
+        return Quarantined(kiosk, topic, kind, reason, detail, sealing.strip(raw)[:RAW_BYTES],
+                           len(raw), confirm)
 
     def _commit(self, scans, summaries, refused) -> Written | None:
         """Write the batch; retry until it is committed, or split it while a row of its own
@@ -709,7 +747,7 @@ class IngestWorker:
             raw = bytes(payload)
             q = Quarantined(kiosk, messages.scan_topic(kiosk) if kind == "scan" else
                             messages.summary_topic(kiosk), kind, "db_refused", _detail(exc),
-                            raw[:RAW_BYTES], len(raw), (kind, doc["id"]))
+                            sealing.strip(raw)[:RAW_BYTES], len(raw), (kind, doc["id"]))
             written = self._commit([], [], [q])
             if written is not None and written.quarantined == 0:
                 written.lost.add((kind, doc["id"]))
@@ -870,6 +908,9 @@ def run(config, args) -> int:
         print(f"greengate-fleet: another ingest worker already tracks presence for this "
               f"database ({exc}); start this one with --no-presence (docs/fleet.md#one-tracker)",
               file=sys.stderr)
+        return 2
+    except sealing_keys.KeyError_ as exc:
+        print(f"greengate-fleet: {exc}", file=sys.stderr)
         return 2
     while not worker.wait(0.5):  # a short wait keeps the main thread responsive to signals
         pass

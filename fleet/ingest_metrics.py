@@ -54,6 +54,11 @@ class IngestMetrics:
                                      "retired kiosks (refused: not stored, not confirmed; "
                                      "presence ignored)", ["kind"],
                                      registry=r)
+        self.sealed = Counter("greengate_ingest_sealed_holders", "Scans by what became of "
+                              "their holder: opened (sealed identity -> pseudonym), "
+                              "legacy (a pseudonym from a kiosk older than sealing), or why a "
+                              "sealed identity did not open (malformed, unknown_key, invalid; "
+                              "the scan is stored without a holder)", ["outcome"], registry=r)
         steps = sorted({1, 10, 50, 100, 250, 500, 1000, 2500, 5000, batch_size})
         self.batch_size = Histogram("greengate_ingest_batch_size", "Messages per committed batch",
                                     buckets=steps, registry=r)

@@ -26,8 +26,10 @@ Rules (docs/fleet.md#presence):
   1.5 x keepalive is offline, cause "silent", found by the sweep (so at most one
   sweep interval later). The outage starts at the last message heard. That verdict
   is a guess: a heartbeat of the same session proves it wrong and ends the outage;
-* degraded: a heartbeat saying lists stale/missing, clock unknown, or an outbox
-  deeper than `backlog`; the next clean heartbeat makes it online again;
+* degraded: a heartbeat naming a fault (`faults`: storage, source, config, lists,
+  clock, with the kiosk's detail, e.g. "storage: database or disk is full"), saying
+  lists stale/missing, clock unknown, or an outbox deeper than `backlog`; the next
+  clean heartbeat makes it online again;
 * retired kiosks stay retired whatever they send (the API retires them);
 * only changes are written: state, detail or session. last_seen and the last
   heartbeat are flushed in bulk every `seen_flush` seconds, not per heartbeat;
@@ -101,11 +103,21 @@ class Change:
 def degradation(doc: dict, backlog: int) -> str:
     """Why a heartbeat makes its kiosk degraded ("" if it does not). Only categories,
     no numbers: the detail changes (and is written) when the reason does, not with
-    every heartbeat's outbox depth."""
+    every heartbeat's outbox depth.
+
+    The kiosk's own faults come first, most urgent first, as "kind: detail" (e.g.
+    "storage: database or disk is full"); a kiosk that reports a lists or clock fault
+    is not also described by its lists/clock fields (older kiosks only have those)."""
     reasons = []
-    if doc.get("lists") in ("stale", "missing"):
+    faults = doc.get("faults") if isinstance(doc.get("faults"), list) else []
+    kinds = set()
+    for fault in faults:
+        if isinstance(fault, dict) and fault.get("kind"):
+            kinds.add(fault["kind"])
+            reasons.append(f"{fault['kind']}: {str(fault.get('detail', ''))[:120]}")
+    if doc.get("lists") in ("stale", "missing") and "lists" not in kinds:
         reasons.append(f"lists {doc['lists']}")
-    if doc.get("clock") == "unknown":
+    if doc.get("clock") == "unknown" and "clock" not in kinds:
         reasons.append("clock unknown")
     if int(doc.get("outbox") or 0) > backlog:
         reasons.append(f"outbox over {backlog}")

@@ -11,9 +11,10 @@ A QR text is read only if its signature verifies against one of the fleet's trus
 lists: an unverified text could name somebody else's ci, and tracing the wrong person
 is a privacy breach, not merely a wrong answer.
 
-What comes out is pseudonymous only: holder pseudonyms (keyed HMACs the kiosks make
-from name and birth date; the fleet never sees either) and certificate hashes, with
-times and places. Contacts are identified by their pseudonym, else (pseudonyms switched
+What comes out is pseudonymous only: holder pseudonyms (keyed HMACs of name and birth
+date, which the ingest derives from each scan's sealed identity with a secret only the
+fleet holds, and drops the identity: docs/privacy.md; the database holds neither) and
+certificate hashes, with times and places. Contacts are identified by their pseudonym, else (pseudonyms switched
 off in a deployment) by their certificate hash — which is also what a health official
 needs to suspend a contact's certificate.
 

@@ -29,8 +29,8 @@ class Decision:
     type: str | None = None  # "v" | "t" | "r"
     kid: str | None = None  # hex
     cert_hash: str | None = None  # hex, first 16 bytes of SHA-256(ci), as in status lists
-    # Kept in memory only, never serialised: the kiosk derives the keyed holder
-    # pseudonym from it and drops it.
+    # Kept in memory only, never serialised: the kiosk seals it to the fleet, which
+    # derives the keyed holder pseudonym (docs/privacy.md), and drops it.
     holder: tuple[str, str, str] | None = None
 
     @property

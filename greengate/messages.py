@@ -11,6 +11,8 @@ import json
 import math
 import re
 
+from . import sealing
+
 VERSION = 1
 ROOT = "gg/v1"
 MAX_MESSAGE = 4096
@@ -24,6 +26,10 @@ SUMMARY_ID = re.compile(r"^s[0-9a-f]{16}$")
 CONFIRM_IDS = 50
 MAX_SEQ = 2 ** 53 - 1  # exact in a JSON number everywhere
 MAX_COUNT = 10 ** 9  # outbox depths, overflow and summary counts
+# a heartbeat's faults (device/faults.py, most urgent first), each kind at most once
+FAULT_KINDS = ("config", "storage", "source", "lists", "clock")
+MAX_FAULTS = 5
+FAULT_DETAIL = 200  # characters
 # Absolute bounds for any time a kiosk reports (Unix seconds): 2020-01-01 .. 2100-01-01.
 # The fleet applies a tighter window around its own clock (fleet/ingest.py).
 TS_MIN, TS_MAX = 1_577_836_800, 4_102_444_800
@@ -84,24 +90,34 @@ def encode(message: dict) -> bytes:
 
 def scan(*, scan_id: str, kiosk: str, ts: float, decision: str, reason: str,
          sub_reason: str | None, cert_type: str | None, cert_hash: str | None,
-         holder: str | None, policy: str, seq: int | None = None) -> dict:
+         holder: str | None = None, policy: str, seq: int | None = None,
+         sealed: str | None = None) -> dict:
     """seq: the kiosk's sequence number of this decision (1, 2, 3, ... per outbox; the
-    outbox assigns it). None only from kiosks older than the field."""
+    outbox assigns it). None only from kiosks older than the field. sealed: the holder's
+    identity sealed to the fleet (greengate/sealing.py), which derives the pseudonym;
+    holder: the pseudonym itself, only from kiosks older than sealing."""
     doc = {"v": VERSION, "id": scan_id, "kiosk": kiosk, "ts": round(ts, 3),
            "decision": decision, "reason": reason, "sub": sub_reason, "type": cert_type,
            "cert": cert_hash, "holder": holder, "policy": policy}
     if seq is not None:
         doc["seq"] = seq
+    if sealed is not None:
+        doc["sealed"] = sealed
     return doc
 
 
 def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: dict,
               outbox: int, clock: str, lists: str, cpu_temp: float | None,
               overflow: int = 0, seq: int | None = None,
-              confirmed: int | None = None) -> dict:
+              confirmed: int | None = None, faults: list[dict] | None = None,
+              memory: int | None = None, lost: int | None = None) -> dict:
     """seq: the highest sequence number the kiosk has given a decision; confirmed: every
     decision with a sequence number up to this one has been confirmed by the fleet (the
-    outbox holds none of them). Together they let the fleet find gaps."""
+    outbox holds none of them). Together they let the fleet find gaps.
+    faults: the kiosk's active faults, [{"kind", "detail"}], most urgent first (at most
+    MAX_FAULTS are sent); memory: decisions held only in memory because the storage
+    fails; lost: decisions the kiosk could keep only as a count (storage failing and
+    memory full). None: not sent (kiosks older than the fields)."""
     doc = {"v": VERSION, "kiosk": kiosk, "session": session, "ts": round(ts, 3),
            "uptime": round(uptime, 1), "bundles": bundles, "outbox": outbox,
            "clock": clock, "lists": lists, "cpu_temp": cpu_temp, "overflow": overflow}
@@ -109,6 +125,13 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
         doc["seq"] = seq
     if confirmed is not None:
         doc["confirmed"] = confirmed
+    if faults is not None:
+        doc["faults"] = [{"kind": f["kind"], "detail": str(f["detail"])[:FAULT_DETAIL]}
+                         for f in faults[:MAX_FAULTS]]
+    if memory is not None:
+        doc["memory"] = memory
+    if lost is not None:
+        doc["lost"] = lost
     return doc
 
 
@@ -209,6 +232,7 @@ def _same_kiosk(doc: dict, kiosk: str) -> None:
 
 
 _HEX = re.compile(r"^[0-9a-f]+$")
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _TS = {"low": TS_MIN, "high": TS_MAX}
 
 
@@ -230,6 +254,13 @@ def parse_scan(payload: bytes, kiosk: str) -> dict:
             raise MessageError(f"field '{name}' is not hex")
     _field(doc, "policy", str, max_len=64)
     _field(doc, "seq", int, optional=True, low=1, high=MAX_SEQ)
+    # only its form here: opening it is the fleet's (fleet/ingest.py)
+    sealed = _field(doc, "sealed", str, optional=True, max_len=sealing.MAX_TEXT)
+    if sealed is not None:
+        if not _B64URL.match(sealed):
+            raise MessageError("field 'sealed' is not base64url")
+        if doc.get("holder") is not None:
+            raise MessageError("field 'sealed' comes with a 'holder': a kiosk sends one")
     return doc
 
 
@@ -257,6 +288,22 @@ def parse_heartbeat(payload: bytes, kiosk: str) -> dict:
     confirmed = _field(doc, "confirmed", int, optional=True, low=0, high=MAX_SEQ)
     if confirmed is not None and (seq is None or confirmed > seq):
         raise MessageError("field 'confirmed' is beyond field 'seq'")
+    faults = _field(doc, "faults", list, optional=True)
+    if faults is not None:
+        if len(faults) > MAX_FAULTS:
+            raise MessageError(f"field 'faults' holds more than {MAX_FAULTS} entries")
+        kinds = set()
+        for entry in faults:
+            if not isinstance(entry, dict) or set(entry) != {"kind", "detail"}:
+                raise MessageError("field 'faults' must hold {kind, detail} objects")
+            kind = _field(entry, "kind", str, max_len=20)
+            if kind not in FAULT_KINDS or kind in kinds:
+                raise MessageError(f"field 'faults': kind must be one of "
+                                   f"{', '.join(FAULT_KINDS)}, each at most once")
+            kinds.add(kind)
+            _field(entry, "detail", str, max_len=FAULT_DETAIL)
+    _field(doc, "memory", int, optional=True, low=0, high=MAX_COUNT)
+    _field(doc, "lost", int, optional=True, low=0, high=MAX_COUNT)
     return doc
 
 

@@ -51,9 +51,10 @@ def _toml_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url: str,
-               pseudonym_key: str) -> str:
-    """The kiosk's configuration; paths are relative to it (docs/kiosk-config.md)."""
+def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url: str) -> str:
+    """The kiosk's configuration; paths are relative to it (docs/kiosk-config.md). It holds
+    no pseudonym key: kiosks seal holder identities to the fleet's public key, which the
+    trust bundle carries (docs/privacy.md)."""
     location = spec.location.name if spec.location else ""
     district = spec.district.name if spec.district else ""
     return "\n".join([
@@ -79,7 +80,6 @@ def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url:
         "",
         "[privacy]",
         "pseudonyms = true",
-        f"pseudonym_key = {_toml_string(pseudonym_key)}",
         "",
     ])
 

@@ -52,7 +52,7 @@ def add_parsers(sub) -> None:
                        help="the fleet's TOML file (default: $GREENGATE_FLEET_CONFIG)")
 
     p = sub.add_parser("init", help="create the fleet PKI: CA, broker/web server certificate, "
-                                    "fleet identity, bundle-signing and pseudonym keys, CRL")
+                                    "fleet identity, bundle-signing keys, pseudonym secret, CRL")
     p.add_argument("--dir", type=Path, help="where (default: the fleet config's [pki] dir)")
     p.add_argument("--host", action="append", default=[], metavar="NAME",
                    help="DNS name or IP address kiosks use for the broker and the fleet web "
@@ -242,8 +242,7 @@ def _enrol(args) -> int:
             key, cert = pki.issue_kiosk(spec.kiosk_id, config.enrol.cert_days)
             text = enrolling.kiosk_toml(
                 spec, broker_host=config.enrol.broker_host or config.mqtt.host,
-                broker_port=config.enrol.broker_port, http_url=config.enrol.http_url,
-                pseudonym_key=pki.pseudonym_key())
+                broker_port=config.enrol.broker_port, http_url=config.enrol.http_url)
             files = enrolling.bundle_files(pki, key, cert, text)
             where = enrolling.write_tar(args.out, files) if args.out else \
                 enrolling.write_folder(args.sd, files, args.force)

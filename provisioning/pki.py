@@ -11,7 +11,10 @@
                                    follows): <prefix>-ingest-<worker>, <prefix>-web-<n>
     bundle-signing.key, .pub.pem   signs trust list, policies, status lists; kiosks pin
                                    the public half
-    pseudonym.key                  hex key of the holder pseudonyms (every kiosk has it)
+    pseudonym.key                  hex secret of the holder pseudonyms: the fleet's ingest
+                                   derives them; no kiosk has it (docs/privacy.md). The
+                                   holder-sealing keys kiosks seal to are made by the fleet
+                                   on first use, in sealing/ (fleet/sealing_keys.py)
     crl.pem                        revoked kiosk certificates, for Mosquitto's crlfile
 
 EC P-256 throughout (small, fast on a Pi). Private keys are written 0600 in a 0700
@@ -139,9 +142,6 @@ class PKI:
 
     def bundle_public_pem(self) -> bytes:
         return self.path("bundle-signing.pub.pem").read_bytes()
-
-    def pseudonym_key(self) -> str:
-        return self.path("pseudonym.key").read_text().strip()
 
     # --- issuing ---------------------------------------------------------------------
     def _sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:

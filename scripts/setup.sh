@@ -29,6 +29,7 @@ declare -A PKG_GROUPS=(
     [mqtt]="mosquitto mosquitto-clients"
     [postgres]="postgresql"
     [browser]="chromium|chromium-browser"
+    [lint]="shellcheck"
 )
 # Always installed (libzbar0 became libzbar0t64 in Debian trixie; DejaVu Sans prints the cards).
 BASE_PACKAGES=("libzbar0|libzbar0t64" fonts-dejavu-core)
@@ -267,5 +268,10 @@ else
     "$VENV/bin/python" -m pip install --quiet -e '.[test]'
     printf '%s\n' "$want_stamp" >"$STAMP"
     log "installed"
+fi
+# zxing-cpp (a main dependency) is the kiosk's decoder; pyzbar is only its fallback.
+if ! "$VENV/bin/python" -c 'import zxingcpp' >/dev/null 2>&1; then
+    warn "zxing-cpp does not import: decoder 'auto' falls back to pyzbar (slower, reads fewer codes);" \
+        "run: $VENV/bin/python -m pip install zxing-cpp"
 fi
 log "done"

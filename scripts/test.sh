@@ -7,5 +7,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # real PostgreSQL (tests/databases.py starts its own clusters; no system service is used);
 # the dashboard tests drive a real headless Chromium (Debian's chromium, via Playwright).
 # GREENGATE_TEST_DB=sqlite|postgresql|both (default both) picks the fleet test databases.
-bash scripts/setup.sh --with mqtt,postgres,browser
+bash scripts/setup.sh --with mqtt,postgres,browser,lint
 exec .venv/bin/python -m pytest -q "$@"

@@ -25,7 +25,6 @@ from tests.broker import wait_until
 ROOT = Path(__file__).resolve().parents[1]
 DEP = "drill"
 SCAN_LINE = re.compile(r"scan ([0-9a-f]{32}): (green|red) ([a-z_]+)")
-PSEUDONYM_KEY = "5a" * 16
 
 
 def now(days: float = 0) -> datetime:
@@ -132,8 +131,6 @@ confirm_timeout = {confirm_timeout}
 fleet_key = "fleet.pem"
 offline_budget_hours = {budget_hours}
 
-[privacy]
-pseudonym_key = "{PSEUDONYM_KEY}"
 """)
         self.log_path = self.tmp / "kiosk.log"
         self.proc: subprocess.Popen | None = None

@@ -368,6 +368,27 @@ def test_no_command_exits_2(capsys, main):
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("text, words", [
+    (None, "cannot read the configuration"),
+    ("[kiosk\n", "not valid TOML"),
+    ('[kiosk]\nid = "k"\n[bundles]\nfleet_key = "f.pem"\n[mqtt]\nport = 0\n',
+     "line 6: 'port' must be 1-65535"),
+])
+def test_kiosk_run_with_an_unusable_config_exits_2_outside_systemd(capsys, tmp_path,
+                                                                   monkeypatch, text, words):
+    """The exit-code contract of `run` (device/kiosk.py run()): a person or a script
+    gets the message and 2 at once; only under systemd ($NOTIFY_SOCKET) does the kiosk
+    stay up showing the config fault (tests/test_source_recovery.py)."""
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    config = tmp_path / "kiosk.toml"
+    if text is not None:
+        config.write_text(text)
+    code, out, _ = run(capsys, "run", "--config", str(config))
+    assert code == 2
+    assert out.startswith(f"greengate-kiosk: {config}") and words in out
+
+
+
 # -- greengate-provision issuer -------------------------------------------------------------
 
 def provision_run(capsys, *argv):

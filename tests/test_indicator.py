@@ -385,3 +385,68 @@ def test_off_command_for_exec_stop_post(tmp_path, capsys):
     assert main(["off", "--config", str(config)]) == 0
     assert main(["off", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+# --- fault patterns (device/faults.py kinds; the guard's table in hardware/README.md) --------
+FAULT_KINDS = ("config", "storage", "source", "lists", "clock")
+
+
+def test_every_fault_repeats_never_lights_green_and_never_the_relay(fast):
+    ind = fast.indicator
+    ind.flicker, ind.flash, ind.flash_period = 0.03, 0.04, 0.4
+    for kind in ("config", "storage", "source"):
+        pattern = ind.fault_pattern(kind)
+        steps = pattern.steps + pattern.loop
+        assert pattern.loop, kind
+        assert not any("green" in s.on or "relay" in s.on for s in steps), kind
+    with pytest.raises(ValueError):
+        ind.fault("disk")
+    for kind in FAULT_KINDS:
+        ind.fault(kind)
+        time.sleep(0.1)
+    ind.idle()
+    assert fast.pulses("relay") == []
+
+
+def _flashes_per_period(k, kind, period):
+    """Red flashes counted within one period of the repeating part."""
+    k.indicator.idle()
+    k.clear()
+    k.indicator.fault(kind)
+    time.sleep(3 * period + 0.05)
+    start = period  # skip the first period (it carries the beeps)
+    return len([at for at, _ in k.pulses("red") if start <= at < start + period])
+
+
+def test_the_fault_patterns_are_told_apart_from_each_other_and_the_decisions(fast):
+    """What a guard counts: config flickers, storage flashes twice, source three times,
+    lists (out_of_service) one long red, clock alternates; none shows green but clock."""
+    ind = fast.indicator
+    ind.flicker, ind.flash, ind.flash_period = 0.03, 0.04, 0.5
+    assert _flashes_per_period(fast, "storage", 0.5) == 2
+    assert _flashes_per_period(fast, "source", 0.5) == 3
+    assert _flashes_per_period(fast, "config", 0.5) >= 6
+    ind.green_seconds = ind.red_seconds = 0.3
+    sigs = {kind: _signature(fast, lambda: ind.fault(kind), seconds=0.6) for kind in FAULT_KINDS}
+    sigs["green"] = _signature(fast, lambda: ind.show(GREEN), seconds=0.6)
+    sigs["red"] = _signature(fast, lambda: ind.show(RED), seconds=0.6)
+    assert sigs["lists"] == _signature(fast, lambda: ind.show(OOS), seconds=0.6)
+    for kind in ("config", "storage", "source"):
+        assert sigs[kind][1:] == (False, True, True), kind  # red only, blinking, going on
+        assert all(not green for green, _ in sigs[kind][0])
+    names = {kind: ind.fault_pattern(kind).name for kind in FAULT_KINDS}
+    assert names == {"config": "config_fault", "storage": "storage_fault",
+                     "source": "source_fault", "lists": "out_of_service",
+                     "clock": "clock_unknown"}
+    # the lengths of the red flashes tell lists (long) from storage/source (short)
+    fast.indicator.idle()
+    fast.clear()
+    ind.fault("storage")
+    time.sleep(1.1)
+    assert all(length is None or length < 0.1 for _, length in fast.pulses("red"))
+    fast.indicator.idle()
+    fast.clear()
+    ind.blink_slow = 0.3
+    ind.fault("lists")
+    time.sleep(1.1)
+    assert any(length is not None and length >= 0.25 for _, length in fast.pulses("red"))

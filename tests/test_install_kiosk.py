@@ -69,7 +69,7 @@ fleet_key = "fleet-bundle.pem"
 http_url = "https://fleet.example:8443"
 
 [privacy]
-pseudonym_key = "{hashlib.sha256(kiosk_id.encode()).hexdigest()}"
+pseudonyms = true
 """
     return {"kiosk.toml": toml.encode(), "kiosk.key": key, "kiosk.pem": cert, "ca.pem": ca,
             "fleet-bundle.pem": fleet_pub}

@@ -38,7 +38,7 @@ KIOSK = "e2e-kiosk-1"
 DEPLOYMENT = "e2e"
 SCANS = messages.scan_topic(KIOSK)
 SCAN_LINE = re.compile(r"scan ([0-9a-f]{32}): (green|red) ")
-PSEUDONYM_KEY = "5a" * 16
+PSEUDONYM_KEY = "5a" * 16  # what kiosk.toml held before sealing: removed at start
 
 
 def today(days: int = 0) -> str:
@@ -199,12 +199,26 @@ def test_simulated_kiosk_reports_every_decision(site, subscriber):
     assert len({s["id"] for s in got}) == 4
     assert [m.qos for m in msgs if m.topic == SCANS] == [1] * 4
     assert got[0]["type"] == "v" and got[0]["policy"] == "hcmc-2021"
-    assert re.fullmatch(r"[0-9a-f]{32}", got[0]["holder"])
-    # The same person, so the same pseudonym: tracing works without the name.
-    assert got[0]["holder"] == got[1]["holder"] == got[2]["holder"]
+    # The holder travels sealed to the fleet's key (docs/privacy.md): three seals of the
+    # same person share nothing, and only the fleet's private key opens them, each for
+    # its own scan, to the same identity (from which the fleet derives one pseudonym).
+    sealed = [s["sealed"] for s in got[:3]]
+    assert all(s["holder"] is None for s in got) and "sealed" not in got[3]
+    assert len(set(sealed)) == 3
+    identities = {site.fleet.opener.open(text, kiosk=KIOSK, scan_id=s["id"])
+                  for text, s in zip(sealed, got)}
+    assert identities == {f"{HOLDER.family_std}\x1f{HOLDER.given_std}\x1f{HOLDER.dob}".encode()}
     raw = b"".join(m.payload for m in msgs)
     for private in (HOLDER.family, HOLDER.given, HOLDER.dob, HOLDER.family_std):
         assert private.encode() not in raw
+    # The old pseudonym key is gone from the kiosk's configuration and was never written
+    # anywhere in its data (outbox, bundles, clock, session).
+    assert "pseudonym_key" not in (site.tmp / "kiosk.toml").read_text()
+    assert "removed the old pseudonym key" in site.log("kiosk.log")
+    for path in [site.tmp / "kiosk.toml", *site.data.rglob("*")]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert PSEUDONYM_KEY.encode() not in data and bytes.fromhex(PSEUDONYM_KEY) not in data
     # Graceful stop: online, then offline of the same session (not the last will).
     sub.wait_for(lambda m: any(json.loads(x.payload).get("state") == "offline" for x in m
                                if x.topic == messages.presence_topic(KIOSK)), 5, "offline")

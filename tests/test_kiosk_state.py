@@ -10,7 +10,6 @@ import pytest
 from device import config
 from device.clock import FLOOR, SYNCED, UNKNOWN, Clock
 from device.pipeline import Cooldown, Pipeline
-from device.privacy import Pseudonymiser
 from device.state import BundleStore
 from greengate.bundle import load_public_key
 from greengate.status import cert_hash
@@ -321,6 +320,43 @@ def test_ntp_clock_behind_floor_is_unknown(tmp_path):
     assert clock.state() == UNKNOWN
 
 
+def test_bundles_on_disk_raise_the_floor_after_clock_json_is_lost(tmp_path, fleet, es256):
+    """The order Kiosk.__init__ builds them in: the clock, then the store with
+    on_bundle raising the floor. Bundles verified again at start are signed fleet data."""
+    key = load_public_key(fleet.public_pem)
+    store = BundleStore(tmp_path / "bundles", key, fleet.deployment, "hcmc-2021", BUDGET)
+    fill(store, fleet, es256, issued=T0)
+    newest = T0.timestamp() + 600
+    ok, why = store.offer(fleet.delta(2, int(newest), base=1))  # the newest: a delta on top
+    assert ok, why
+    (tmp_path / "clock.json").unlink(missing_ok=True)  # never written here, or lost
+    now = FakeTime(T0.timestamp() + 3600)
+    clock = Clock(tmp_path / "clock.json", BUDGET.total_seconds(), now=now, ntp=lambda: False)
+    assert clock.floor is None and clock.state() == UNKNOWN
+    BundleStore(tmp_path / "bundles", key, fleet.deployment, "hcmc-2021", BUDGET,
+                on_bundle=lambda b: clock.raise_floor(b.issued_at))
+    assert clock.floor == newest and clock.state() == FLOOR
+    assert json.loads((tmp_path / "clock.json").read_text())["floor"] == newest
+    # a selftest looks without writing
+    other = Clock(tmp_path / "other.json", BUDGET.total_seconds(), now=now, ntp=lambda: False)
+    BundleStore(tmp_path / "bundles", key, fleet.deployment, "hcmc-2021", BUDGET,
+                on_bundle=lambda b: other.raise_floor(b.issued_at, persist=False))
+    assert other.floor == newest and not (tmp_path / "other.json").exists()
+
+
+def test_a_bundle_store_without_a_usable_fleet_key_trusts_nothing(tmp_path, fleet, es256):
+    fill(BundleStore(tmp_path / "bundles", load_public_key(fleet.public_pem), fleet.deployment,
+                     "hcmc-2021", BUDGET), fleet, es256)
+    seen = []
+    store = BundleStore(tmp_path / "bundles", None, fleet.deployment, "hcmc-2021", BUDGET,
+                        on_bundle=seen.append)
+    assert store.verifier is None and seen == [] and "fleet key" in store.problem
+    assert store.offer(fleet.trust(2, T0, es256)) == (False, "no usable fleet key to verify "
+                                                             "it with")
+    assert (tmp_path / "bundles" / "trust.bundle").exists()  # kept for a key put back
+
+
+
 # --- config --------------------------------------------------------------
 GOOD = """
 [kiosk]
@@ -334,7 +370,7 @@ tls = false
 [bundles]
 fleet_key = "fleet.pem"
 [privacy]
-pseudonym_key = "00112233445566778899aabbccddeeff"
+pseudonyms = true
 """
 
 
@@ -352,8 +388,7 @@ def test_config_loads_with_defaults(tmp_path):
     (('kind = "scanner"', 'kind = "webcam"'), 6, "must be one of"),
     (('id = "hcm-q7-0001"', 'id = "bad id!"'), 3, "'id' may hold"),
     (("[privacy]", "[privacy]\ncolour = 1"), None, "unknown key 'colour'"),
-    (('pseudonym_key = "00112233445566778899aabbccddeeff"', 'pseudonym_key = "xyz"'), None,
-     "pseudonym_key"),
+    (("pseudonyms = true", "pseudonyms = 1"), None, "'pseudonyms' must be"),
     (("[kiosk]", "[kiosk"), 2, "not valid TOML"),
     (("tls = false", "tls = true"), 9, "TLS needs"),
 ])
@@ -370,6 +405,51 @@ def test_config_errors_name_the_line(tmp_path, edit, line, words):
     assert "line" in message
     if line:
         assert f"line {line}" in message, message
+
+
+def test_key_file_errors_name_the_file_the_line_and_the_cause(tmp_path, fleet, broker):
+    """The files the configuration names, checked apart from load(): the lights must
+    still go off (`python -m device.indicator off`) whatever state they are in."""
+    files = broker.client_tls("hcm-q7-0001")
+    text = GOOD.replace("tls = false", f'ca = "{files.ca}"\ncert = "cert.pem"\n'
+                                       f'key = "{files.key}"')
+    path = tmp_path / "kiosk.toml"
+    path.write_text(text)
+    (tmp_path / "fleet.pem").write_bytes(fleet.public_pem[:-40])  # cut short
+    (tmp_path / "cert.pem").write_text("")
+    cfg = config.load(path)  # the file itself is fine
+    errors = [str(e) for e in config.file_errors(cfg)]
+    lines = text.splitlines()
+    fleet_line = lines.index('fleet_key = "fleet.pem"') + 1
+    cert_line = lines.index('cert = "cert.pem"') + 1
+    assert errors == [
+        f"{path}, line {fleet_line}: 'fleet_key': not a PEM public key: {tmp_path / 'fleet.pem'}",
+        f"{path}, line {cert_line}: 'cert': not a PEM certificate: {tmp_path / 'cert.pem'}"]
+    with pytest.raises(config.ConfigError, match=f"line {fleet_line}: 'fleet_key'"):
+        config.load_fleet_key(cfg)
+    (tmp_path / "fleet.pem").unlink()
+    assert str(config.file_errors(cfg)[0]).endswith(
+        f"'fleet_key': file missing: {tmp_path / 'fleet.pem'}")
+    (tmp_path / "fleet.pem").write_bytes(fleet.public_pem)
+    (tmp_path / "cert.pem").write_bytes(Path(files.cert).read_bytes())
+    assert config.file_errors(cfg) == []
+    assert config.load_fleet_key(cfg).public_numbers() == \
+        load_public_key(fleet.public_pem).public_numbers()
+
+
+def test_indicator_fallback_keeps_the_files_own_valid_pins(tmp_path):
+    path = tmp_path / "kiosk.toml"
+    path.write_text('[indicator]\nbackend = "mock"\nred_pin = 5\ngreen_pin = "x"\n'
+                    '[kiosk]\nid = 3\n')
+    section = config.indicator_fallback(path)
+    assert (section.backend, section.red_pin, section.green_pin) == ("mock", 5, 17)
+    path.write_text('[indicator]\nbackend = "mock"\nred_pin = 17\n')  # red on green's pin
+    assert config.indicator_fallback(path).red_pin == 27  # then the defaults throughout
+    for broken in ("[indicator\n", "\xff"):
+        path.write_text(broken, encoding="latin-1")
+        assert config.indicator_fallback(path).backend == "gpio"
+    assert config.indicator_fallback(tmp_path / "missing.toml").red_pin == 27
+
 
 
 # --- cooldown, pipeline, pseudonyms -----------------------------------------
@@ -405,13 +485,13 @@ def test_pipeline_without_trusted_clock_says_clock_unknown(es256, make_verifier)
     assert pipe.process(text, 0.0).reason == "clock_unknown"
 
 
-def test_pseudonym_is_keyed_and_stable():
-    one, two = Pseudonymiser("00" * 16), Pseudonymiser("11" * 16)
-    holder = ("NGUYEN", "VAN<AN", "1990-01-01")
-    assert one(holder) == one(holder) and len(one(holder)) == 32
-    assert one(holder) != two(holder)
-    assert one(("NGUYEN", "VAN<AN", "1990-01-02")) != one(holder)
-    assert Pseudonymiser(None)(holder) is None
+def test_an_old_pseudonym_key_is_accepted_and_never_kept(tmp_path):
+    """Kiosks enrolled before sealing have one in kiosk.toml (docs/privacy.md): the file
+    still loads, the value is not kept; the kiosk removes the line at start
+    (tests/test_tracing_key.py)."""
+    path = tmp_path / "kiosk.toml"
+    path.write_text(GOOD + 'pseudonym_key = "00112233445566778899aabbccddeeff"\n')
+    assert config.load(path).privacy.pseudonym_key == ""
 
 
 def test_example_config_is_valid():
@@ -420,8 +500,11 @@ def test_example_config_is_valid():
     assert cfg.source.kind == "picamera2" and cfg.mqtt.tls
 
 
-def test_command_line_source_overrides_the_config_and_is_validated(tmp_path, capsys):
+def test_command_line_source_overrides_the_config_and_is_validated(tmp_path, capsys,
+                                                                    monkeypatch):
     from device.cli import main
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)  # under systemd it would stay up
 
     (tmp_path / "kiosk.toml").write_text(GOOD)
     (tmp_path / "frames").mkdir()

@@ -99,6 +99,34 @@ def test_clock_floor_and_a_backlog_at_the_limit_are_not_degraded():
     assert degradation(beat(1, clock="floor", outbox=100), 100) == ""
 
 
+def test_the_kiosks_own_faults_are_the_cause(tracker):
+    def faulty(*faults, **kwargs):
+        doc = messages.heartbeat(kiosk="k1", session=1, ts=T0, uptime=5.0,
+                                 bundles={"trust": 1, "policy": 1, "status": 1}, outbox=0,
+                                 clock=kwargs.get("clock", "synced"),
+                                 lists=kwargs.get("lists", "fresh"), cpu_temp=None,
+                                 faults=[{"kind": k, "detail": d} for k, d in faults],
+                                 memory=3, lost=0)
+        return messages.parse_heartbeat(messages.encode(doc), "k1")
+
+    tracker.heartbeat("k1", faulty(), T0)  # a new kiosk without faults: online
+    tracker.heartbeat("k1", faulty(("storage", "database or disk is full")), T0 + 1)
+    tracker.heartbeat("k1", faulty(("storage", "database or disk is full"),
+                                   ("lists", "missing trust bundle"), lists="missing"), T0 + 2)
+    tracker.heartbeat("k1", faulty(), T0 + 3)
+    assert transitions(tracker) == [
+        (NEVER_SEEN, ONLINE, ""),
+        (ONLINE, DEGRADED, "storage: database or disk is full"),
+        (DEGRADED, ONLINE, "")]
+    # the detail changed with the second fault (written, no transition): no "lists missing"
+    # twice, the kiosk's own words win over the derived ones
+    assert degradation(faulty(("storage", "database or disk is full"),
+                              ("lists", "missing trust bundle"), lists="missing"), 100) == \
+        "storage: database or disk is full; lists: missing trust bundle"
+    assert degradation(faulty(("source", "no camera"), clock="unknown"), 100) == \
+        "source: no camera; clock unknown"
+
+
 def test_will_and_graceful_stop_open_outages_that_close_on_return(tracker):
     tracker.presence("k1", online(1), T0)
     tracker.presence("k1", offline(1), T0 + 10)  # the last will: no cause
@@ -432,6 +460,44 @@ def test_degraded_from_a_real_heartbeat(fleet_config, broker, fleet_db, workers,
     send()
     wait_for(lambda: state(fleet_db) == (ONLINE, 1), 10, "online again")
     assert [e[1] for e in events(fleet_db, "k1")] == [ONLINE, DEGRADED, ONLINE]
+
+
+def test_a_kiosk_fault_is_the_cause_on_the_api_and_the_pages(fleet_config, broker, fleet_db,
+                                                            workers, reporters, api,
+                                                            fleet_app):
+    """A storage fault in a real heartbeat: degraded with the kiosk's words, in the
+    database, GET /api/v1/kiosks(/k1), the kiosk list and the kiosk's page."""
+    from tests.test_dashboard_pages import PASSWORD, client_for
+    workers.start(ingest_config(fleet_config, broker))
+    r = reporters("k1")
+    wait_for(lambda: state(fleet_db) == (ONLINE, 1), 15, "online")
+    doc = messages.heartbeat(kiosk="k1", session=0, ts=time.time(), uptime=1.0,
+                             bundles={"trust": 1, "policy": 1, "status": 1}, outbox=7,
+                             clock="synced", lists="fresh", cpu_temp=48.0,
+                             faults=[{"kind": "storage", "detail": "database or disk is full"}],
+                             memory=7, lost=2)
+    assert r.publish_heartbeat(doc)
+    wait_for(lambda: state(fleet_db) == (DEGRADED, 1), 10, "degraded")
+    cause = "storage: database or disk is full"
+    assert kiosk(fleet_db, "k1").detail == cause
+    one = api.client.get("/api/v1/kiosks/k1", headers=api.admin).get_json()
+    assert (one["state"], one["detail"]) == (DEGRADED, cause)
+    assert one["faults"] == [{"kind": "storage", "detail": "database or disk is full"}]
+    assert (one["memory"], one["lost"]) == (7, 2)
+    listed = api.client.get("/api/v1/kiosks?state=degraded", headers=api.admin).get_json()
+    assert [(k["id"], k["detail"]) for k in listed["items"]] == [("k1", cause)]
+    with fleet_db() as session:
+        from fleet import auth
+        auth.create_user(session, "viewer", PASSWORD, "operator")
+        session.commit()
+    web = client_for(fleet_app, "viewer")
+    for url in ("/kiosks", "/kiosks/k1"):
+        page = web.get(url).get_data(as_text=True)
+        assert cause in page, url
+    page = web.get("/kiosks/k1").get_data(as_text=True)
+    assert "7 giữ trong bộ nhớ" in page and "2 bị mất" in page  # the pages speak Vietnamese
+    r.publish_heartbeat(dict(doc, faults=[], memory=0, outbox=0))
+    wait_for(lambda: state(fleet_db) == (ONLINE, 1), 10, "online again")
 
 
 def test_a_fleet_restart_makes_no_fake_outage_and_hides_no_real_one(

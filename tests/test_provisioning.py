@@ -518,7 +518,10 @@ def test_bundle_holds_what_the_pi_needs(fleet, district):
     assert config["kiosk"]["id"] == "q7-a" and config["kiosk"]["district"] == "Quận 7"
     assert config["kiosk"]["location"] == "Chợ Tân Mỹ"
     assert (config["mqtt"]["host"], config["mqtt"]["port"]) == ("127.0.0.1", fleet.port)
-    assert config["privacy"]["pseudonym_key"] == (fleet.pki / "pseudonym.key").read_text().strip()
+    # no pseudonym key: holder identities are sealed to the fleet (docs/privacy.md)
+    assert config["privacy"] == {"pseudonyms": True}
+    secret = (fleet.pki / "pseudonym.key").read_text().strip()
+    assert secret not in "".join(p.read_text(errors="replace") for p in folder.iterdir())
     from device import config as kiosk_config
     loaded = kiosk_config.load(folder / enrolment.CONFIG)  # the kiosk accepts it as it is
     assert loaded.resolve(loaded.mqtt.cert) == folder / enrolment.CERT

@@ -7,6 +7,7 @@ fleet key and stored the way the kiosk stores them.
 
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from device.cli import main
 from device.state import BundleStore
 from greengate.bundle import load_public_key
 from provisioning.issuer import qr_png
+from tests.broker import TLSFiles
 from tests.fleetkit import FleetKit
 
 DEPLOYMENT = "selftest"
@@ -125,3 +127,86 @@ def test_missing_camera_folder_is_a_config_problem(kiosk_dir, tmp_path, capsys):
     code = main(["selftest", "--config", config, "--path", str(tmp_path / "no-camera")])
     out = capsys.readouterr().out
     assert code == 2 and "PROBLEM config" in out and "does not exist" in out
+
+
+# --- the real cause, named -----------------------------------------------------------------
+
+def expired_certificate(path, cn="selftest-kiosk"):
+    """A self-signed client certificate that expired on 2024-01-31 12:00 UTC."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    end = dt.datetime(2024, 1, 31, 12, 0, tzinfo=dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(end - dt.timedelta(days=30)).not_valid_after(end)
+            .sign(key, hashes.SHA256()))
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path = path.with_suffix(".key")
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(key_path)
+
+
+def test_missing_tls_files_are_named_not_blamed_on_expiry(kiosk_dir, broker, tmp_path, capsys):
+    files = broker.client_tls("selftest-kiosk")
+    gone_ca, gone_cert = tmp_path / "ca.pem", tmp_path / "kiosk.pem"
+    code = main(["selftest", "--config", kiosk_dir(tls=TLSFiles(str(gone_ca), str(gone_cert),
+                                                                files.key))])
+    got = lines(capsys.readouterr().out)
+    assert code == 1
+    assert got["broker"].startswith("PROBLEM")
+    assert f"the broker's CA certificate: file missing: {gone_ca}" in got["broker"]
+    assert f"the kiosk certificate: file missing: {gone_cert}" in got["broker"]
+    assert "expired" not in got["broker"] and "retired" not in got["broker"]
+
+
+def test_damaged_certificate_and_key_are_not_pem(kiosk_dir, broker, tmp_path, capsys):
+    files = broker.client_tls("selftest-kiosk")
+    bad_cert, bad_key = tmp_path / "kiosk.pem", tmp_path / "kiosk.key"
+    bad_cert.write_bytes(Path(files.cert).read_bytes()[:120])  # cut short by a bad copy
+    bad_key.write_text("not a key\n")
+    code = main(["selftest", "--config", kiosk_dir(tls=TLSFiles(files.ca, str(bad_cert),
+                                                                str(bad_key)))])
+    got = lines(capsys.readouterr().out)
+    assert code == 1
+    assert f"the kiosk certificate: not a PEM certificate: {bad_cert}" in got["broker"]
+    assert f"the kiosk's private key: not a PEM private key: {bad_key}" in got["broker"]
+    assert "the broker's CA certificate" not in got["broker"]  # that one is fine
+
+
+def test_expired_certificate_says_when(kiosk_dir, broker, tmp_path, capsys):
+    cert = tmp_path / "kiosk.pem"
+    key = expired_certificate(cert)
+    code = main(["selftest", "--config", kiosk_dir(tls=TLSFiles(broker.client_tls("x").ca,
+                                                                str(cert), key))])
+    got = lines(capsys.readouterr().out)
+    assert code == 1
+    assert f"the kiosk certificate: expired on 2024-01-31 12:00 UTC: {cert}" in got["broker"]
+
+
+def test_missing_fleet_key_file_is_named(kiosk_dir, tmp_path, capsys):
+    config = kiosk_dir()
+    (tmp_path / "fleet.pem").unlink()
+    code = main(["selftest", "--config", config])
+    got = lines(capsys.readouterr().out)
+    assert code == 1
+    assert f"file missing: {tmp_path / 'fleet.pem'}" in got["bundles"]
+
+
+def test_bundles_on_disk_vouch_for_the_clock_after_clock_json_is_lost(kiosk_dir, tmp_path,
+                                                                      capsys):
+    config = kiosk_dir()
+    (tmp_path / "data" / "clock.json").unlink()
+    code = main(["selftest", "--config", config])
+    got = lines(capsys.readouterr().out)
+    assert code == 0, got
+    assert "consistent with the last fleet data" in got["clock"]
+    assert not (tmp_path / "data" / "clock.json").exists()  # a selftest changes nothing

@@ -5,7 +5,9 @@ import logging
 import os
 import sys
 import threading
+import time
 import types
+
 from types import SimpleNamespace
 
 import cv2
@@ -28,13 +30,20 @@ def section(**values):
 # --- Picamera2, against a stand-in with the same API ---------------------------------------
 
 class FakePicamera2:
-    """Records what the source asks of the camera; returns planar YUV420 or BGR frames."""
+    """Records what the source asks of the camera; returns planar YUV420 or BGR frames.
+
+    plugged = False stands for a camera unplugged: Picamera2() fails as the real one
+    does with no camera (IndexError from its camera list), and a capture in progress
+    never completes (wait() times out), which is what libcamera does."""
 
     instances = []
+    plugged = True
     controls_advertised = {"AfMode": (0, 2, 0), "LensPosition": (0.0, 32.0, 1.0),
                            "FrameRate": (1.0, 60.0, 30.0)}
 
     def __init__(self, camera_num=0):
+        if not FakePicamera2.plugged:
+            raise IndexError("list index out of range")
         self.calls = [("init", camera_num)]
         self.camera_controls = dict(self.controls_advertised)
         self.config = None
@@ -55,8 +64,19 @@ class FakePicamera2:
     def start(self):
         self.calls.append(("start",))
 
-    def capture_array(self, name="main"):
+    def capture_array(self, name="main", wait=None):
         self.calls.append(("capture_array", name))
+        if wait is False:  # picamera2: a job to wait() for
+            return ("job", name)
+        return self._frame()
+
+    def wait(self, job, timeout=None):
+        if not FakePicamera2.plugged:
+            time.sleep(timeout or 0)
+            raise TimeoutError()
+        return self._frame()
+
+    def _frame(self):
         self.frames += 1
         width, height = self.config["main"]["size"]
         if self.config["main"]["format"] == "YUV420":
@@ -79,6 +99,7 @@ def picamera2(monkeypatch):
     module = types.ModuleType("picamera2")
     module.Picamera2 = FakePicamera2
     FakePicamera2.instances = []
+    monkeypatch.setattr(FakePicamera2, "plugged", True)
     monkeypatch.setitem(sys.modules, "picamera2", module)
     return FakePicamera2
 
@@ -363,3 +384,101 @@ def test_make_source_v4l2_error():
 def test_make_source_unknown_kind():
     with pytest.raises(ValueError, match="unknown source kind"):
         make_source(section(kind="carrier-pigeon"))
+
+
+# --- never stuck, never silent: timeouts, lost devices ------------------------------------------
+
+def test_scanner_fifo_without_a_writer_opens_at_once_and_ticks(tmp_path):
+    """open() of a FIFO waits for a writer and read() for data, deaf to SIGTERM: the
+    source opens without waiting and, with ticks, hands control back every TICK."""
+    fifo = tmp_path / "scanner"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    source = ScannerSource(fifo, ticks=True)  # no writer: this used to block for ever
+    items = list(itertools.islice(source, 2))
+    source.close()
+    assert items == [None, None]
+    assert time.monotonic() - started < 4 * sources.TICK
+    assert not source.finite and not source.ready_on_open  # a FIFO proves itself by a line
+
+
+def test_scanner_fifo_with_ticks_still_reads_lines(tmp_path):
+    fifo = tmp_path / "scanner"
+    os.mkfifo(fifo)
+    source = ScannerSource(fifo, ticks=True)
+    writer = os.open(fifo, os.O_WRONLY)
+    os.write(writer, b"HC1:ONE\r\n")
+    got = []
+    for item in source:
+        if item is not None:
+            got.append(item)
+            if len(got) == 1:
+                os.write(writer, b"HC1:TWO\n")
+                os.close(writer)  # the writer goes: the FIFO ends
+    assert got == ["HC1:ONE", "HC1:TWO"]
+
+
+def test_scanner_regular_file_is_finite():
+    assert ScannerSource(__file__).finite
+
+
+def test_scanner_unplugged_is_a_source_error():
+    """A serial scanner on a pty: closing the master end is what unplugging a USB
+    scanner looks like to the reader (EIO)."""
+    master, slave = os.openpty()
+    port = os.ttyname(slave)
+    source = ScannerSource(port, ticks=True)
+    os.write(master, b"HC1:BEFORE\r\n")
+    got, error = [], None
+    try:
+        for item in source:
+            if item is not None:
+                got.append(item)
+                os.close(master)
+    except SourceError as exc:
+        error = exc
+    finally:
+        source.close()
+        os.close(slave)
+    assert got == ["HC1:BEFORE"]
+    assert error is not None and "stopped" in str(error) and port in str(error)
+
+
+def test_picamera2_that_stops_delivering_is_a_source_error(picamera2, monkeypatch):
+    monkeypatch.setattr(Picamera2Source, "stall_seconds", 1.0)
+    source = Picamera2Source(320, 240, ticks=True)
+    seen = []
+    with pytest.raises(SourceError, match="delivered no frame for 1 s"):
+        for item in source:
+            seen.append(item)
+            if len(seen) == 2:
+                picamera2.plugged = False  # unplugged: the capture never completes
+    source.close()
+    assert [s is None for s in seen] == [False, False, True]  # a tick while it waited
+
+
+def test_picamera2_capture_error_is_a_source_error(picamera2, monkeypatch):
+    def broken(self, job, timeout=None):
+        raise RuntimeError("Camera frontend has timed out!")
+    monkeypatch.setattr(FakePicamera2, "wait", broken)
+    with Picamera2Source(320, 240) as source:
+        with pytest.raises(SourceError, match="Camera frontend has timed out"):
+            next(iter(source))
+
+
+def test_picamera2_without_a_camera_is_a_clear_error(picamera2):
+    picamera2.plugged = False
+    with pytest.raises(SourceError, match="cannot open the Pi camera 0"):
+        Picamera2Source(320, 240)
+
+
+def test_picamera2_too_old_for_asynchronous_captures_still_delivers(picamera2, monkeypatch):
+    """Older picamera2 releases have neither capture_array(wait=) nor wait(timeout=):
+    the source falls back to the blocking calls instead of failing every frame."""
+    def capture_array(self, name="main"):
+        self.calls.append(("capture_array", name))
+        return self._frame()
+    monkeypatch.setattr(FakePicamera2, "capture_array", capture_array)
+    with Picamera2Source(320, 240, ticks=True) as source:
+        frames = list(itertools.islice(source, 2))
+    assert [int(f[0, 0]) for f in frames] == [1, 2]

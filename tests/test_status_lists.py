@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from fleet import bundles, policies, status_lists, trust_list
+from fleet import bundles, policies, sealing_keys, status_lists, trust_list
 from fleet.bundles import ListError
 from fleet.cli import main as fleet_cli
 from fleet.config import load
@@ -353,7 +353,9 @@ def test_trust_list_changes_are_versions_of_the_trust_bundle(lists, es256, ps256
                                     base64.b64encode(ps256.der).decode(), actor="op", now=T0)
         assert version == 3
         body = lists.opened(bundles.latest(s, "test", "trust")).body
-        assert body == {"certificates": [es256.der, ps256.der]}
+        # and the fleet's holder-sealing key (docs/privacy.md)
+        sealing = sealing_keys.load(lists.config).current.body()
+        assert body == {"certificates": [es256.der, ps256.der], "sealing": sealing}
         with pytest.raises(ListError) as info:
             trust_list.add(s, lists.config, "test", es256.pem, actor="op", now=T0)
         assert info.value.status == 409
@@ -361,7 +363,7 @@ def test_trust_list_changes_are_versions_of_the_trust_bundle(lists, es256, ps256
                                              actor="op", reason="key compromised", now=T0)
         assert version == 4 and [e.kid for e in removed] == [es256.kid.hex()]
         assert lists.opened(bundles.latest(s, "test", "trust")).body == \
-            {"certificates": [ps256.der]}
+            {"certificates": [ps256.der], "sealing": sealing}
         assert [e.kid for e in trust_list.entries(s, "test", include_removed=True)] == \
             [es256.kid.hex(), ps256.kid.hex()]
         actions = s.scalars(select(AuditLog.action).order_by(AuditLog.id)).all()

@@ -318,13 +318,14 @@ MAINTAIN_TIMER = ROOT / "systemd" / "greengate-fleet-maintain.timer"
 
 
 def test_upkeep_purges_then_refreshes_the_lists_with_real_commands(tmp_path, capsys):
-    """Both ExecStart lines parse with the real command line (a typo is a usage error)."""
+    """Every ExecStart line parses with the real command line (a typo is a usage error)."""
     from fleet import cli
 
     s = parse_unit(MAINTAIN.read_text())["Service"]
     assert s["Type"] == ["oneshot"]
     starts = [line.split() for line in s["ExecStart"]]
-    assert [start[1:3] for start in starts] == [["scans", "purge"], ["bundles", "refresh"]]
+    assert [start[1:3] for start in starts] == [["scans", "purge"], ["sealing", "purge"],
+                                                ["bundles", "refresh"]]
     for start in starts:
         assert start[0] == FLEET_EXEC
         args = ["--config", str(tmp_path / "missing.toml"), *start[1:]]

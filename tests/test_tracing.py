@@ -15,8 +15,8 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import select
 
-from device.privacy import Pseudonymiser
-from fleet import bundles, trust_list
+from device.privacy import Sealer
+from fleet import bundles, sealing_keys, trust_list
 from fleet.db import make_engine
 from fleet.ingest_store import ScanStore
 from fleet.models import AuditLog, Location
@@ -24,7 +24,6 @@ from greengate import messages
 from greengate.status import cert_hash
 from tests.fleetdata import HOUR, NOW, iso, scan, seed
 
-PSEUDONYM_KEY = "00112233445566778899aabbccddeeff"
 MIN = 60.0
 CASE = "URN:UVCI:01:VN:CASE0001"
 KEY = cert_hash(CASE).hex()
@@ -43,18 +42,23 @@ def trace(api, who="health", status=200, **params):
 
 
 # --- the real chain: minted certificate -> kiosk -> ingest -> trace ----------------------------
-def kiosk_reports(store, kiosk, qr, at, verifier):
-    """What device/kiosk.py does with a decision (Kiosk.on_decision): verify, pseudonymise,
-    build the scan message; then what the ingest worker does with it (parse, store)."""
+def kiosk_reports(store, kiosk, qr, at, verifier, config):
+    """What device/kiosk.py does with a decision (Kiosk.on_decision): verify, seal the
+    holder to the fleet's key, build the scan message; then what the ingest worker does
+    with it (parse, open the holder into its pseudonym, store)."""
     decision = verifier.verify(qr, at)
-    message = messages.scan(scan_id=uuid.uuid4().hex, kiosk=kiosk, ts=at.timestamp(),
+    scan_id = uuid.uuid4().hex
+    sealer = Sealer(lambda: sealing_keys.load(config).current)
+    message = messages.scan(scan_id=scan_id, kiosk=kiosk, ts=at.timestamp(),
                             decision=decision.decision, reason=str(decision.reason),
                             sub_reason=decision.sub_reason, cert_type=decision.type,
                             cert_hash=decision.cert_hash,
-                            holder=Pseudonymiser(PSEUDONYM_KEY)(decision.holder),
+                            sealed=sealer(decision.holder, kiosk=kiosk, scan_id=scan_id),
                             policy="hcmc-2021")
     raw = messages.encode(message)
     doc = messages.parse_scan(raw, kiosk)
+    doc["holder"] = sealing_keys.Unsealer(config).holder(doc, kiosk)
+    del doc["sealed"]
     assert store.write([(kiosk, doc, raw)], []).scans == 1
     return doc
 
@@ -74,10 +78,12 @@ def test_a_minted_certificate_is_traced_by_ci_and_by_qr_to_what_kiosks_sent(
     engine = make_engine(fleet_config.database_url)
     store = ScanStore(engine, deployment="test")
     at = clock.check
-    case_doc = kiosk_reports(store, "q1-a", case_qr, at, verifier)
-    near_doc = kiosk_reports(store, "q1-b", near, at + 10 * clock.hour / 60, verifier)  # same market
-    kiosk_reports(store, "q1-b", late, at + 45 * clock.hour / 60, verifier)  # outside 30 min
-    kiosk_reports(store, "q3-a", late, at + 5 * clock.hour / 60, verifier)  # another place
+    def report(kiosk, qr, when):
+        return kiosk_reports(store, kiosk, qr, when, verifier, fleet_config)
+    case_doc = report("q1-a", case_qr, at)
+    near_doc = report("q1-b", near, at + 10 * clock.hour / 60)  # same market
+    report("q1-b", late, at + 45 * clock.hour / 60)  # outside 30 min
+    report("q3-a", late, at + 5 * clock.hour / 60)  # another place
     engine.dispose()
     assert case_doc["cert"] == cert_hash(ci).hex()  # the kiosk sends the status key
 

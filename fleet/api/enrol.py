@@ -121,8 +121,7 @@ def enrol():
                                         district)
     text = provisioning_enrol.kiosk_toml(
         spec, broker_host=config.enrol.broker_host or config.mqtt.host,
-        broker_port=config.enrol.broker_port, http_url=config.enrol.http_url,
-        pseudonym_key=pki.pseudonym_key())
+        broker_port=config.enrol.broker_port, http_url=config.enrol.http_url)
     session.commit()
     return jsonify(kiosk=kiosk.id,
                    certificate=cert.public_bytes(serialization.Encoding.PEM).decode(),

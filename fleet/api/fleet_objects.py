@@ -71,6 +71,13 @@ def _number(value):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _faults(value) -> list[dict] | None:
+    if not isinstance(value, list):
+        return None
+    return [{"kind": f.get("kind"), "detail": f.get("detail")} for f in value
+            if isinstance(f, dict)]
+
+
 def kiosk_json(k: Kiosk, loc: Location | None, district: District | None, versions: dict,
                at: float, quarantined: int = 0) -> dict:
     """A kiosk object. quarantined: its messages in the quarantine table (the caller
@@ -113,6 +120,12 @@ def kiosk_json(k: Kiosk, loc: Location | None, district: District | None, versio
                     "missing": missing},
         "outbox": _number(hb.get("outbox")),
         "overflow": _number(hb.get("overflow")),
+        # the kiosk's own faults, most urgent first ([] from a kiosk without any; None
+        # from a kiosk older than the field), and its decisions held only in memory /
+        # lost in full (kept as a count) because its storage failed
+        "faults": _faults(hb.get("faults")),
+        "memory": _number(hb.get("memory")),
+        "lost": _number(hb.get("lost")),
         "clock": hb.get("clock"),
         "lists": hb.get("lists"),
         "cpu_temp": _number(hb.get("cpu_temp")),
