@@ -111,7 +111,7 @@ def test_cascade_reads_hard_camera_frames(index):
     frame, text, _ = frames.frame(1, index)
     decoder = make_decoder("zxing", budget=decoders.SINGLE_FRAME_BUDGET)
     assert decoder.decode(frame) == [text]
-    assert decoder.last_stage == "frame" or decoder.last_stage in decoders.ROTATION
+    assert decoder.last_stage in ("frame",) + decoders.HEAD + decoders.ROTATION
 
 
 def test_locate_finds_the_code_and_ignores_flat_frames(texts):
@@ -195,11 +195,42 @@ def test_deblur_taps_are_a_normalised_symmetric_filter():
 def test_every_rotation_stage_makes_an_image(hc1):
     frame = blurred_frame(hc1, lambda img: cv2.GaussianBlur(img, (0, 0), 1.0))
     patch = decoders._Patch(frame, decoders.locate(frame))
-    for stage in decoders.ROTATION:
+    for stage in decoders.HEAD + decoders.ROTATION:
         image, _ = patch.image(stage)
         assert image.dtype == np.uint8 and image.ndim == 2 and image.size > 0
     with pytest.raises(ValueError):
         decoders.CascadeDecoder(ZxingDecoder(), rotation=("deblur q3",))
+    with pytest.raises(ValueError):
+        decoders.CascadeDecoder(ZxingDecoder(), head=("deblur q3 lightened",))
+
+
+def dot_gain_frame(text: str, grow: int = 2, sigma: float = 2.5) -> np.ndarray:
+    """A printed code whose dark modules grew `grow` px into their light neighbours (6 px a
+    module), defocused, with a little noise."""
+    dark = qr_array(text, scale=6) < 128
+    dark = cv2.dilate(dark.astype(np.uint8), np.ones((2 * grow + 1,) * 2, np.uint8)) > 0
+    canvas = np.full((960, 1280), 150, np.float32)
+    canvas[100:100 + dark.shape[0], 200:200 + dark.shape[1]] = np.where(dark, 40, 200)
+    noisy = cv2.GaussianBlur(canvas, (0, 0), sigma) + np.random.default_rng(1).normal(
+        0, 3, canvas.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def test_lightening_reads_a_dot_gain_code_deconvolution_alone_misses(hc1):
+    frame = dot_gain_frame(hc1)
+    bare = ZxingDecoder()
+    patch = code_patch(frame)
+    sharp = decoders.deblur(patch, ("g", 1.5))
+    assert bare.decode(frame) == [] and bare.decode(patch) == [] and bare.decode(sharp) == []
+    assert bare.decode(decoders.lighten(sharp)) == [hc1]
+    # A stretch to the full range with the mid-greys lifted: black stays, white stays.
+    lifted = decoders.lighten(patch)
+    assert lifted.dtype == np.uint8 and lifted.shape == patch.shape
+    assert lifted.min() == 0 and lifted.max() == 255
+    assert np.median(lifted) > np.median(patch)
+    cascade = make_decoder("zxing", budget=None)
+    assert cascade.decode(frame) == [hc1]
+    assert cascade.last_stage == "deblur g1.5 lightened"
 
 
 class FakeTime:
@@ -230,11 +261,11 @@ def texture_frame(seed: int = 0) -> np.ndarray:
     return on_canvas(texture, at=(200, 300))
 
 
-def stage_decoder(budget, rotation, costs=None):
+def stage_decoder(budget, rotation, costs=None, head=()):
     clock = FakeTime(0.004)
-    cost = {stage: 0.004 for stage in rotation} | {"locate": 0.0} | (costs or {})
+    cost = {stage: 0.004 for stage in head + rotation} | {"locate": 0.0} | (costs or {})
     return decoders.CascadeDecoder(TimedBackend(clock), budget=budget, rotation=rotation,
-                                   costs=cost, learn=False, clock=clock)
+                                   head=head, costs=cost, learn=False, clock=clock)
 
 
 def test_stages_rotate_across_the_frames_of_a_held_up_code(texts):
@@ -256,6 +287,23 @@ def test_stages_rotate_across_the_frames_of_a_held_up_code(texts):
     decoder.decode(frame)
     decoder.decode(on_canvas(qr_array(texts[0], scale=6)))
     assert decoder.last_stage == "frame" and decoder.next_stage == 0 and decoder.last_tried == []
+
+
+def test_head_stages_run_on_every_missed_frame_before_the_rotation_goes_on():
+    head = ("deblur g1.5 lightened", "deblur g1.5")
+    rotation = ("deblur g2", "sharpened", "deblur g3", "enlarged")
+    # 17 ms a frame: the whole frame (4 ms), the two head stages and one rotation stage.
+    decoder = stage_decoder(0.017, rotation, head=head)
+    frame = texture_frame()
+    tried = []
+    for _ in range(5):
+        assert decoder.decode(frame) == []
+        tried.append(decoder.last_tried)
+    assert tried == [list(head) + [stage] for stage in rotation + rotation[:1]]
+    # The head is tried first even when the budget leaves room for nothing else.
+    decoder = stage_decoder(0.009, rotation, head=head)
+    decoder.decode(frame)
+    assert decoder.last_tried == [head[0]] and decoder.next_stage == 0
 
 
 def test_a_stage_runs_only_if_its_cost_fits_the_budget_left():
@@ -287,7 +335,7 @@ def test_the_first_stage_of_a_missed_frame_also_reads_light_on_dark(hc1):
 
 def test_stage_costs_are_learnt_and_recover_from_a_busy_spell():
     decoder = decoders.CascadeDecoder(ZxingDecoder(), budget=0.5, rotation=("deblur g2",),
-                                      costs={"deblur g2": 10.0})
+                                      head=(), costs={"deblur g2": 10.0})
     decoder.decode(texture_frame())  # 10 s does not fit in 0.5 s: nothing runs ...
     assert decoder.last_tried == [] and decoder.cost["deblur g2"] < 10.0  # ... and it decays
     decoder.cost["deblur g2"] = 0.001

@@ -86,7 +86,7 @@ def test_an_old_configuration_loses_its_key_and_nothing_else(tmp_path, caplog):
 def test_a_file_that_cannot_be_rewritten_is_said_so(tmp_path, caplog):
     path = tmp_path / "kiosk.toml"
     path.write_text(KIOSK_TOML)
-    (tmp_path / "kiosk.toml.tmp").mkdir()  # the rewrite's temporary file cannot be made
+    (tmp_path / ".kiosk.toml.tmp").mkdir()  # device/files.py: its temporary file cannot be made
     with caplog.at_level(logging.ERROR, logger="device.privacy"):
         assert not scrub_legacy_key(path)
     assert "could not be removed" in caplog.text and "remove that line by hand" in caplog.text
