@@ -33,7 +33,10 @@ import numpy as np
 from . import frames as scene_frames
 from .degrade import camera, card, jitter, screen
 
-TUNE_SEEDS = (1,)
+# Seed 1 was the first tune set; seeds 3-6 widened it (issue 14, second follow-up) once
+# the 16 ms decoder read every seed-1 burst, so the tune set showed no failures left to
+# study. `python -m bench decode` runs seed 1 alone unless `--tune-seeds` names more.
+TUNE_SEEDS = (1, 3, 4, 5, 6)
 HELD_OUT_SEEDS = (2,)  # never tune on these
 MODELS = ("scene", "screen", "card", "camera")
 _MODULES = {"screen": screen, "card": card, "camera": camera}

@@ -82,6 +82,14 @@ def test_tune_and_held_out_seeds_are_disjoint():
     assert not set(corpus.TUNE_SEEDS) & set(corpus.HELD_OUT_SEEDS)
 
 
+@pytest.mark.parametrize("seeds", ["2", "1,2", "x", ""])
+def test_the_bench_never_tunes_on_a_held_out_seed(seeds):
+    from bench import decode
+    with pytest.raises(SystemExit) as exc:  # refused before any frame is made
+        decode.main(["--tune-seeds", seeds, "--splits", "tune", "--models", "scene"])
+    assert exc.value.code == 2
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_a_mild_frame_reads_and_each_degradation_changes_it(name):
     model = MODELS[name]

@@ -124,6 +124,25 @@ def test_locate_finds_the_code_and_ignores_flat_frames(texts):
     assert decoders.locate(np.clip(noise, 0, 255).astype(np.uint8)) is None
 
 
+def test_locate_finds_a_code_that_fills_most_of_the_frame(monkeypatch):
+    """A card held close: the code covers more than half the cells, so the median cell is
+    the code's own texture (the corpus's card bursts 3/23 and 5/42 of tune seeds 3 and 5)."""
+    from bench.frames import mint
+    code = qr_array(mint(np.random.default_rng(1)), scale=1, border=0)
+    side, x0, y0 = 860, 200, 50
+    frame = np.full((960, 1280), 170, np.float32)
+    frame[y0:y0 + side, x0:x0 + side] = cv2.resize(code, (side, side),
+                                                   interpolation=cv2.INTER_NEAREST)
+    frame = np.clip(frame + np.random.default_rng(1).normal(0, 3, frame.shape), 0, 255)
+    frame = frame.astype(np.uint8)
+    box = decoders.locate(frame)
+    assert box is not None
+    assert box[0] <= x0 + 8 and box[1] <= y0 + 8
+    assert box[2] >= x0 + side - 8 and box[3] >= y0 + side - 8
+    monkeypatch.setattr(decoders, "LOCATE_FLOOR_PERCENTILE", 50)  # the median alone
+    assert decoders.locate(frame) is None
+
+
 def test_inverted_code_is_read_by_the_cascade(texts):
     frame = 255 - on_canvas(qr_array(texts[0], scale=6), fill=255)
     assert make_decoder("zxing").decode(frame) == [texts[0]]
