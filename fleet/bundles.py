@@ -97,7 +97,10 @@ def ensure_signing_key(config):
     """Tests and development: the key, generated (and logged loudly) if it is missing."""
     path = signing_key_path(config)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            # the folder holds private keys: as private as `greengate-provision init` makes it
+            path.parent.mkdir(mode=0o700, parents=True)
+            path.parent.chmod(0o700)
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import ipaddress
 import os
 import secrets
 import tarfile
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from greengate import enrolment
 from greengate.enrolment import BUNDLE_DIR
 from greengate.messages import KIOSK_ID
 
-from .pki import PKI
+from .pki import PKI, read_endpoints
 
 
 class EnrolError(Exception):
@@ -51,7 +53,8 @@ def _toml_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url: str) -> str:
+def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url: str,
+               data_dir: str | None = None) -> str:
     """The kiosk's configuration; paths are relative to it (docs/kiosk-config.md). It holds
     no pseudonym key: kiosks seal holder identities to the fleet's public key, which the
     trust bundle carries (docs/privacy.md)."""
@@ -65,6 +68,7 @@ def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url:
         f"district = {_toml_string(district)}",
         f"deployment = {_toml_string(spec.deployment)}",
         f"policy = {_toml_string(spec.policy)}",
+        *([f"data_dir = {_toml_string(data_dir)}"] if data_dir else []),
         "",
         "[mqtt]",
         f"host = {_toml_string(broker_host)}",
@@ -82,6 +86,58 @@ def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url:
         "pseudonyms = true",
         "",
     ])
+
+
+# --- where the kiosk finds the fleet --------------------------------------------------
+LOCAL_HOSTS = ("localhost", "localhost.localdomain", "ip6-localhost", "::1")
+
+
+def endpoints(config, pki: PKI, *, broker_host: str | None = None,
+              broker_port: int | None = None, http_url: str | None = None) -> dict:
+    """broker_host, broker_port, http_url for a kiosk's configuration. Each comes from the
+    flag, else the fleet configuration's [enrol] (its broker_host and broker_port go
+    together), else what `init` recorded (fleet.json), else [mqtt] host."""
+    recorded = read_endpoints(pki.dir)
+    if config.enrol.broker_host:
+        host, port = config.enrol.broker_host, config.enrol.broker_port
+    elif "broker_host" in recorded:
+        host, port = recorded["broker_host"], recorded.get("broker_port",
+                                                           config.enrol.broker_port)
+    else:
+        host, port = config.mqtt.host, config.enrol.broker_port
+    return {"broker_host": broker_host or host,
+            "broker_port": broker_port if broker_port is not None else port,
+            "http_url": http_url if http_url is not None else
+            (config.enrol.http_url or recorded.get("http_url", ""))}
+
+
+def _local(host: str) -> bool:
+    host = host.strip().strip("[]").lower()
+    if host in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_warning(kiosk_id: str, *, broker_host: str, broker_port: int,
+                     http_url: str) -> str | None:
+    """One line when the kiosk would look for the fleet on itself, or has no web URL;
+    None when its configuration names real hosts."""
+    problems = []
+    if _local(broker_host):
+        problems.append(f"its broker is {broker_host}:{broker_port}, the kiosk itself")
+    web_host = urllib.parse.urlsplit(http_url).hostname if http_url else None
+    if not http_url:
+        problems.append("it has no http_url (no list fallback over HTTPS)")
+    elif web_host is None or _local(web_host):
+        problems.append(f"its http_url {http_url} is the kiosk itself")
+    if not problems:
+        return None
+    return (f"kiosk {kiosk_id}'s kiosk.toml: {'; '.join(problems)}. Give init the fleet's "
+            "real --host and --http-url, set [enrol] broker_host / http_url, or pass "
+            "--broker-host / --http-url")
 
 
 # --- the fleet's record --------------------------------------------------------------

@@ -62,6 +62,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--web", type=int, default=DEFAULT_WEB, metavar="N",
                    help=f"bundle-publisher identities to make (default {DEFAULT_WEB}: one "
                         "per gunicorn worker, twice over for a reload, and the CLI's)")
+    p.add_argument("--broker-port", type=int, default=8883, metavar="PORT",
+                   help="the broker's TLS port as kiosks reach it (default 8883); recorded "
+                        "for `enrol`")
+    p.add_argument("--http-url", default="", metavar="URL",
+                   help="the fleet web server's HTTPS base URL as kiosks reach it, e.g. "
+                        "https://fleet.example:8443; recorded for `enrol`")
     fleet_option(p)
     p.set_defaults(handler=_init)
 
@@ -100,6 +106,17 @@ def add_parsers(sub) -> None:
     how.add_argument("--token", action="store_true",
                      help="make a one-time token instead: the Pi runs `greengate-kiosk enrol`")
     p.add_argument("--force", action="store_true", help="--sd: replace a bundle on the card")
+    p.add_argument("--broker-host", metavar="NAME",
+                   help="the broker as this kiosk reaches it (default: [enrol] broker_host, "
+                        "else the first --host given to init, else [mqtt] host)")
+    p.add_argument("--broker-port", type=int, metavar="PORT",
+                   help="its TLS port (default: as --broker-host's source says, else 8883)")
+    p.add_argument("--http-url", metavar="URL",
+                   help="the fleet web server as this kiosk reaches it (default: [enrol] "
+                        "http_url, else init's --http-url)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="[kiosk] data_dir of its kiosk.toml: where it keeps its outbox and "
+                        "bundles (default: the kiosk's own default); one per kiosk")
     fleet_option(p)
     p.set_defaults(handler=_enrol)
 
@@ -123,7 +140,14 @@ def add_parsers(sub) -> None:
                    help="the fleet PKI (default: the fleet config's [pki] dir)")
     p.add_argument("--port", type=int, default=8883)
     p.add_argument("--bind", metavar="ADDR", help="listen on this address only")
-    p.add_argument("--persistence-dir", default="/var/lib/mosquitto")
+    p.add_argument("--standalone", action="store_true",
+                   help="greengate.conf is Mosquitto's main file (mosquitto -c greengate.conf):"
+                        " it sets persistence_location too. Default: a file for an include_dir"
+                        " such as Debian's /etc/mosquitto/conf.d, whose main mosquitto.conf "
+                        "sets persistence_location, pid_file and logging")
+    p.add_argument("--persistence-dir", metavar="DIR",
+                   help="with --standalone (implies it): where the broker keeps its store "
+                        "(default /var/lib/mosquitto)")
     fleet_option(p)
     p.set_defaults(handler=_mosquitto)
 
@@ -155,10 +179,16 @@ def _init(args) -> int:
     try:
         directory = _pki_dir(args)
         pki = pki_init(directory, args.host, force=args.force, prefix=_prefix(args),
-                       web=args.web)
+                       web=args.web, broker_port=args.broker_port, http_url=args.http_url)
     except PKIError as exc:
         return _error(str(exc))
     _say(f"fleet PKI created in {pki.dir} (CA fingerprint sha256:{pki.ca_fingerprint()})")
+    if pki.reused_signing_key:
+        _say(f"kept the bundle-signing key found in {pki.path('bundle-signing.key')} "
+             "(kiosks that pin it keep working)")
+    _say(f"kiosks will be told: broker {args.host[0]}:{args.broker_port}, web "
+         f"{args.http_url or '(none: pass --http-url, or set it at enrol)'} "
+         f"(in {pki.path('fleet.json')})")
     _say("the fleet's configuration uses it with (paths relative to data_dir, or absolute):")
     _say(f'  [pki]     dir = "{pki.dir}"')
     _say(f'  [bundles] signing_key = "{pki.path("bundle-signing.key")}"')
@@ -221,6 +251,11 @@ def _enrol(args) -> int:
         return _error(str(exc))
     if not pki.path("ca.key").exists():
         return _error(f"no fleet PKI in {pki.dir}: run `greengate-provision init` first")
+    endpoints = enrolling.endpoints(config, pki, broker_host=args.broker_host,
+                                    broker_port=args.broker_port, http_url=args.http_url)
+    warning = enrolling.endpoint_warning(args.kiosk_id, **endpoints)
+    if warning:
+        print(f"greengate-provision: warning: {warning}", file=sys.stderr)
     with _fleet_session(config) as session:
         try:
             spec = enrolling.register(
@@ -232,7 +267,7 @@ def _enrol(args) -> int:
                 token, expires = enrolling.create_token(
                     session, pki, spec.kiosk_id, config.enrol.token_hours, _actor())
                 session.commit()
-                url = config.enrol.http_url or "https://FLEET:8443"
+                url = endpoints["http_url"] or "https://FLEET:8443"
                 _say(f"kiosk {spec.kiosk_id} registered; one-time token, valid until "
                      f"{enrolling.iso(expires)}:")
                 _say(token)
@@ -240,9 +275,7 @@ def _enrol(args) -> int:
                      f"--fleet {url} --token {token}")
                 return 0
             key, cert = pki.issue_kiosk(spec.kiosk_id, config.enrol.cert_days)
-            text = enrolling.kiosk_toml(
-                spec, broker_host=config.enrol.broker_host or config.mqtt.host,
-                broker_port=config.enrol.broker_port, http_url=config.enrol.http_url)
+            text = enrolling.kiosk_toml(spec, **endpoints, data_dir=args.data_dir)
             files = enrolling.bundle_files(pki, key, cert, text)
             where = enrolling.write_tar(args.out, files) if args.out else \
                 enrolling.write_folder(args.sd, files, args.force)
@@ -305,12 +338,21 @@ def _crl(args) -> int:
 def _mosquitto(args) -> int:
     try:
         pki = PKI(_pki_dir(args))
-        made = mosquitto_config.write(pki, args.out, port=args.port, bind=args.bind,
-                                      persistence_dir=args.persistence_dir)
+        standalone = args.standalone or args.persistence_dir is not None
+        made = mosquitto_config.write(
+            pki, args.out, port=args.port, bind=args.bind,
+            persistence_dir=(args.persistence_dir or "/var/lib/mosquitto")
+            if standalone else None)
     except (PKIError, OSError) as exc:
         return _error(str(exc))
     _say(f"wrote {made['conf']} and {made['acl']}; the broker's copies of the certificates "
          f"are in {made['files']}")
+    if standalone:
+        _say(f"run the broker with it as its main file: mosquitto -c {made['conf']}")
+    else:
+        _say(f"{made['conf']} is for an include_dir (Debian: /etc/mosquitto/conf.d); the "
+             "main mosquitto.conf sets persistence_location, pid_file and logging "
+             "(--standalone: a main file of its own)")
     _say(f'set in the fleet configuration: [pki] broker_crl = "{made["crl"]}"  (retire '
          "updates it)")
     return 0

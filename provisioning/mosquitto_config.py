@@ -92,9 +92,18 @@ def acl_text(fleet_identity: str | None = FLEET_IDENTITY,
     return "\n".join(lines) + "\n"
 
 
-def conf_text(*, port: int, files: Path, acl: Path, persistence_dir: str,
+def conf_text(*, port: int, files: Path, acl: Path, persistence_dir: str | None,
               bind: str | None = None) -> str:
+    """persistence_dir None: a file for an include_dir (Debian's conf.d), whose main file
+    sets persistence_location already: Mosquitto refuses to start on a second one
+    ("Duplicate persistence_location value"). A path: a standalone main file."""
     listener = f"listener {port}" + (f" {bind}" if bind else "")
+    if persistence_dir is None:
+        location = ["# persistence_location, pid_file and log_dest are the main "
+                    "mosquitto.conf's (Debian's",
+                    "# sets them): a second persistence_location stops Mosquitto."]
+    else:
+        location = [f"persistence_location {persistence_dir.rstrip('/')}/"]
     return "\n".join([
         "# GreenGate broker (greengate-provision mosquitto-config). TLS only, every client",
         "# proves who it is with a certificate of the fleet CA; revoked ones are in the CRL",
@@ -117,7 +126,7 @@ def conf_text(*, port: int, files: Path, acl: Path, persistence_dir: str,
         "# Retained bundles, kiosks' will-carrying sessions and the ingest workers' queued",
         "# scans survive a broker restart.",
         "persistence true",
-        f"persistence_location {persistence_dir.rstrip('/')}/",
+        *location,
         "autosave_interval 60",
         # A fleet outage of a few hours at a busy checkpoint city: the ingest sessions
         # must queue the scans, not drop them (docs/fleet.md#failures).
@@ -127,10 +136,11 @@ def conf_text(*, port: int, files: Path, acl: Path, persistence_dir: str,
     ])
 
 
-def write(pki: PKI, out: Path, *, port: int = 8883, persistence_dir: str = "/var/lib/mosquitto",
+def write(pki: PKI, out: Path, *, port: int = 8883, persistence_dir: str | None = None,
           bind: str | None = None, group: str | None = "mosquitto") -> dict[str, Path]:
     """Write greengate.conf, greengate.acl and the broker's copies of the PKI files.
-    The key is readable by `group` (the broker's) when that group exists."""
+    The key is readable by `group` (the broker's) when that group exists.
+    persistence_dir None: greengate.conf goes into an include_dir (conf_text)."""
     for name in ("ca.pem", "server.pem", "server.key", "crl.pem"):
         if not pki.path(name).exists():
             raise PKIError(f"{pki.path(name)} is missing: run `greengate-provision init` first")

@@ -16,6 +16,8 @@
                                    holder-sealing keys kiosks seal to are made by the fleet
                                    on first use, in sealing/ (fleet/sealing_keys.py)
     crl.pem                        revoked kiosk certificates, for Mosquitto's crlfile
+    fleet.json                     the hosts init was given (broker host and port, web URL
+                                   as kiosks reach them): what `enrol` writes into kiosk.toml
 
 EC P-256 throughout (small, fast on a Pi). Private keys are written 0600 in a 0700
 directory; nothing is overwritten unless the caller says so.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -57,6 +60,8 @@ CLIENT_DAYS = 825
 CRL_DAYS = 365
 
 KEY_FILES = ("ca.key", "server.key", "fleet.key", "bundle-signing.key", "pseudonym.key")
+SIGNING_KEY = "bundle-signing.key"
+ENDPOINTS = "fleet.json"
 
 
 class PKIError(Exception):
@@ -110,6 +115,7 @@ def _san(host: str) -> x509.GeneralName:
 @dataclass
 class PKI:
     dir: Path
+    reused_signing_key: bool = False  # init kept a bundle-signing key found in dir
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -269,21 +275,71 @@ class PKI:
         return {entry.serial_number for entry in crl}
 
 
+def _existing_signing_key(path: Path):
+    """The bundle-signing key `greengate-fleet bundles key --create` made before init, or
+    None. Kiosks may pin it already, so init keeps it rather than refuse or replace it."""
+    if not path.exists():
+        return None
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), None)
+    except (ValueError, TypeError) as exc:
+        raise PKIError(f"{path} is not an unencrypted PEM private key ({exc}): move it away "
+                       "or use --force") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise PKIError(f"{path} is not an EC P-256 key (bundles are ES256): move it away or "
+                       "use --force")
+    return key
+
+
+def write_endpoints(directory: Path, *, hosts: list[str], broker_port: int,
+                    http_url: str) -> Path:
+    """fleet.json: where kiosks reach this fleet, as the admin told init."""
+    path = Path(directory) / ENDPOINTS
+    _write(path, (json.dumps({"hosts": list(hosts), "broker_host": hosts[0],
+                              "broker_port": int(broker_port), "http_url": http_url},
+                             indent=2) + "\n").encode(), 0o644)
+    return path
+
+
+def read_endpoints(directory: Path) -> dict:
+    """fleet.json as written by init; {} when there is none (a PKI from before it) or it
+    is unreadable, so callers fall back to the fleet configuration."""
+    try:
+        data = json.loads((Path(directory) / ENDPOINTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    found = {}
+    if isinstance(data.get("broker_host"), str) and data["broker_host"]:
+        found["broker_host"] = data["broker_host"]
+    if type(data.get("broker_port")) is int and 0 < data["broker_port"] < 65536:
+        found["broker_port"] = data["broker_port"]
+    if isinstance(data.get("http_url"), str):
+        found["http_url"] = data["http_url"]
+    return found
+
+
 def init(directory: Path, hosts: list[str], *, force: bool = False,
-         prefix: str = FLEET_IDENTITY, web: int = DEFAULT_WEB) -> PKI:
+         prefix: str = FLEET_IDENTITY, web: int = DEFAULT_WEB, broker_port: int = 8883,
+         http_url: str = "") -> PKI:
     """Create the fleet PKI in `directory` (PKIError if keys exist and not force), with
-    the identities <prefix>-ingest-1 and <prefix>-web-1 .. -<web>."""
+    the identities <prefix>-ingest-1 and <prefix>-web-1 .. -<web>. A bundle-signing key
+    alone (from `greengate-fleet bundles key --create`) is kept: pki.reused_signing_key."""
     if not hosts:
         raise PKIError("name at least one --host: the broker's (and fleet web server's) DNS "
                        "name or IP address as kiosks will reach it")
     directory = Path(directory)
-    existing = [name for name in KEY_FILES if (directory / name).exists()]
+    existing = [name for name in KEY_FILES
+                if name != SIGNING_KEY and (directory / name).exists()]
     if existing and not force:
         raise PKIError(f"{directory} holds keys already ({', '.join(existing)}); replacing "
                        "them cuts every enrolled kiosk off. Use --force to do it anyway.")
+    signing = None if force else _existing_signing_key(directory / SIGNING_KEY)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     pki = PKI(directory)
+    pki.reused_signing_key = signing is not None
     now = _now()
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -324,8 +380,11 @@ def init(directory: Path, hosts: list[str], *, force: bool = False,
     _write(pki.path("fleet.pem"),
            _cert_pem(pki.issue_client(FLEET_IDENTITY, fleet_key.public_key())), 0o644)
 
-    signing = ec.generate_private_key(ec.SECP256R1())
-    _write(pki.path("bundle-signing.key"), _key_pem(signing), 0o600)
+    if signing is None:
+        signing = ec.generate_private_key(ec.SECP256R1())
+        _write(pki.path(SIGNING_KEY), _key_pem(signing), 0o600)
+    else:  # made 0600 by the fleet, but make sure
+        os.chmod(pki.path(SIGNING_KEY), 0o600)
     _write(pki.path("bundle-signing.pub.pem"), signing.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
     _write(pki.path("pseudonym.key"), (secrets.token_hex(32) + "\n").encode(), 0o600)
@@ -337,4 +396,5 @@ def init(directory: Path, hosts: list[str], *, force: bool = False,
     for number in range(1, web + 1):
         pki.issue_identity(f"{prefix}-web-{number}", "web")
     pki.write_crl([])
+    write_endpoints(directory, hosts=hosts, broker_port=broker_port, http_url=http_url)
     return pki

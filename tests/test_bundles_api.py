@@ -26,6 +26,7 @@ from fleet.models import AuditLog
 from greengate import bundle as gg_bundle
 from greengate import status
 from greengate.status import cert_hash
+from tests.conftest_fleet import assign_officer_a_district
 
 OCTET = "application/octet-stream"
 
@@ -38,6 +39,7 @@ def fleet(api, fleet_config):
         bundles.ensure_issued(session, fleet_config, "test")
     api.pub = key.public_key()
     api.config = fleet_config
+    assign_officer_a_district(api.sessions)
     return api
 
 
@@ -441,3 +443,14 @@ def test_the_kiosks_http_fallback_gets_its_lists_from_the_fleet(http_fleet, tmp_
     assert store.offer(body, "http") == (True, "applied")
     assert store.versions()["status"] == 3
     assert store.verifier.verify(qr, clock.check).reason == "revoked"
+
+
+def test_a_created_signing_key_folder_is_private(fleet_config):
+    """`bundles key --create` on a fresh fleet makes the key's folder as `init` would (0700):
+    it will hold the fleet's private keys."""
+    import stat
+    path = bundles.signing_key_path(fleet_config)
+    assert not path.parent.exists()
+    bundles.ensure_signing_key(fleet_config)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -220,6 +220,133 @@ def test_init_makes_private_keys_and_refuses_to_overwrite(tmp_path, capsys):
     assert "--host" in capsys.readouterr().err
 
 
+def _fleet_toml(tmp_path: Path, database_url: str, extra: str = "") -> Path:
+    """A fleet configuration on the PKI init makes under data_dir (the docs' layout)."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(f"""
+[fleet]
+data_dir = "{tmp_path / 'data'}"
+database_url = "{database_url}"
+deployments = ["hcmc"]
+{extra}
+""")
+    return path
+
+
+def _kiosk_toml(tar_path: Path) -> dict:
+    with tarfile.open(tar_path) as tar:
+        member = tar.extractfile(f"{enrolment.BUNDLE_DIR}/{enrolment.CONFIG}")
+        return tomllib.loads(member.read().decode())
+
+
+def test_enrol_tells_the_kiosk_the_hosts_given_to_init(tmp_path, database_url, capsys):
+    config = _fleet_toml(tmp_path, database_url)
+    pki = tmp_path / "data" / "pki"
+    assert provision(["init", "--dir", str(pki), "--host", "fleet.example", "--host",
+                      "10.0.0.5", "--broker-port", "8884", "--http-url",
+                      "https://fleet.example:8443"]) == 0
+    assert json.loads((pki / "fleet.json").read_text())["broker_host"] == "fleet.example"
+    migrate.upgrade(engine := make_engine(database_url))
+    engine.dispose()
+    capsys.readouterr()
+    common = ["--location", "q7-cm", "--location-name", "Co.op Mart", "--district", "q7",
+              "--district-name", "Quận 7", "--fleet-config", str(config)]
+    assert provision(["enrol", "q7-0001", *common, "--out", str(tmp_path / "a.tar")]) == 0
+    assert capsys.readouterr().err == ""  # real hosts: no warning
+    toml = _kiosk_toml(tmp_path / "a.tar")
+    assert (toml["mqtt"]["host"], toml["mqtt"]["port"]) == ("fleet.example", 8884)
+    assert toml["bundles"]["http_url"] == "https://fleet.example:8443"
+    assert "data_dir" not in toml["kiosk"]
+
+    # flags win; a kiosk pointed at itself, with no web URL, is enrolled with a warning
+    assert provision(["enrol", "q7-0002", *common, "--broker-host", "127.0.0.1",
+                      "--broker-port", "1883", "--http-url", "", "--data-dir",
+                      "/var/lib/greengate/q7-0002", "--out", str(tmp_path / "b.tar")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning" in err and "127.0.0.1:1883" in err \
+        and "no http_url" in err, err
+    toml = _kiosk_toml(tmp_path / "b.tar")
+    assert (toml["mqtt"]["host"], toml["mqtt"]["port"], toml["bundles"]["http_url"]) == \
+        ("127.0.0.1", 1883, "")
+    assert toml["kiosk"]["data_dir"] == "/var/lib/greengate/q7-0002"
+
+
+def test_enrol_without_hosts_from_init_warns_about_localhost(tmp_path, database_url, capsys):
+    """A PKI from before fleet.json and no [enrol]: [mqtt] host, "localhost" by default."""
+    config = _fleet_toml(tmp_path, database_url)
+    pki = tmp_path / "data" / "pki"
+    assert provision(["init", "--dir", str(pki), "--host", "fleet.example"]) == 0
+    (pki / "fleet.json").unlink()
+    migrate.upgrade(engine := make_engine(database_url))
+    engine.dispose()
+    capsys.readouterr()
+    assert provision(["enrol", "q7-0003", "--fleet-config", str(config), "--out",
+                      str(tmp_path / "c.tar")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "localhost:8883, the kiosk itself" in err, err
+    assert _kiosk_toml(tmp_path / "c.tar")["mqtt"]["host"] == "localhost"
+
+
+def test_init_keeps_a_bundle_key_made_by_the_fleet_first(tmp_path):
+    """The README once had `greengate-fleet bundles key --create` before init, which then
+    refused ("holds keys already"): init keeps that key, kiosks may pin it already."""
+    config = _fleet_toml(tmp_path, "sqlite:///" + str(tmp_path / "unused.sqlite"))
+    env = {**os.environ, "GREENGATE_FLEET_CONFIG": str(config)}
+    made = subprocess.run([VENV_BIN / "greengate-fleet", "bundles", "key", "--create"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    pki = tmp_path / "data" / "pki"
+    key_before = (pki / "bundle-signing.key").read_bytes()
+    done = subprocess.run([VENV_BIN / "greengate-provision", "init", "--dir", str(pki),
+                           "--host", "fleet.example"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "kept the bundle-signing key" in done.stdout
+    assert (pki / "bundle-signing.key").read_bytes() == key_before
+    assert (pki / "bundle-signing.pub.pem").read_text() == made.stdout  # what kiosks pin
+    assert stat.S_IMODE(pki.stat().st_mode) == 0o700
+    assert stat.S_IMODE((pki / "bundle-signing.key").stat().st_mode) == 0o600
+    # the rest of the PKI is still guarded
+    again = subprocess.run([VENV_BIN / "greengate-provision", "init", "--dir", str(pki),
+                            "--host", "fleet.example"], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 2 and "holds keys already" in again.stderr
+
+
+def test_init_refuses_a_foreign_file_in_place_of_the_bundle_key(tmp_path, capsys):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    (pki / "bundle-signing.key").write_text("not a key\n")
+    assert provision(["init", "--dir", str(pki), "--host", "fleet.example"]) == 2
+    assert "not an unencrypted PEM private key" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`greengate-provision issuer mint | head`: a real pipe whose reader is gone before
+    the first write. The shell's status for SIGPIPE, nothing on stderr."""
+    assert provision(["issuer", "init", "--dir", str(tmp_path / "issuer")]) == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `head` has read what it wanted and left
+    try:
+        done = subprocess.run(
+            [VENV_BIN / "greengate-provision", "issuer", "mint", "--dir",
+             str(tmp_path / "issuer"), "--type", "v", "--date", "2021-09-01", "--iat",
+             "2021-09-01T00:00:00Z", "--exp", "2022-09-01T00:00:00Z"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.stderr == "", done.stderr
+    assert done.returncode == 141
+    # and through a shell pipeline with `head`, as the issue ran it
+    shell = subprocess.run(
+        f"set -o pipefail; for i in 1 2 3; do {VENV_BIN}/greengate-provision issuer mint "
+        f"--dir {tmp_path / 'issuer'} --type v --date 2021-09-01 --iat 2021-09-01T00:00:00Z "
+        "--exp 2022-09-01T00:00:00Z | head -c 4; done",
+        shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in shell.stderr and "BrokenPipe" not in shell.stderr, shell.stderr
+    assert shell.stdout == "HC1:" * 3
+
+
 # --- the broker's rules --------------------------------------------------------------------
 def test_a_kiosk_speaks_only_for_itself_and_reads_only_bundles(fleet, district):
     a, b = enrol_bundle(fleet, "q7-a"), enrol_bundle(fleet, "q7-b")
