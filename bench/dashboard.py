@@ -1,7 +1,9 @@
-"""Dashboard home and the kiosks API on a big SQLite fleet: p50/p95/max response time.
+"""Dashboard home, the kiosk list and the kiosks API on a big SQLite fleet: p50/p95/max
+response time.
 
     python -m bench dashboard [--kiosks N] [--scans M] [--days D] [--data-dir DIR]
                               [--requests R] [--workers W] [--experiment SQL]... [--profile]
+                              [--only TEXT]...
 
 1. Builds (or reuses: cached by parameters under --data-dir) a fleet database through
    the real migrations (fleet.migrate.upgrade): N kiosks (default 10,000) in 24 HCMC
@@ -21,7 +23,9 @@
    "now" (a weekday-ish afternoon, 15:00 in Ho Chi Minh City, by default) plus the time
    elapsed since the server started, so a cached database measures the same every time.
    One client, one request at a time: the dashboard home page (GET /, logged in through
-   the login form with its CSRF token) and the JSON API with a bearer token. Each
+   the login form with its CSRF token), the paged kiosk list (/kiosks: pages spread over
+   the whole list, filters, search) and the JSON API with a bearer token; --only picks
+   endpoints by label. Each
    endpoint gets warm-up requests, then --requests timed ones (stopping early after
    --max-seconds, never below 20), and p50/p95/max against the target (p95 <= 300 ms).
 3. --experiment SQL (repeatable; e.g. a CREATE INDEX, or ANALYZE) measures everything
@@ -564,6 +568,16 @@ def endpoints(meta: dict) -> list[tuple[str, str, list[str]]]:
     return [
         ("GET / (home page)", "cookie", ["/"]),
         ("GET /live/home (home page poll)", "cookie", ["/live/home"]),
+        # the kiosk list, paged (50 a page): the first page, pages spread over the whole
+        # list (the offset is the cost), and the filters an operator uses
+        ("GET /kiosks (page 1)", "cookie", ["/kiosks"]),
+        ("GET /kiosks?page=N (every 10th page)", "cookie",
+         [f"/kiosks?page={n}" for n in range(1, meta["kiosks"] // 50 + 1, 10)]),
+        ("GET /kiosks?state=online&page=N", "cookie",
+         [f"/kiosks?state=online&page={n}" for n in (1, 20, 60, 100, 150, 180)]),
+        (f"GET /kiosks?district={d}", "cookie", [f"/kiosks?district={d}"]),
+        ("GET /kiosks?q=… (id search)", "cookie", ["/kiosks?q=q1-", "/kiosks?q=00"]),
+        ("GET /kiosks?silent=1", "cookie", ["/kiosks?silent=1"]),
         ("/api/v1/kiosks", "token", ["/api/v1/kiosks"]),
         ("/api/v1/kiosks?order=attention", "token", ["/api/v1/kiosks?order=attention"]),
         ("/api/v1/kiosks?state=offline", "token", ["/api/v1/kiosks?state=offline"]),
@@ -582,6 +596,8 @@ def endpoints(meta: dict) -> list[tuple[str, str, list[str]]]:
 def measure(port: int, cookie: str, token: str, meta: dict, args, log) -> list[dict]:
     results = []
     for label, kind, paths in endpoints(meta):
+        if args.only and not any(part in label for part in args.only):
+            continue
         hdr = {"Cookie": cookie} if kind == "cookie" else {"Authorization": f"Bearer {token}"}
         times, sizes, errors, first_error = [], [], [], None
         for i in range(args.warmup):
@@ -737,6 +753,9 @@ def main(argv=None) -> int:
                         help="stop an endpoint's timed requests after this long (at least 20)")
     parser.add_argument("--experiment", action="append", default=[], metavar="SQL",
                         help="measure again with this statement applied (then undone)")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="measure only the endpoints whose label contains TEXT "
+                             "(repeatable), e.g. --only /kiosks")
     parser.add_argument("--profile", action="store_true",
                         help="per-endpoint SQL statements and query plans (in-process)")
     args = parser.parse_args(argv)
@@ -745,7 +764,8 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     command = (f".venv/bin/python -m bench dashboard --kiosks {args.kiosks} --scans {args.scans}"
-               + "".join(f' --experiment "{e}"' for e in args.experiment))
+               + "".join(f' --experiment "{e}"' for e in args.experiment)
+               + "".join(f' --only "{o}"' for o in args.only))
     print(header("dashboard home and kiosks API on SQLite", command))
     path, meta = ensure_database(args, log)
     meta["path"] = str(path)

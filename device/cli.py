@@ -4,6 +4,8 @@ import argparse
 import os
 import sys
 
+from greengate.pipes import run_command
+
 from . import enrol, rules_command, verify_command
 
 
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    return args.handler(args)
+    return run_command(lambda: args.handler(args))
 
 
 def _lazy(module: str):

@@ -37,8 +37,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                           "the `deployment` field of every bundle)"),
         "policy": Key(str, "hcmc-2021", "the entry policy it applies, by name, from the policy "
                                         "bundle"),
-        "data_dir": Key(str, "/var/lib/greengate", "bundles, outbox, time floor and session "
-                                                   "counter"),
+        "data_dir": Key(str, "", "bundles, outbox, time floor and session counter; one "
+                                 "kiosk process each (locked). Empty: "
+                                 "`/var/lib/greengate/<id>`, where an earlier version's "
+                                 "files in `/var/lib/greengate` are moved on first start"),
     },
     "source": {
         "kind": Key(str, "picamera2", "where frames come from (docs/camera.md)"),

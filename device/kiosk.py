@@ -26,6 +26,7 @@ from greengate import messages, watchdog
 from greengate.decision import Reason, red
 
 from . import config as config_module
+from . import datadir
 from .cli import source_overrides
 from .clock import Clock
 from .faults import Faults
@@ -77,11 +78,9 @@ class Kiosk:
         self.id = cfg.kiosk.id
         self.started = time.monotonic()
         self.stopping = threading.Event()
-        data = Path(cfg.kiosk.data_dir)
-        if not data.is_absolute():
-            data = cfg.resolve(cfg.kiosk.data_dir)
-        data.mkdir(parents=True, exist_ok=True)
-        self.data = data
+        # first: a second kiosk on this directory is refused before it touches anything
+        self._data_lock = datadir.claim(cfg)
+        data = self.data = self._data_lock.path
 
         self.indicator = make_indicator(cfg.indicator)
         self.indicator.starting()
@@ -266,6 +265,7 @@ class Kiosk:
         self.reporter.stop()
         self.outbox.close()
         self.indicator.close()
+        self._data_lock.release()
 
     # --- background --------------------------------------------------------
     def heartbeat(self) -> dict:
@@ -281,7 +281,8 @@ class Kiosk:
             outbox=_safe(self.outbox.depth, 0), clock=clock, lists=lists,
             cpu_temp=cpu_temperature(), overflow=_safe(self.outbox.overflow, 0), seq=seq,
             confirmed=confirmed, faults=self.faults.report(),
-            memory=_safe(self.outbox.memory, 0), lost=_safe(self.outbox.lost, 0))
+            memory=_safe(self.outbox.memory, 0), lost=_safe(self.outbox.lost, 0),
+            policy=_safe(lambda: self.store.policy_in_use, None))
 
     def _heartbeats(self) -> None:
         # The faults are looked at every second, and at once when one starts or ends
@@ -298,12 +299,20 @@ class Kiosk:
                 self.sealer.expire()  # an idle kiosk drops its epoch key on time too
             except Exception:
                 log.exception("fault check failed")
-            if time.monotonic() - getattr(self, "_last_beat", 0) >= self.cfg.mqtt.heartbeat:
+            # also at once when a bundle kind arrives that the last heartbeat lacked: the
+            # first heartbeat goes out on connecting, before the retained bundles are
+            # applied (0.3 s later), and the fleet showed them "missing" for a minute
+            held = _safe(self.store.versions, {}) or {}
+            arrived = any(v is not None and getattr(self, "_beat_bundles", {}).get(kind) is None
+                          for kind, v in held.items())
+            if arrived or time.monotonic() - getattr(self, "_last_beat", 0) >= self.cfg.mqtt.heartbeat:
                 try:
                     if self.reporter.publish_heartbeat(self.heartbeat()):
                         self._last_beat = time.monotonic()
+                        self._beat_bundles = held
                 except Exception:
                     self._last_beat = time.monotonic()  # no log line per second
+                    self._beat_bundles = held
                     log.exception("heartbeat failed")
 
     # --- faults ------------------------------------------------------------
@@ -505,7 +514,11 @@ def run(args) -> int:
         signal.signal(signal.SIGTERM, lambda *_: stopping.set())
         signal.signal(signal.SIGINT, lambda *_: stopping.set())
         return config_fault(args.config, str(exc), stopping)
-    kiosk = Kiosk(cfg)
+    try:
+        kiosk = Kiosk(cfg)
+    except datadir.DataDirBusy as exc:
+        print(f"greengate-kiosk: {exc}", flush=True)
+        return 2
     signal.signal(signal.SIGTERM, kiosk.stop)
     signal.signal(signal.SIGINT, kiosk.stop)
     return kiosk.run(keep_running=getattr(args, "keep_running", False))

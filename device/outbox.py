@@ -252,10 +252,8 @@ class Outbox:
     @classmethod
     def from_config(cls, cfg, **options) -> "Outbox":
         """The outbox of a device.config.Config: <data_dir>/outbox.sqlite."""
-        data = Path(cfg.kiosk.data_dir)
-        if not data.is_absolute():
-            data = cfg.resolve(cfg.kiosk.data_dir)
-        return cls(data / "outbox.sqlite", cfg.outbox.max_rows, **options)
+        from .datadir import location
+        return cls(location(cfg) / "outbox.sqlite", cfg.outbox.max_rows, **options)
 
     # --- helpers -----------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:

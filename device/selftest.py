@@ -10,6 +10,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from . import config as config_module
+from . import datadir
 from .cli import source_overrides
 from .clock import FLOOR, SYNCED, Clock
 from .state import BundleStore
@@ -45,8 +46,7 @@ def _camera(cfg, report):
         frame = next(iter(source), None)
         source.close()
     except Exception as exc:
-        report(False, "camera", f"cannot read from the camera ({exc}); check the ribbon cable "
-                                "or USB connection")
+        report(False, "camera", _camera_problem(cfg.source.kind, path, exc))
         return
     if frame is None:
         report(False, "camera", "the camera delivered no picture")
@@ -55,8 +55,21 @@ def _camera(cfg, report):
         report(True, "camera", f"picture received ({shape[1]}x{shape[0]})" if shape else "text source")
 
 
+def _camera_problem(kind: str, path, exc: Exception) -> str:
+    """One cause, one thing to do: a missing library is not a loose cable."""
+    if isinstance(exc, ImportError) or isinstance(exc.__cause__, ImportError):
+        return f"the camera software is not installed: {exc}"
+    if kind == "picamera2":
+        return (f"the Pi camera does not deliver pictures ({exc}); check its ribbon cable "
+                "(seated, contacts the right way round) and that no other program uses it")
+    if kind == "v4l2":
+        return (f"the USB camera {path or '(no [source] path)'} does not deliver pictures "
+                f"({exc}); check its USB cable and the device name")
+    return f"cannot read the {kind} source {path} ({exc})"
+
+
 def _clock_and_bundles(cfg, report):
-    data = cfg.resolve(cfg.kiosk.data_dir)
+    data = datadir.readable(cfg)  # the old shared place until the kiosk moved its files
     budget = timedelta(hours=cfg.bundles.offline_budget_hours)
     clock = Clock(data / "clock.json", budget.total_seconds())
     key_problem = config_module.pem_problem(cfg.resolve(cfg.bundles.fleet_key), "public key")

@@ -12,12 +12,17 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from flask import Flask, current_app, g
+from flask import Flask, abort, current_app, g, request
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import config as config_module
 from .db import make_engine, make_sessions
+
+
+# Endpoints that take a body from anyone (no login): the smaller body limit.
+ANONYMOUS_WRITES = frozenset({"web.login", "api.enrol"})
 
 
 @dataclass
@@ -38,7 +43,23 @@ def create_app(config: config_module.FleetConfig | None = None, *, publisher=Non
     app.config.update(SESSION_COOKIE_NAME="greengate", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=config.web.secure_cookies,
-                      PERMANENT_SESSION_LIFETIME=timedelta(hours=config.web.session_hours))
+                      PERMANENT_SESSION_LIFETIME=timedelta(hours=config.web.session_hours),
+                      MAX_CONTENT_LENGTH=config.web.max_body_bytes)
+    if config.web.trusted_proxies > 0:
+        # only then: otherwise anyone could name any address in the header and dodge the
+        # per-address login limits
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.web.trusted_proxies)
+
+    @app.before_request
+    def _body_limit():
+        """A body over the limit gets 413 before anything reads it; the routes anyone
+        may call without a login get the smaller limit."""
+        limit = (config.web.max_anonymous_body_bytes
+                 if request.endpoint in ANONYMOUS_WRITES else config.web.max_body_bytes)
+        request.max_content_length = limit  # also bounds a body sent without a length
+        if request.content_length is not None and request.content_length > limit:
+            abort(413, f"the request body is {request.content_length} bytes; this route "
+                       f"takes at most {limit}")
 
     from . import i18n
     i18n.init_app(app, config)

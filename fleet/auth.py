@@ -16,7 +16,7 @@ import time
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import g, request
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from werkzeug.security import check_password_hash
 
 from .models import ADMIN, ROLES, ApiToken, LoginFailure, User
@@ -24,6 +24,12 @@ from .models import ADMIN, ROLES, ApiToken, LoginFailure, User
 TOKEN_PREFIX = "ggt_"
 _hasher = PasswordHasher()  # argon2id, the library's current recommended parameters
 LOGIN_WINDOW = 900.0  # seconds over which failed logins count
+# The longest wait the account-wide slowing asks of one address between two tries
+# (docs/dashboard.md#login-throttling): long enough to make guessing slow, short enough
+# that a real user who mistyped is not shut out.
+MAX_ACCOUNT_GAP = 60.0
+LAST_USED_STEP = 60.0  # a token's "last used" is written at most once a minute
+ADDRESS_FACTOR = 4  # an address may fail this many times the per-account limit (an office)
 
 
 class AuthError(Exception):
@@ -69,19 +75,59 @@ def check_password(user: User | None, password: str) -> bool:
     return False
 
 
-def login_blocked(session, username: str, address: str, limit: int, now: float) -> bool:
-    """Too many failed logins for this account, or from this address, lately."""
+def _failures(session, since: float, *conditions) -> tuple[int, float | None, float | None]:
+    """(count, earliest, latest) of the failed logins since `since` matching `conditions`."""
+    count, first, last = session.execute(
+        select(func.count(), func.min(LoginFailure.at), func.max(LoginFailure.at))
+        .where(LoginFailure.at > since, *conditions)).one()
+    return count or 0, first, last
+
+
+def login_wait(session, username: str, address: str, limit: int, now: float) -> float:
+    """Seconds this address must wait before it may try this account again (0: try now).
+
+    Three counts over the last LOGIN_WINDOW, none of which can shut the real user out
+    from an address of their own (docs/dashboard.md#login-throttling):
+    - per (account, address): `limit` failures stop that address for that account;
+    - per address: ADDRESS_FACTOR × `limit` failures over any accounts stop the address;
+    - per account, over all addresses: past `limit` failures every address that has
+      failed on the account must wait a growing gap (1 s, 2 s, 4 s … MAX_ACCOUNT_GAP)
+      after its own last failure. An address with no failure on the account is never
+      held back, so an attacker cannot lock `admin` out, only slow themselves down.
+    """
+    username, address = username[:100], address[:64]
     since = now - LOGIN_WINDOW
-    by_user = session.scalar(select(func.count()).select_from(LoginFailure).where(
-        LoginFailure.username == username, LoginFailure.at > since))
-    by_address = session.scalar(select(func.count()).select_from(LoginFailure).where(
-        LoginFailure.address == address, LoginFailure.at > since))
-    # an address may try a few accounts (a shared office) before it is stopped too
-    return by_user >= limit or by_address >= 4 * limit
+    by_address, first_address, _ = _failures(session, since, LoginFailure.address == address)
+    if by_address >= ADDRESS_FACTOR * limit:
+        return max(1.0, first_address + LOGIN_WINDOW - now)
+    by_pair, first_pair, last_pair = _failures(
+        session, since, LoginFailure.username == username, LoginFailure.address == address)
+    if by_pair == 0:
+        return 0.0
+    if by_pair >= limit:
+        return max(1.0, first_pair + LOGIN_WINDOW - now)
+    by_account, _, _ = _failures(session, since, LoginFailure.username == username)
+    if by_account >= limit:
+        gap = min(MAX_ACCOUNT_GAP, 2.0 ** (by_account - limit))
+        if last_pair + gap > now:
+            return max(1.0, last_pair + gap - now)
+    return 0.0
 
 
 def login_failed(session, username: str, address: str, now: float) -> None:
     session.add(LoginFailure(at=now, username=username[:100], address=address[:64]))
+
+
+def login_succeeded(session, username: str, address: str) -> None:
+    """The right password from this address: its own earlier typos no longer count."""
+    session.execute(delete(LoginFailure).where(LoginFailure.username == username[:100],
+                                               LoginFailure.address == address[:64]))
+
+
+def end_sessions(user: User) -> None:
+    """Every login cookie of `user` stops working at its next request (the caller
+    commits): the cookie's generation no longer matches."""
+    user.session_generation = (user.session_generation or 0) + 1
 
 
 def create_token(session, user: User, name: str) -> str:
@@ -100,7 +146,15 @@ def user_for_token(session, token: str) -> User | None:
     api_token, user = row
     if api_token.revoked_at is not None or user.disabled:
         return None
-    api_token.last_used = time.time()
+    now = time.time()
+    if api_token.last_used is None or now - api_token.last_used > LAST_USED_STEP:
+        # its own short transaction: a read request never commits its session, and the
+        # token list must still show when a token was last used
+        with session.get_bind().connect() as connection:
+            connection.execute(update(ApiToken).where(ApiToken.id == api_token.id)
+                               .values(last_used=now))
+            connection.commit()
+        api_token.last_used = now
     return user
 
 
@@ -120,7 +174,9 @@ def current_user(session) -> User | None:
         user_id = web_session.get("user_id")
         if user_id is not None:
             user = session.get(User, user_id)
-            if user is not None and user.disabled:
+            # a cookie from before a logout, a disabling or a new password: ended
+            if user is not None and (user.disabled or web_session.get("generation")
+                                     != (user.session_generation or 0)):
                 user = None
             # a dashboard form's token was checked already (fleet/web: the form field)
             if user is not None and request.method not in SAFE_METHODS \
@@ -165,10 +221,22 @@ def require(*roles: str):
             if roles and user.role not in roles and user.role != ADMIN:
                 raise AuthError(403, f"your role ({user.role}) may not do this; it needs "
                                      f"{' or '.join(roles)}")
+            require_district(user)
             g.actor = user.username
             return view(*args, **kwargs)
         return wrapper
     return decorate
+
+
+NO_DISTRICT = "your district officer account has no district; ask an admin to assign one"
+
+
+def require_district(user: User, message: str = NO_DISTRICT) -> None:
+    """A district officer without a district may do nothing at all: with no district to
+    limit them to, a route that forgot district_scope() would show them everything."""
+    from .models import DISTRICT_OFFICER
+    if user.role == DISTRICT_OFFICER and user.district_id is None:
+        raise AuthError(403, message)
 
 
 def district_scope(user: User) -> int | None:
@@ -177,6 +245,5 @@ def district_scope(user: User) -> int | None:
     if user.role != DISTRICT_OFFICER:
         return None
     if user.district_id is None:  # None would mean "everything": refuse instead
-        raise AuthError(403, "your district officer account has no district; ask an admin to "
-                             "assign one")
+        raise AuthError(403, NO_DISTRICT)
     return user.district_id

@@ -472,10 +472,10 @@ def publish_now(config, sessions, deployment: str, kinds, timeout: float) -> str
     broker; None when done, else why not (the change is committed either way)."""
     if not config.mqtt.host:
         return "[mqtt] host is not set"
-    from .publisher import Publisher
+    from .publisher import GIVE_UP, Publisher
     try:
-        publisher = Publisher(config, sessions).start()
-    except (OSError, ValueError) as exc:
+        publisher = Publisher(config, sessions, give_up=GIVE_UP).start()
+    except (OSError, ValueError) as exc:  # IdentityError names the file and its key
         return f"MQTT set-up failed: {exc}"
     try:
         seq = publisher.notify(deployment, kinds)
@@ -519,8 +519,15 @@ def run(config, args) -> int:
                     print(f"{deployment}: " + (f"re-issued {', '.join(kinds)}" if kinds else
                                                "every list is fresh"))
         if not args.no_publish:
-            from .publisher import Publisher
-            publisher = Publisher(config, sessions).start()
+            from .mqtt_identity import IdentityError
+            from .publisher import GIVE_UP, Publisher
+            try:
+                publisher = Publisher(config, sessions, give_up=GIVE_UP).start()
+            except IdentityError as exc:  # a TLS file: named with its config key
+                print(f"greengate-fleet: not published to MQTT: {exc}; the lists are in the "
+                      "database, and the web server and kiosks' HTTP fallback serve them",
+                      file=sys.stderr)
+                return 2
             for deployment in targets:
                 if publisher.publish_all(deployment, timeout=args.timeout):
                     print(f"{deployment}: published to {config.mqtt.host}:{config.mqtt.port}")

@@ -5,7 +5,9 @@
     greengate-fleet [--config FILE] ingest [--no-presence] [--worker NAME] [--leave]
                                            [--metrics-port P]  (MQTT ingest worker)
     greengate-fleet [--config FILE] user create|add NAME --role ROLE [--district CODE]
-    greengate-fleet [--config FILE] token create USER --name NAME
+    greengate-fleet [--config FILE] user list | disable|enable|delete|passwd NAME
+    greengate-fleet [--config FILE] user set NAME [--role ROLE] [--district CODE|--no-district]
+    greengate-fleet [--config FILE] token create USER --name NAME | list [--user U] | revoke ID
     greengate-fleet [--config FILE] bundles refresh [--force] | publish | key [--create]
     greengate-fleet [--config FILE] sealing show | rotate [--no-publish] | purge
     greengate-fleet [--config FILE] valuesets replace DIR         (EU value-set JSON files)
@@ -22,10 +24,11 @@ by environment (fleet/config.py).
 from __future__ import annotations
 
 import argparse
-import getpass
 import importlib
 import os
 import sys
+
+from greengate.pipes import run_command
 
 from . import config as config_module
 
@@ -61,20 +64,8 @@ def main(argv=None) -> int:
                         help="address for --metrics-port (default 127.0.0.1)")
     ingest.set_defaults(handler=_lazy("fleet.ingest"))
 
-    user = sub.add_parser("user", help="dashboard and API accounts")
-    user.add_argument("action", choices=("create", "add"), help="add: the same as create")
-    user.add_argument("name")
-    user.add_argument("--role", required=True, choices=("admin", "operator", "district_officer",
-                                                        "health_official"))
-    user.add_argument("--district", help="district code (district officers)")
-    user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    user.set_defaults(handler=_user)
-
-    token = sub.add_parser("token", help="API tokens for automation")
-    token.add_argument("action", choices=("create",))
-    token.add_argument("user")
-    token.add_argument("--name", required=True, help="what the token is for")
-    token.set_defaults(handler=_token)
+    from . import accounts_cli
+    accounts_cli.add_parsers(sub)  # user … and token … (fleet/accounts_cli.py)
 
     lists = sub.add_parser("bundles", help="signed lists: re-issue before the kiosks' offline "
                                            "budget runs out (run from a timer), publish, key")
@@ -155,7 +146,7 @@ def main(argv=None) -> int:
     except config_module.ConfigError as exc:
         print(f"greengate-fleet: {exc}", file=sys.stderr)
         return 2
-    return args.handler(config, args)
+    return run_command(lambda: args.handler(config, args))
 
 
 def _list_change_options(parser) -> None:
@@ -199,54 +190,6 @@ def _serve(config, args) -> int:
     finally:
         if publisher is not None:
             publisher.stop()
-    return 0
-
-
-def _user(config, args) -> int:
-    from sqlalchemy import select
-
-    from . import audit, auth
-    from .db import make_sessions
-    from .models import District
-
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else \
-        getpass.getpass(f"password for {args.name}: ")
-    with make_sessions(_engine(config))() as session:
-        district_id = None
-        if args.district:
-            district = session.scalar(select(District).where(District.code == args.district))
-            if district is None:
-                print(f"greengate-fleet: no district with code {args.district!r}", file=sys.stderr)
-                return 2
-            district_id = district.id
-        try:
-            auth.create_user(session, args.name, password, args.role, district_id)
-        except ValueError as exc:
-            print(f"greengate-fleet: {exc}", file=sys.stderr)
-            return 2
-        audit.record(session, "cli", "user.create", args.name, role=args.role)
-        session.commit()
-    print(f"user {args.name} ({args.role}) created")
-    return 0
-
-
-def _token(config, args) -> int:
-    from sqlalchemy import select
-
-    from . import audit, auth
-    from .db import make_sessions
-    from .models import User
-
-    with make_sessions(_engine(config))() as session:
-        user = session.scalar(select(User).where(User.username == args.user))
-        if user is None:
-            print(f"greengate-fleet: no user {args.user!r}; create it with "
-                  "`greengate-fleet user create`", file=sys.stderr)
-            return 2
-        token = auth.create_token(session, user, args.name)
-        audit.record(session, "cli", "token.create", args.user, name=args.name)
-        session.commit()
-    print(token)
     return 0
 
 

@@ -108,10 +108,13 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
                                     "key), then `greengate-fleet sealing purge` deletes it"),
     },
     "enrol": {
-        "broker_host": (str, "", "the broker's name as kiosks reach it; empty: [mqtt] host"),
+        "broker_host": (str, "", "the broker's name as kiosks reach it (with broker_port); "
+                                 "empty: the first --host given to `greengate-provision "
+                                 "init` (its fleet.json), else [mqtt] host"),
         "broker_port": (int, 8883, "the broker's TLS port as kiosks reach it"),
         "http_url": (str, "", "the fleet web server's base URL as kiosks reach it (HTTPS: "
-                              "list fallback and token enrolment), e.g. `https://fleet:8443`"),
+                              "list fallback and token enrolment), e.g. `https://fleet:8443`; "
+                              "empty: init's --http-url"),
         "token_hours": (float, 24.0, "an enrolment token expires after this long"),
         "cert_days": (int, 825, "validity of kiosk client certificates"),
         "max_failures": (int, 10, "failed token exchanges per client address in 10 minutes "
@@ -123,8 +126,17 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
         "secure_cookies": (bool, True, "session cookie only over HTTPS; false only for a "
                                        "plain-HTTP test set-up"),
         "session_hours": (float, 12.0, "a dashboard login lasts this long"),
-        "login_failures": (int, 5, "failed logins per account (or per address) in 15 minutes "
-                                   "before logins are refused for a while"),
+        "login_failures": (int, 5, "failed logins per account from one address in 15 "
+                                   "minutes before that address waits (HTTP 429); past it "
+                                   "the account's other failing addresses are slowed, an "
+                                   "address with no failure never is; 4× per address"),
+        "trusted_proxies": (int, 0, "reverse proxies in front of the web server whose "
+                                    "X-Forwarded-For is believed (login throttling by "
+                                    "address); 0: the connecting address"),
+        "max_body_bytes": (int, 16 * 1024 * 1024, "largest request body any route accepts "
+                                                  "(HTTP 413 beyond it)"),
+        "max_anonymous_body_bytes": (int, 64 * 1024, "largest request body of the routes that "
+                                                     "need no login (login, enrolment)"),
         "silent_hours": (float, 2.0, "an online kiosk with no scans for this long is listed "
                                      "as silent"),
         "trace_minutes": (float, 30.0, "tracing: other holders scanned at the same place "

@@ -78,6 +78,7 @@ from sqlalchemy.exc import (DataError, DBAPIError, IntegrityError, SQLAlchemyErr
 from greengate import messages, sealing, watchdog
 
 from . import mqtt_identity
+from .mqtt_trouble import Trouble
 from . import presence as presence_db
 from . import sealing_keys
 from .db import make_engine
@@ -154,7 +155,7 @@ def _detail(exc: BaseException) -> str:
 # message), and nothing stored may make a page fail to render it.
 HEARTBEAT_FIELDS = ("v", "kiosk", "session", "ts", "uptime", "bundles", "outbox", "clock",
                     "lists", "cpu_temp", "overflow", "seq", "confirmed", "faults", "memory",
-                    "lost")
+                    "lost", "policy")
 PRESENCE_FIELDS = ("v", "kiosk", "session", "state", "cause")
 
 
@@ -195,6 +196,10 @@ class IngestWorker:
         self.client: mqtt.Client | None = None
         self.stats = {"batches": 0, "acked": 0, "bad": 0, "confirmed": 0}
         self.problem: str | None = None  # the last connection / database trouble, for humans
+        # failed connections logged with their reason and host at once (fleet/mqtt_trouble.py)
+        self.trouble = Trouble(f"ingest worker {worker}", config, log)
+        self.trouble.on_failure(lambda reason, _permanent: setattr(self, "problem", reason))
+        self._tls = None  # the TLS context, made first thing in start()
         self.failed = False  # the loop died of a bug: run() exits non-zero
         self._last_confirm = None  # paho's MQTTMessageInfo of the last confirmation sent
         self._pending: dict[str, tuple[list, list]] = {}  # kiosk -> committed ids to confirm
@@ -233,6 +238,8 @@ class IngestWorker:
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> "IngestWorker":
         cfg = self.config
+        if cfg.mqtt.tls:  # a missing TLS file is named (IdentityError) before any other work
+            self._tls = mqtt_identity.tls_context(cfg, mqtt_identity.ingest(cfg, self.name))
         if self.unsealer is None:
             self.unsealer = sealing_keys.Unsealer(cfg)
         self.engine = make_engine(cfg.database_url)
@@ -251,6 +258,7 @@ class IngestWorker:
             def load():
                 with self.engine.connect() as connection:
                     self.tracker.load(presence_db.load_rows(connection))
+                    self.tracker.assign(presence_db.load_assignments(connection))
             self._retry_db(load, "load kiosk presence")
             self._gauges()
         self.client = self._make_client()
@@ -329,9 +337,9 @@ class IngestWorker:
                              protocol=mqtt.MQTTv5, manual_ack=True)
         client.reconnect_delay_set(0.5, 15)
         client.max_inflight_messages_set(CONFIRM_INFLIGHT)
-        if cfg.mqtt.tls:  # this worker's own certificate (fleet/mqtt_identity.py)
-            client.tls_set_context(mqtt_identity.tls_context(
-                cfg, mqtt_identity.ingest(cfg, self.name)))
+        if self._tls is not None:  # this worker's own certificate (fleet/mqtt_identity.py)
+            client.tls_set_context(self._tls)
+        self.trouble.attach(client)
         client.on_connect = self._guarded(self._on_connect)
         client.on_disconnect = self._guarded(self._on_disconnect)
         client.on_subscribe = self._guarded(self._on_subscribed)
@@ -352,9 +360,7 @@ class IngestWorker:
 
     def _on_connect(self, client, _userdata, flags, reason, props=None):
         if reason.is_failure:
-            self.problem = f"broker refused the connection: {reason}"
-            log.error("MQTT %s:%s refused ingest worker %s: %s", self.config.mqtt.host,
-                      self.config.mqtt.port, self.client_id, reason)
+            self.trouble.refused(reason)  # logged there, rate-limited
             return
         receive_max = getattr(props, "ReceiveMaximum", CONFIRM_INFLIGHT)
         if receive_max < CONFIRM_INFLIGHT:
@@ -370,6 +376,7 @@ class IngestWorker:
             self._connected = True
         self._subscribed.clear()
         self.problem = None
+        self.trouble.connected()
         self.metrics.connected.set(1)
         if self.leave:
             _, mid = client.unsubscribe(self.shared_filters + self.presence_filters())
@@ -406,6 +413,8 @@ class IngestWorker:
         self.metrics.connected.set(0)
         self._queue.append((_CONTROL, b"down", 0, 0, False, self._gen))
         self._wake.set()
+        if not was and not self._stop.is_set():
+            self.trouble.closed(reason)  # before a CONNACK: a TLS alert, most often
         if was and not self._stop.is_set():
             self.problem = f"lost the broker: {reason}"
             log.warning("ingest worker %s lost the broker (%s); reconnecting", self.name, reason)
@@ -875,6 +884,11 @@ class IngestWorker:
         if self.tracker is not None:
             self.tracker.retired(self.store.directory.retired())
             self._gauges()
+            try:  # policy assignments, for the applied-vs-assigned check (fleet/presence.py)
+                with self.engine.connect() as connection:
+                    self.tracker.assign(presence_db.load_assignments(connection))
+            except SQLAlchemyError as exc:
+                log.warning("policy assignments not reloaded (%s); keeping the old ones", exc)
 
     def _retry_db(self, action, what: str) -> None:
         delay = RETRY[0]
@@ -909,7 +923,7 @@ def run(config, args) -> int:
               f"database ({exc}); start this one with --no-presence (docs/fleet.md#one-tracker)",
               file=sys.stderr)
         return 2
-    except sealing_keys.KeyError_ as exc:
+    except (sealing_keys.KeyError_, mqtt_identity.IdentityError) as exc:
         print(f"greengate-fleet: {exc}", file=sys.stderr)
         return 2
     while not worker.wait(0.5):  # a short wait keeps the main thread responsive to signals

@@ -54,6 +54,10 @@ def register(session, config, *, kiosk_id: str, deployment: str, policy: str,
     check_policy(session, deployment, policy)
     kiosk = session.get(Kiosk, kiosk_id)
     adopted = kiosk is not None and kiosk.enrolled_at is None and kiosk.state != RETIRED
+    if kiosk is not None and kiosk.state == RETIRED:
+        # an id is never reused: its history, certificates and outages stay its own
+        raise KioskError(409, f"kiosk {kiosk_id!r} is retired; a retired id is not used "
+                              "again: enrol the kiosk under a new id")
     if kiosk is not None and not adopted:
         raise KioskError(409, f"a kiosk {kiosk_id!r} exists already")
     if adopted:

@@ -23,8 +23,8 @@ Metrics (docs/api.md#metrics):
     greengate_fleet_kiosks_with_gaps                 kiosks missing confirmed decisions
     greengate_fleet_missing_decisions                decisions confirmed but not stored
 
-Every family with fixed labels (kinds) or none has all its series on every scrape, 0
-when there is nothing: an alert on `> 0` must not see a series vanish and come back.
+Every family with fixed labels (kinds, states, the districts in the database) or none
+has all its series on every scrape, 0 when there is nothing: an alert on `> 0` must not see a series vanish and come back.
 Messages refused as they arrive are also the ingest worker's own counters
 (greengate_ingest_bad_messages, greengate_ingest_quarantined: fleet/ingest_metrics.py);
 these are what the database holds, the same whichever worker answers.
@@ -46,7 +46,8 @@ from prometheus_client.exposition import choose_encoder
 from sqlalchemy import func, select
 
 from . import quarantine
-from .models import (QUARANTINE_KINDS, District, Kiosk, Location, Outage, PublishedBundle,
+from .models import (QUARANTINE_KINDS, STATES, District, Kiosk, Location, Outage,
+                     PublishedBundle,
                      Scan, ScanSummary)
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,19 @@ class FleetCollector:
         kiosks = GaugeMetricFamily("greengate_fleet_kiosks",
                                    "Kiosks per presence state and district (code; empty: none)",
                                    labels=["state", "district"])
+        # every state of every district (and of no district) is a series, 0 when empty:
+        # a state emptied must read 0, not vanish and leave the last value in a graph
+        districts = [""] + list(session.scalars(select(District.code).order_by(District.code)))
+        per = {(state, district): 0 for district in districts for state in STATES}
         rows = session.execute(
             select(Kiosk.state, District.code, func.count(Kiosk.id))
             .outerjoin(Location, Kiosk.location_id == Location.id)
             .outerjoin(District, Location.district_id == District.id)
             .group_by(Kiosk.state, District.code)).all()
         for state, district, count in rows:
-            kiosks.add_metric([state, district or ""], count)
+            per[(state, district or "")] = per.get((state, district or ""), 0) + count
+        for (state, district), count in per.items():
+            kiosks.add_metric([state, district], count)
         yield kiosks
 
         outages = GaugeMetricFamily("greengate_fleet_open_outages",
@@ -102,8 +109,11 @@ class FleetCollector:
             .outerjoin(Location, Kiosk.location_id == Location.id)
             .outerjoin(District, Location.district_id == District.id)
             .where(Outage.ended.is_(None)).group_by(District.code)).all()
+        open_now = dict.fromkeys(districts, 0)
         for district, count in rows:
-            outages.add_metric([district or ""], count)
+            open_now[district or ""] = open_now.get(district or "", 0) + count
+        for district, count in open_now.items():
+            outages.add_metric([district], count)
         yield outages
 
         version = GaugeMetricFamily("greengate_fleet_bundle_version",

@@ -278,6 +278,10 @@ class User(Base):
     district_id: Mapped[int | None] = mapped_column(ForeignKey("district.id"))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)
+    # Login cookies carry the generation they were made in; logout, disabling and a new
+    # password raise it, which ends every session of the user
+    # (docs/dashboard.md#ending-sessions).
+    session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiToken(Base):
@@ -348,7 +352,8 @@ class LoginFailure(Base):
     username: Mapped[str] = mapped_column(String(100))
     address: Mapped[str] = mapped_column(String(64))
     __table_args__ = (Index("ix_login_failure_username_at", "username", "at"),
-                      Index("ix_login_failure_address_at", "address", "at"))
+                      Index("ix_login_failure_address_at", "address", "at"),
+                      Index("ix_login_failure_username_address_at", "username", "address", "at"))
 
 
 # --- alerts (fleet/alerts.py, docs/dashboard.md#alerts) -------------------------------

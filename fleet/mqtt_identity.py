@@ -61,9 +61,11 @@ def _paths(config, name: str) -> tuple[Path | None, Path | None]:
     return cert, key
 
 
-def _missing(name: str, cert: Path, hint: str) -> IdentityError:
-    return IdentityError(f"no certificate for the MQTT identity {name} ({cert} is missing): "
-                         f"issue it with `{hint}` on the host that holds the fleet CA")
+def _missing(config, name: str, cert: Path, hint: str) -> IdentityError:
+    return IdentityError(f"[mqtt] cert = {config.mqtt.cert!r}: no certificate for the MQTT "
+                         f"identity {name} ({cert} is missing): issue it with `{hint}` on the "
+                         "host that holds the fleet CA (a new fleet: `greengate-provision "
+                         "init` makes the PKI with these identities)")
 
 
 def ingest(config, worker: str) -> Identity:
@@ -71,7 +73,7 @@ def ingest(config, worker: str) -> Identity:
     name = f"{config.mqtt.client_id}-ingest-{worker}"
     cert, key = _paths(config, name)
     if templated(config) and not cert.exists():
-        raise _missing(name, cert, f"greengate-provision identity add ingest {worker}")
+        raise _missing(config, name, cert, f"greengate-provision identity add ingest {worker}")
     return Identity(name, cert, key)
 
 
@@ -108,19 +110,53 @@ def claim(config, role: str, default_client_id: str) -> Identity:
         return Identity(name, cert, key, lock)
     if first is None:
         name = f"{config.mqtt.client_id}-{role}-1"
-        raise _missing(name, _paths(config, name)[0], f"greengate-provision identity add {role}")
+        raise _missing(config, name, _paths(config, name)[0],
+                       f"greengate-provision identity add {role}")
     raise IdentityError(f"every {role} MQTT identity whose certificate is on this host is in "
                         f"use by another process; issue one more with `greengate-provision "
                         f"identity add {role}` and copy it here")
 
 
+def _readable(config, key: str, path: Path) -> str:
+    """`path` (from [mqtt] `key`) as a string, or IdentityError naming both."""
+    value = getattr(config.mqtt, key)
+    where = f"[mqtt] {key} = {value!r}"
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise IdentityError(f"{where}: {path} does not exist (`greengate-provision init` "
+                            "makes the fleet's PKI; docs/fleet-config.md#mqtt)") from None
+    except PermissionError:
+        raise IdentityError(f"{where}: {path} cannot be read by this user "
+                            "(the fleet's services run as greengate-fleet)") from None
+    except IsADirectoryError:
+        raise IdentityError(f"{where}: {path} is a directory, not a PEM file") from None
+    except OSError as exc:
+        raise IdentityError(f"{where}: {path} cannot be read ({exc.strerror})") from None
+    return str(path)
+
+
 def tls_context(config, identity: Identity) -> ssl.SSLContext:
     """A client context that checks the broker against [mqtt] ca and presents
-    `identity`'s certificate (if any)."""
+    `identity`'s certificate (if any). IdentityError names the file and its config key
+    (ssl's own errors name neither)."""
     m = config.mqtt
-    context = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(config.resolve(m.ca)) if m.ca else None)
+    cafile = _readable(config, "ca", config.resolve(m.ca)) if m.ca else None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+    except ssl.SSLError as exc:
+        raise IdentityError(f"[mqtt] ca = {m.ca!r}: {cafile} holds no PEM CA certificate "
+                            f"({exc.reason or exc})") from None
     if identity.cert is not None:
-        context.load_cert_chain(str(identity.cert),
-                                str(identity.key) if identity.key is not None else None)
+        cert = _readable(config, "cert", identity.cert)
+        key = _readable(config, "key", identity.key) if identity.key is not None else None
+        try:
+            # a password callback: an encrypted key must fail, not prompt on a terminal
+            context.load_cert_chain(cert, key, password=lambda: b"")
+        except ssl.SSLError as exc:
+            raise IdentityError(
+                f"[mqtt] cert = {m.cert!r}, key = {m.key!r}: {cert} and {key or cert} are not "
+                f"a PEM certificate and its unencrypted private key ({exc.reason or exc})"
+            ) from None
     return context

@@ -106,37 +106,47 @@ def read_rules(path: str | Path) -> list[tuple[str, dict]]:
     folder = Path(path)
     if not folder.is_dir():
         raise ListError(f"{folder} is not a folder of EU rule files", 400)
-    rules: list[tuple[str, dict]] = []
-    seen: dict[tuple, str] = {}
+    files = []
     for file in sorted(folder.glob("*.json")):
         try:
-            data = file.read_bytes()
+            files.append((file.name, file.read_bytes()))
         except OSError as exc:
             raise ListError(f"rule file {file.name}: cannot read it: {exc.strerror}") from None
+    if not files:
+        raise ListError(f"{folder} holds no *.json rule file", 400)
+    return parse_rule_files(files)
+
+
+def parse_rule_files(files) -> list[tuple[str, dict]]:
+    """(file name, rule) of (file name, bytes) pairs in name order (the dashboard's
+    upload, a folder's files); ListError names the file."""
+    rules: list[tuple[str, dict]] = []
+    seen: dict[tuple, str] = {}
+    for name, data in sorted(files, key=lambda f: f[0]):
         if len(data) > MAX_RULE_FILE:
-            raise ListError(f"rule file {file.name}: larger than {MAX_RULE_FILE // 1024} KB")
+            raise ListError(f"rule file {name}: larger than {MAX_RULE_FILE // 1024} KB")
         try:
             doc = json.loads(data.decode("utf-8"))
         except UnicodeDecodeError:
-            raise ListError(f"rule file {file.name}: not UTF-8 text") from None
+            raise ListError(f"rule file {name}: not UTF-8 text") from None
         except RecursionError:
-            raise ListError(f"rule file {file.name}: nested too deeply") from None
+            raise ListError(f"rule file {name}: nested too deeply") from None
         except json.JSONDecodeError as exc:
-            raise ListError(f"rule file {file.name}: not JSON ({exc.msg}, line "
+            raise ListError(f"rule file {name}: not JSON ({exc.msg}, line "
                             f"{exc.lineno})") from None
         for rule in doc if isinstance(doc, list) else [doc]:
             if not isinstance(rule, dict) or not isinstance(rule.get("Identifier"), str) \
                     or not rule["Identifier"]:
-                raise ListError(f"rule file {file.name}: a rule is a JSON object with an "
+                raise ListError(f"rule file {name}: a rule is a JSON object with an "
                                 "'Identifier' (the EU rule format)")
-            key = (rule["Identifier"], rule.get("Version"))
+            key = (rule["Identifier"], str(rule.get("Version")))
             if key in seen:
                 raise ListError(f"rule {key[0]} version {key[1]} is in both {seen[key]} and "
-                                f"{file.name}")
-            seen[key] = file.name
-            rules.append((file.name, rule))
+                                f"{name}")
+            seen[key] = name
+            rules.append((name, rule))
     if not rules:
-        raise ListError(f"{folder} holds no *.json rule file", 400)
+        raise ListError("no rule file was given", 400)
     return rules
 
 
@@ -172,22 +182,28 @@ def import_rules(session, config, deployment: str, name: str, folder: str | Path
 
 # --- assigning a policy to kiosks -----------------------------------------------------
 def assign(session, config, name: str, kiosk_ids, *, actor: str, reason: str = "",
-           now: float | None = None, key=None) -> tuple[int | None, list[str]]:
+           now: float | None = None, key=None, resend=()) -> tuple[int | None, list[str]]:
     """Assign policy `name` to these kiosks (each in a deployment that has it); the new
     policy bundle carries the assignment. (policy version or None, kiosks changed).
+    resend: kiosks (of kiosk_ids) that had `name` already but report applying another
+    (assigned before assignments were signed): a new bundle is signed for them too.
     Commits; all or nothing."""
     at = time.time() if now is None else float(now)
     kiosk_ids = list(dict.fromkeys(kiosk_ids))
     if not kiosk_ids:
         raise ListError("name at least one kiosk", 400)
     kiosks = []
+    known: dict[str, list[str]] = {}  # deployment -> its policies (a district: one query)
     for kiosk_id in kiosk_ids:
         kiosk = session.get(Kiosk, kiosk_id)
         if kiosk is None:
             raise ListError(f"no kiosk {kiosk_id!r}", 404)
         if kiosk.state == RETIRED:
             raise ListError(f"kiosk {kiosk_id!r} is retired", 409)
-        names = [p.name for p in all_policies(session, config, kiosk.deployment, now=at)]
+        if kiosk.deployment not in known:
+            known[kiosk.deployment] = [p.name for p in all_policies(session, config,
+                                                                    kiosk.deployment, now=at)]
+        names = known[kiosk.deployment]
         if name not in names:
             raise ListError(f"deployment {kiosk.deployment!r} of kiosk {kiosk_id!r} has no "
                             f"policy {name!r}; its policies: {', '.join(names)}", 404)
@@ -202,6 +218,10 @@ def assign(session, config, name: str, kiosk_ids, *, actor: str, reason: str = "
                              policy=[kiosk.policy, name])
                 kiosk.policy = name
                 changed.setdefault(kiosk.deployment, []).append(kiosk.id)
+            elif kiosk.id in resend:
+                audit.record(session, actor, "policy.resend", kiosk.id, reason=reason,
+                             policy=name)
+                changed.setdefault(kiosk.deployment, []).append(kiosk.id)
         version = None
         for deployment in sorted(changed):
             version = bundles.issue(session, config, deployment, "policy", key=signer,
@@ -210,6 +230,36 @@ def assign(session, config, name: str, kiosk_ids, *, actor: str, reason: str = "
         return version, [k for ids in changed.values() for k in ids]
 
     return bundles.in_transaction(session, work)
+
+
+def targets(session, deployment: str, *, kiosks=None, location_id: int | None = None,
+            district_id: int | None = None) -> list[Kiosk]:
+    """The kiosks of `deployment` an assignment names: these ids (each must exist, be in
+    the deployment and not be retired), or every kiosk not retired at a location or in a
+    district (by id), in id order."""
+    from .models import Location
+    if kiosks is not None:
+        found = []
+        for kiosk_id in dict.fromkeys(kiosks):
+            kiosk = session.get(Kiosk, kiosk_id)
+            if kiosk is None:
+                raise ListError(f"no kiosk {kiosk_id!r}", 404)
+            if kiosk.state == RETIRED:
+                raise ListError(f"kiosk {kiosk_id!r} is retired", 409)
+            if kiosk.deployment != deployment:
+                raise ListError(f"kiosk {kiosk_id!r} is in deployment {kiosk.deployment!r}, "
+                                f"not {deployment!r}")
+            found.append(kiosk)
+        return sorted(found, key=lambda k: k.id)
+    query = select(Kiosk).where(Kiosk.deployment == deployment, Kiosk.state != RETIRED)
+    if location_id is not None:
+        query = query.where(Kiosk.location_id == location_id)
+    elif district_id is not None:
+        query = query.join(Location, Kiosk.location_id == Location.id).where(
+            Location.district_id == district_id)
+    else:
+        raise ListError("name the kiosks, a location or a district", 400)
+    return list(session.scalars(query.order_by(Kiosk.id)))
 
 
 # --- greengate-fleet policies ... ----------------------------------------------------

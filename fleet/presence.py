@@ -30,9 +30,17 @@ Rules (docs/fleet.md#presence):
   clock, with the kiosk's detail, e.g. "storage: database or disk is full"), saying
   lists stale/missing, clock unknown, or an outbox deeper than `backlog`; the next
   clean heartbeat makes it online again;
+* policy mismatch: a heartbeat's `policy` (the one the kiosk applies) is not the one
+  the fleet assigned it, once the deployment's newest policy bundle is older than
+  `policy_grace` (a bundle takes a moment to arrive and a heartbeat interval to be
+  reported): degraded, "policy X assigned, Y applied". The assignments are what the
+  ingest loaded last (Tracker.assign, every REFRESH s); a kiosk holding a newer policy
+  bundle than that knows more than the tracker and is not judged;
 * retired kiosks stay retired whatever they send (the API retires them);
 * only changes are written: state, detail or session. last_seen and the last
-  heartbeat are flushed in bulk every `seen_flush` seconds, not per heartbeat;
+  heartbeat are flushed in bulk every `seen_flush` seconds, not per heartbeat, but
+  a connection's first heartbeat and one bringing a bundle kind the last one lacked
+  are written at once (the dashboard shows the bundles as soon as the kiosk has them);
 * gaps: whichever write carries a kiosk's last heartbeat also counts the decisions
   its `confirmed` watermark newly covers that the fleet does not hold (fleet/gaps.py),
   in the same transaction.
@@ -53,12 +61,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import JSON, bindparam, null, select, update
+from sqlalchemy import JSON, bindparam, func, null, select, update
 from sqlalchemy.engine import Connection
 
 from . import gaps
 from .models import (DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, RETIRED, STATES, Kiosk, Outage,
-                     PresenceEvent)
+                     PresenceEvent, PublishedBundle)
 from .sqlinsert import insert_ignore
 
 log = logging.getLogger("greengate.fleet.presence")
@@ -66,6 +74,9 @@ log = logging.getLogger("greengate.fleet.presence")
 CONNECTED = (ONLINE, DEGRADED)
 STOPPED, LOST, SILENT = "stopped", "connection lost", "silent"
 TIMEOUT_FACTOR = 1.5  # x keepalive: MQTT's own keepalive rule, applied to heartbeats
+# x keepalive (the kiosks' heartbeat interval): the bundle arrives within seconds, and
+# the heartbeat that reports it at most one interval later; one more is slack
+POLICY_GRACE_FACTOR = 2.0
 
 
 @dataclass
@@ -100,6 +111,16 @@ class Change:
     cause: str = ""
 
 
+def _bundles_arrived(before: dict, doc: dict) -> bool:
+    """True if `doc` reports a bundle kind held that `before` reported as none (a kiosk's
+    first lists after connecting; not every status update, which would be a write per
+    kiosk per update)."""
+    old = before.get("bundles") if isinstance(before.get("bundles"), dict) else {}
+    new = doc.get("bundles") if isinstance(doc.get("bundles"), dict) else {}
+    return any(isinstance(v, int) and not isinstance(old.get(kind), int)
+               for kind, v in new.items())
+
+
 def degradation(doc: dict, backlog: int) -> str:
     """Why a heartbeat makes its kiosk degraded ("" if it does not). Only categories,
     no numbers: the detail changes (and is written) when the reason does, not with
@@ -131,6 +152,10 @@ class Tracker:
     kiosks: dict[str, KioskPresence] = field(default_factory=dict)
     listening: bool = False
     stats: dict[str, int] = field(default_factory=lambda: {"stale": 0, "retired": 0})
+    # kiosk -> (assigned policy, newest policy bundle version of its deployment or None,
+    # that bundle's issued_at): see assign()
+    assigned: dict[str, tuple[str, int | None, float | None]] = field(default_factory=dict)
+    policy_grace: float | None = None  # seconds; None: POLICY_GRACE_FACTOR x keepalive
 
     def __post_init__(self):
         self._changes: list[Change] = []
@@ -139,6 +164,35 @@ class Tracker:
     @property
     def timeout(self) -> float:
         return TIMEOUT_FACTOR * self.keepalive
+
+    @property
+    def grace(self) -> float:
+        return POLICY_GRACE_FACTOR * self.keepalive if self.policy_grace is None \
+            else self.policy_grace
+
+    def assign(self, rows) -> None:
+        """rows: (kiosk id, assigned policy, newest policy bundle version, its issued_at)
+        (load_assignments). Judged at each kiosk's next heartbeat."""
+        self.assigned = {kid: (policy, version, issued)
+                         for kid, policy, version, issued in rows if policy}
+
+    def policy_mismatch(self, kid: str, doc: dict, now: float) -> str:
+        """"policy X assigned, Y applied" when the kiosk still applies another policy
+        after the grace period, else ""."""
+        entry = self.assigned.get(kid)
+        applied = doc.get("policy")
+        if entry is None or not isinstance(applied, str):
+            return ""  # not assigned, or a kiosk older than the field
+        policy, version, issued = entry
+        if applied == policy or version is None:
+            return ""  # no policy bundle published yet: nothing could carry it
+        bundles = doc.get("bundles") if isinstance(doc.get("bundles"), dict) else {}
+        held = bundles.get("policy")
+        if isinstance(held, int) and held > version:
+            return ""  # the kiosk has a newer bundle than the tracker has seen
+        if issued is not None and now < issued + self.grace:
+            return ""  # the bundle may still be on its way
+        return f"policy {policy} assigned, {applied} applied"
 
     # --- lifecycle -----------------------------------------------------------------
     def load(self, rows) -> None:
@@ -236,10 +290,16 @@ class Tracker:
             self.stats["stale"] += 1
             return
         self._heard(k, now)
+        # The first heartbeat of a connection, and one that reports a bundle the last one
+        # did not hold, are written at once, not at the next bulk flush (seen_flush, 2
+        # minutes): until then the kiosk's page showed every bundle "missing" and no
+        # heartbeat, though the kiosk had applied them within a second of connecting.
+        news = k.heartbeat is None or _bundles_arrived(k.heartbeat, doc)
         k.session, k.heartbeat = session, doc
         k.deadline = now + self.timeout
-        why = degradation(doc, self.backlog)
-        self._transition(k, now, DEGRADED if why else ONLINE, why, force=new_session)
+        why = "; ".join(filter(None, (degradation(doc, self.backlog),
+                                      self.policy_mismatch(kid, doc, now))))
+        self._transition(k, now, DEGRADED if why else ONLINE, why, force=new_session or news)
 
     def sweep(self, now: float) -> list[str]:
         """Offline ("silent") every connected kiosk past its deadline; their ids."""
@@ -311,6 +371,23 @@ def load_rows(connection: Connection):
     return connection.execute(select(KIOSK.c.id, KIOSK.c.state, KIOSK.c.state_since,
                                      KIOSK.c.detail, KIOSK.c.session, KIOSK.c.last_seen,
                                      KIOSK.c.heartbeat)).all()
+
+
+def load_assignments(connection: Connection) -> list[tuple[str, str, int | None, float | None]]:
+    """(kiosk, assigned policy, newest policy bundle version of its deployment, its
+    issued_at) for every kiosk not retired: Tracker.assign's rows."""
+    bundle = PublishedBundle.__table__
+    newest = {dep: version for dep, version in connection.execute(
+        select(bundle.c.deployment, func.max(bundle.c.version))
+        .where(bundle.c.kind == "policy").group_by(bundle.c.deployment))}
+    issued = {}
+    for dep, version in newest.items():
+        issued[dep] = connection.execute(select(bundle.c.issued_at).where(
+            bundle.c.deployment == dep, bundle.c.kind == "policy",
+            bundle.c.version == version)).scalar()
+    rows = connection.execute(select(KIOSK.c.id, KIOSK.c.policy, KIOSK.c.deployment)
+                              .where(KIOSK.c.state != RETIRED))
+    return [(kid, policy, newest.get(dep), issued.get(dep)) for kid, policy, dep in rows]
 
 
 def new_kiosk_row(kid: str, at: float, deployment: str, detail: str) -> dict:

@@ -23,6 +23,11 @@ run is cleared too.
     publisher.notify("hcmc", {"status"})              # after a change (non-blocking)
     publisher.publish_all("hcmc", timeout=30)         # now, and wait for the acks
     publisher.stop()
+
+A connection that fails is logged with its reason and host:port at once, repeats at most
+once a minute (fleet/mqtt_trouble.py). `give_up=SECONDS` (one-shot commands): wait()
+answers False as soon as the reason cannot heal (a TLS verdict, a refusal), or after
+SECONDS of failing attempts, with the reason in `problem`.
 """
 
 from __future__ import annotations
@@ -39,12 +44,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from greengate import messages
 
 from . import bundles, mqtt_identity
+from .mqtt_trouble import Trouble
 
 log = logging.getLogger(__name__)
 
 KINDS = ("trust", "policy", "status", "valuesets")  # "status" = deltas + snapshot + head
 WHOLE = ("trust", "policy", "valuesets")  # one retained bundle each
 ACK_TIMEOUT = 30.0
+# one-shot commands (`greengate-fleet bundles ...`): seconds of failing connection attempts
+# before they give up; a TLS verdict or a refusal gives up at once (it does not heal)
+GIVE_UP = 8.0
 
 
 class PublishFailed(Exception):
@@ -53,7 +62,8 @@ class PublishFailed(Exception):
 
 class Publisher:
     def __init__(self, config, sessions=None, *, deployments=None, client_id: str | None = None,
-                 backoff: tuple[float, float] = (0.5, 60.0), ack_timeout: float = ACK_TIMEOUT):
+                 backoff: tuple[float, float] = (0.5, 60.0), ack_timeout: float = ACK_TIMEOUT,
+                 give_up: float | None = None):
         self.config = config
         if sessions is None:
             from .db import make_engine, make_sessions
@@ -68,6 +78,12 @@ class Publisher:
         self.backoff = backoff
         self.ack_timeout = ack_timeout
         self.problem: str | None = "not connected yet"
+        # None: retry for ever (the web server's); else wait() answers False once the
+        # broker could not be reached for that long, or at once for a permanent reason
+        self.give_up = give_up
+        self.gave_up = False
+        self.trouble = Trouble("bundle publisher", config, log)
+        self.trouble.on_failure(self._connect_failed)
         self.stats = {"published": 0, "cleared": 0, "failures": 0, "connects": 0}
         self._cond = threading.Condition()
         self._pending: dict[str, set[str]] = {}
@@ -98,23 +114,23 @@ class Publisher:
             except BaseException:
                 self.identity.release()
                 raise
+        self.trouble.attach(client)
         client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
 
     def _on_connect(self, client, _userdata, _flags, reason, _props):
         if reason.is_failure:
-            self.problem = f"broker refused the connection: {reason}"
-            log.error("MQTT %s:%s refused the publisher: %s", self.config.mqtt.host,
-                      self.config.mqtt.port, reason)
+            self.trouble.refused(reason)  # logged there, rate-limited
             return
+        self.trouble.connected()
         self.stats["connects"] += 1
         client.subscribe([(messages.status_delta_topic(d, 0).rsplit("/", 1)[0] + "/+", 1)
                           for d in self.deployments])
         with self._cond:
             self._connected = True
+            self.gave_up = False
             self.problem = None
             self._retry_at = 0.0
             self._delay = self.backoff[0]
@@ -124,22 +140,27 @@ class Publisher:
         log.info("bundle publisher connected to %s:%s", self.config.mqtt.host,
                  self.config.mqtt.port)
 
-    def _on_connect_fail(self, _client, _userdata):
-        where = f"{self.config.mqtt.host}:{self.config.mqtt.port}"
-        first = self.problem != f"cannot connect to the broker {where}"
-        self.problem = f"cannot connect to the broker {where}"
-        # once per outage at warning level: paho retries every few seconds
-        log.log(logging.WARNING if first else logging.DEBUG,
-                "bundle publisher cannot connect to %s; retrying (the lists stay in the "
-                "database and on HTTP)", where)
+    def _connect_failed(self, reason: str, permanent: bool) -> None:
+        # logged by self.trouble (at once, then rate-limited); the lists stay in the
+        # database and on HTTP meanwhile
+        trouble = self.trouble
+        with self._cond:
+            self.problem = f"cannot connect to the broker {trouble.where}: {reason}"
+            if self.give_up is not None and (
+                    permanent or trouble.clock() - trouble.first_failure >= self.give_up):
+                self.gave_up = True
+            self._cond.notify_all()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _props):
+        was = self._connected
+        if not was and not self._stop.is_set():
+            self.trouble.closed(reason)  # before a CONNACK: a TLS alert, most often
         with self._cond:
             self._connected = False
-            if not self._stop.is_set():
+            if was and not self._stop.is_set():
                 self.problem = f"disconnected from the broker: {reason}"
             self._cond.notify_all()
-        if not self._stop.is_set():
+        if was and not self._stop.is_set():
             log.warning("bundle publisher lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, _client, _userdata, msg):
@@ -214,7 +235,7 @@ class Publisher:
         with self._cond:
             while self._done.get(deployment, 0) < seq:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
+                if left <= 0 or self._stop.is_set() or (self.gave_up and not self._connected):
                     return False
                 self._cond.wait(min(left, 0.5))
         return True

@@ -170,7 +170,8 @@ def targets_from(session, deployment: str, items, *, until=None, reason: str = "
     trust = None
     seen: dict[bytes, int] = {}
     targets = []
-    for number, item in enumerate(items):
+    # entries are numbered from 1, as the dashboard's lines are (docs/lists.md)
+    for number, item in enumerate(items, 1):
         where = f"entry {number}"
         if not isinstance(item, dict):
             raise ListError(f"{where}: must be an object like {{\"ci\": \"URN:UVCI:...\", "
@@ -272,7 +273,7 @@ def _change(session, config, deployment, action, targets, *, actor, now, key,
     bundles.check_deployment(config, deployment)
     at = time.time() if now is None else float(now)
     if action == "suspend":
-        for number, target in enumerate(targets):
+        for number, target in enumerate(targets, 1):
             if target.until is None:
                 raise ListError(f"entry {number}: a suspension needs 'until' (ISO 8601 with a "
                                 "time zone), for the whole call or per entry")
@@ -299,7 +300,7 @@ def _change(session, config, deployment, action, targets, *, actor, now, key,
                     StatusEntry.key.in_(keys[start:start + 500]))):
                 existing[bytes(entry.key)] = entry
         changed = 0
-        for number, target in enumerate(targets):
+        for number, target in enumerate(targets, 1):
             entry = existing.get(target.key)
             result, note = _apply(session, deployment, row.version, action, target, entry,
                                   actor, at, allow_revoked, number)

@@ -148,6 +148,69 @@ def remove(session, config, deployment: str, kid_hex: str, *, actor: str, reason
     return bundles.in_transaction(session, work)
 
 
+# The EU DCC's extended key usages: a document signer limited to these types of
+# certificate (none of them: it may sign every type). Two arcs are in use.
+DCC_EKUS = {"1.3.6.1.4.1.1847.2021.1.1": "test", "1.3.6.1.4.1.1847.2021.1.2": "vaccination",
+            "1.3.6.1.4.1.1847.2021.1.3": "recovery",
+            "1.3.6.1.4.1.0.1847.2021.1.1": "test", "1.3.6.1.4.1.0.1847.2021.1.2": "vaccination",
+            "1.3.6.1.4.1.0.1847.2021.1.3": "recovery"}
+_KEY_USAGES = ("digital_signature", "content_commitment", "key_encipherment",
+               "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign")
+
+
+def describe(data: bytes | str, now: float | None = None) -> dict:
+    """What the dashboard shows of a certificate (never raises on a stored one): kid,
+    subject, issuer, country, validity (expired flagged), key usages, extended key usages
+    with the DCC ones named, and the certificate types it may sign."""
+    at = time.time() if now is None else float(now)
+    out = {"kid": "", "subject": "", "issuer": "", "country": "", "not_before": None,
+           "not_after": None, "expired": False, "not_yet_valid": False, "key_usages": [],
+           "ekus": [], "types": None, "problem": None}
+    try:
+        der = certificate_der(data)
+        signer = load_signer(der)
+    except TrustError as exc:
+        out["problem"] = str(exc)
+        return out
+    out.update(kid=signer.kid.hex(), not_before=signer.not_before.timestamp(),
+               not_after=signer.not_after.timestamp(),
+               types=sorted(signer.allowed_types) if signer.allowed_types else None)
+    out["expired"] = out["not_after"] < at
+    out["not_yet_valid"] = out["not_before"] > at
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return out  # the lenient reader's facts only
+    out["subject"] = cert.subject.rfc4514_string()[:400]
+    out["issuer"] = cert.issuer.rfc4514_string()[:400]
+    countries = cert.subject.get_attributes_for_oid(x509.NameOID.COUNTRY_NAME)
+    out["country"] = str(countries[0].value)[:2] if countries else ""
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        for name in _KEY_USAGES:
+            if getattr(usage, name):
+                out["key_usages"].append(name)
+    except (x509.ExtensionNotFound, ValueError):
+        pass
+    try:
+        ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        out["ekus"] = [{"oid": e.dotted_string, "name": DCC_EKUS.get(e.dotted_string) or (
+            "" if getattr(e, "_name", "") == "Unknown OID" else getattr(e, "_name", ""))}
+            for e in ekus]
+    except (x509.ExtensionNotFound, ValueError):
+        pass
+    return out
+
+
+def pem(data: bytes | str) -> str:
+    """The certificate as PEM text (the dashboard's confirm form carries it back)."""
+    import base64
+    der = certificate_der(data)
+    body = base64.b64encode(der).decode()
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+
+
 def _iso(epoch):
     if epoch is None:
         return None

@@ -19,6 +19,7 @@ MAX_MESSAGE = 4096
 KIOSK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DECISIONS = ("green", "red")
 CLOCK_STATES = ("synced", "floor", "unknown")
+POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # fleet/policies.py NAME
 SCAN_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 SUMMARY_ID = re.compile(r"^s[0-9a-f]{16}$")
 # A confirmation names at most this many ids, so that it stays well under MAX_MESSAGE
@@ -110,14 +111,16 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
               outbox: int, clock: str, lists: str, cpu_temp: float | None,
               overflow: int = 0, seq: int | None = None,
               confirmed: int | None = None, faults: list[dict] | None = None,
-              memory: int | None = None, lost: int | None = None) -> dict:
+              memory: int | None = None, lost: int | None = None,
+              policy: str | None = None) -> dict:
     """seq: the highest sequence number the kiosk has given a decision; confirmed: every
     decision with a sequence number up to this one has been confirmed by the fleet (the
     outbox holds none of them). Together they let the fleet find gaps.
     faults: the kiosk's active faults, [{"kind", "detail"}], most urgent first (at most
     MAX_FAULTS are sent); memory: decisions held only in memory because the storage
     fails; lost: decisions the kiosk could keep only as a count (storage failing and
-    memory full). None: not sent (kiosks older than the fields)."""
+    memory full); policy: the name of the policy the kiosk applies (the fleet compares
+    it with the one it assigned). None: not sent (kiosks older than the fields)."""
     doc = {"v": VERSION, "kiosk": kiosk, "session": session, "ts": round(ts, 3),
            "uptime": round(uptime, 1), "bundles": bundles, "outbox": outbox,
            "clock": clock, "lists": lists, "cpu_temp": cpu_temp, "overflow": overflow}
@@ -132,6 +135,8 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
         doc["memory"] = memory
     if lost is not None:
         doc["lost"] = lost
+    if policy is not None:
+        doc["policy"] = policy
     return doc
 
 
@@ -304,6 +309,10 @@ def parse_heartbeat(payload: bytes, kiosk: str) -> dict:
             _field(entry, "detail", str, max_len=FAULT_DETAIL)
     _field(doc, "memory", int, optional=True, low=0, high=MAX_COUNT)
     _field(doc, "lost", int, optional=True, low=0, high=MAX_COUNT)
+    policy = _field(doc, "policy", str, optional=True, max_len=64)
+    if policy is not None and not POLICY_NAME.match(policy):
+        raise MessageError("field 'policy' is not a policy name (letters, digits, '_', '.', "
+                           "'-', at most 64)")
     return doc
 
 

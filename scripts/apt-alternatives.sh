@@ -39,3 +39,32 @@ item_pick() {
     done
     printf '%s' "${alts[0]}"  # let apt report the error
 }
+
+# Run an apt-get command line ("$@", e.g. `as_root env ... apt-get -o DPkg::Lock::Timeout=10
+# update`) and, while another package manager holds apt's or dpkg's lock (unattended-upgrades
+# just after boot, a desktop updater), wait for it instead of failing: apt waits for the
+# dpkg lock itself (DPkg::Lock::Timeout), but `apt-get update` does not wait for the
+# package lists' lock (apt 2.6), so a lock failure is tried again every few seconds, with
+# a line saying who holds it. APT_LOCK_WAIT: seconds to wait in all (default 900).
+apt_wait() {
+    local wait=${APT_LOCK_WAIT:-900} start=$SECONDS said=-1 rc errors holder
+    errors=$(mktemp) || return 1
+    while :; do
+        rc=0
+        "$@" 2>"$errors" || rc=$?
+        # "are you root?": a lock file this user may not open, which no waiting mends
+        if [[ $rc == 0 ]] || (( SECONDS - start >= wait )) || grep -q 'are you root' "$errors" ||
+            ! grep -qE 'Could not get lock|Unable to acquire the dpkg frontend lock|Unable to lock' "$errors"; then
+            cat "$errors" >&2
+            rm -f "$errors"
+            return "$rc"
+        fi
+        if (( said < 0 || SECONDS - said >= 60 )); then
+            holder=$(grep -m1 -oE 'held by process [0-9]+( \([^)]*\))?' "$errors" || true)
+            printf '[apt] another package manager is running (the apt/dpkg lock is %s); waiting for it to finish: %d s so far, at most %d s (APT_LOCK_WAIT)\n' \
+                "${holder:-held}" $((SECONDS - start)) "$wait" >&2
+            said=$SECONDS
+        fi
+        sleep "${APT_LOCK_RETRY:-5}"
+    done
+}

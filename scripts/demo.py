@@ -42,6 +42,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
+
+
+def no_control_socket() -> list[str]:
+    """Recent gunicorn (27 here) opens a control socket in ~/.gunicorn/ by default: a file
+    outside the demo's folder that outlives it, for a feature the demo does not use."""
+    try:
+        from gunicorn.config import KNOWN_SETTINGS
+    except ImportError:
+        return []
+    return (["--no-control-socket"] if any(s.name == "control_socket_disable"
+                                           for s in KNOWN_SETTINGS) else [])
 DEPLOYMENT = "hcmc"
 ADMIN = "admin"
 
@@ -204,7 +215,7 @@ class Demo:
         say(f"fleet web server: gunicorn on {self.url} (plain HTTP, this machine only)")
         web = self.spawn("web", BIN / "gunicorn", "-w", "1", "--threads", "4", "-b",
                          f"127.0.0.1:{self.web_port}", "--graceful-timeout", "5",
-                         "fleet.wsgi:app")
+                         *no_control_socket(), "fleet.wsgi:app")
         self.services["web"] = web
         say("ingest worker with presence tracking (greengate-fleet ingest --worker 1)")
         self.services["ingest"] = self.spawn("ingest", BIN / "greengate-fleet", "ingest",

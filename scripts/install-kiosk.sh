@@ -389,7 +389,8 @@ else
         log "system packages OK (${APT_REQUIRED[*]}${missing_optional[*]:+; without ${missing_optional[*]}})"
     else
         log "system packages: apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        # apt_wait (apt-alternatives.sh): an apt still running after boot is waited for
+        apt_wait env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=10 update -q
         to_install=()
         for item in "${missing[@]}"; do to_install+=("$(item_pick "$item")"); done
         for item in "${want_optional[@]}"; do
@@ -401,7 +402,8 @@ else
         done
         if [[ ${#to_install[@]} -gt 0 ]]; then
             log "system packages: installing ${to_install[*]}"
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${to_install[@]}"
+            apt_wait env DEBIAN_FRONTEND=noninteractive \
+                apt-get -o DPkg::Lock::Timeout=10 install -y -q --no-install-recommends "${to_install[@]}"
         fi
     fi
 fi

@@ -221,14 +221,16 @@ else
         log "system packages OK (${wanted[*]})"
     else
         log "installing system packages: ${missing[*]}"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        # apt_wait (apt-alternatives.sh): another apt holding the lock is waited for
+        apt_wait as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get -o DPkg::Lock::Timeout=10 update -q
         to_install=()
         for item in "${missing[@]}"; do
             to_install+=("$(item_pick "$item")")
             if [[ $item == postgresql ]]; then pg_no_main_cluster; fi
         done
-        as_root env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -q --no-install-recommends "${to_install[@]}"
+        apt_wait as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get -o DPkg::Lock::Timeout=10 install -y -q --no-install-recommends "${to_install[@]}"
     fi
 fi
 

@@ -54,3 +54,20 @@ def api(fleet_app, fleet_db):
             tokens[name] = {"Authorization": f"Bearer {auth.create_token(session, user, 'tests')}"}
         session.commit()
     return SimpleNamespace(client=fleet_app.test_client(), sessions=fleet_db, **tokens)
+
+
+def assign_officer_a_district(sessions, code="q1"):
+    """The `api` fixture's officer with a district (a district officer without one gets 403
+    everywhere: tests/test_authorisation.py)."""
+    from sqlalchemy import select, update
+
+    from fleet.models import District, User
+    with sessions() as session:
+        district = session.scalar(select(District).where(District.code == code))
+        if district is None:
+            district = District(code=code, name=code)
+            session.add(district)
+            session.flush()
+        session.execute(update(User).where(User.username == "officer")
+                        .values(district_id=district.id))
+        session.commit()

@@ -173,18 +173,20 @@ def test_kiosk_list_shows_state_heartbeat_and_versions_behind(fleet):
     assert a["location"]["code"] == "q1-market" and a["district"]["code"] == "q1"
     assert (a["outbox"], a["clock"], a["lists"], a["cpu_temp"], a["session"]) == \
         (0, "synced", "fresh", 51.5, 3)
-    assert a["bundles"] == {"applied": {"trust": 5, "policy": 2, "status": 12},
-                            "current": {"trust": 5, "policy": 2, "status": 12},
-                            "behind": {"trust": 0, "policy": 0, "status": 0},
+    assert a["bundles"] == {"applied": {"trust": 5, "policy": 2, "status": 12, "valuesets": None},
+                            "current": {"trust": 5, "policy": 2, "status": 12, "valuesets": None},
+                            "behind": {"trust": 0, "policy": 0, "status": 0, "valuesets": 0},
                             "behind_total": 0, "missing": []}
     # q1-b: trust 4 of 5, status 9 of 12 (the delta's version counts as a status version).
-    assert kiosks["q1-b"]["bundles"]["behind"] == {"trust": 1, "policy": 0, "status": 3}
+    assert kiosks["q1-b"]["bundles"]["behind"] == {"trust": 1, "policy": 0, "status": 3,
+                                                   "valuesets": 0}
     assert kiosks["q1-b"]["bundles"]["behind_total"] == 4
     assert kiosks["q1-b"]["seconds_since_seen"] == 2 * HOUR
     # q1-c holds no status list at all: not a number behind, but missing.
     assert kiosks["q1-c"]["bundles"]["behind"]["status"] is None
     assert kiosks["q1-c"]["bundles"]["missing"] == ["status"]
-    assert kiosks["q1-d"]["bundles"]["behind"] == {"trust": 0, "policy": 1, "status": 0}
+    assert kiosks["q1-d"]["bundles"]["behind"] == {"trust": 0, "policy": 1, "status": 0,
+                                                   "valuesets": 0}
     never = kiosks["q3-b"]
     assert never["last_seen"] is None and never["seconds_since_seen"] is None
     assert never["bundles"]["missing"] == ["trust", "policy", "status"]
@@ -258,11 +260,13 @@ def test_kiosk_enrol_move_policy_and_retire_are_audited(fleet):
     assert send(fleet, "POST", "/api/v1/kiosks", {"id": "q1-a"}, status=409)["message"] == \
         "a kiosk 'q1-a' exists already"
 
+    from fleet import bundles
+    bundles.ensure_signing_key(fleet.client.application.extensions["greengate"].config)  # a policy change signs a bundle
     moved = send(fleet, "PATCH", "/api/v1/kiosks/q3-c", {"location": "q1-office", "policy": "hcmc-2021"})
     assert moved["location"]["code"] == "q1-office" and moved["district"]["code"] == "q1"
     assert moved["policy"] == "hcmc-2021"
     assert send(fleet, "PATCH", "/api/v1/kiosks/q3-c", {"deployment": "other"}, status=422)[
-        "message"] == "unknown field deployment; allowed: location, policy"
+        "message"] == "unknown field deployment; allowed: location, policy, reason"
 
     retired = send(fleet, "POST", "/api/v1/kiosks/q1-b/retire", {"reason": "stolen"})
     assert retired["state"] == "retired" and retired["retired_at"] == iso(NOW)
@@ -270,6 +274,9 @@ def test_kiosk_enrol_move_policy_and_retire_are_audited(fleet):
         f"kiosk 'q1-b' is retired already (since {iso(NOW)})")
     assert send(fleet, "PATCH", "/api/v1/kiosks/q1-b", {"policy": "strict"}, status=409)[
         "message"] == "kiosk 'q1-b' is retired; enrol a new kiosk instead"
+    # enrolling a retired id again says it is retired, not merely that it exists
+    assert send(fleet, "POST", "/api/v1/kiosks", {"id": "q1-b"}, status=409)["message"] == (
+        "kiosk 'q1-b' is retired; a retired id is not used again: enrol the kiosk under a new id")
     with fleet.sessions() as s:
         outage = s.scalar(select(Outage).where(Outage.kiosk_id == "q1-b"))
         assert outage.ended == NOW  # a retired kiosk is no longer an outage
@@ -277,9 +284,10 @@ def test_kiosk_enrol_move_policy_and_retire_are_audited(fleet):
         assert (event.previous, event.state, event.detail) == ("offline", "retired", "stolen")
 
     assert [(e.actor, e.target) for e in audit_entries(fleet, "kiosk.create")] == [("operator", "q3-c")]
-    (update_entry,) = audit_entries(fleet, "kiosk.update")
-    assert update_entry.detail == {"location": ["q3-station", "q1-office"],
-                                   "policy": ["strict", "hcmc-2021"]}
+    # the move, then the assignment (fleet/policies.py assign, as the CLI's)
+    moved_entry, assigned_entry = audit_entries(fleet, "kiosk.update")
+    assert moved_entry.detail == {"location": ["q3-station", "q1-office"]}
+    assert assigned_entry.detail == {"reason": "", "policy": ["strict", "hcmc-2021"]}
     (retire,) = audit_entries(fleet, "kiosk.retire")
     assert retire.detail == {"previous": "offline", "reason": "stolen"}
 
@@ -506,7 +514,11 @@ def test_overview_counts_and_silent_kiosks(fleet):
         s.add(PresenceEvent(kiosk_id="q1-c", at=NOW - 600, previous="offline", state="degraded",
                             session=4, detail="lists missing"))
         s.commit()
-    answer = get(fleet, "/api/v1/stats/overview?tz=Asia/Ho_Chi_Minh")
+    # the default window is the dashboard's: [web] silent_hours (one default, both places)
+    default = get(fleet, "/api/v1/stats/overview")["silent_minutes"]
+    config = fleet.client.application.extensions["greengate"].config
+    assert default == round(config.web.silent_hours * 60) == 120
+    answer = get(fleet, "/api/v1/stats/overview?tz=Asia/Ho_Chi_Minh&silent_minutes=30")
     assert answer["kiosks"] == {"never_seen": 1, "online": 2, "degraded": 1, "offline": 2,
                                 "retired": 1, "total": 7}
     # Today in HCMC began at 17:00Z the day before: the scan at 23:00Z counts.

@@ -11,6 +11,10 @@ add its rule (who may use it) here. For each route and caller:
   path may well give 400/404/422: authorisation comes first);
 - a public route: the same status for anonymous as for an admin.
 
+A district officer without a district gets 403 on every route that is not public, as an
+API caller and on the pages (with no district to limit them to, a route that forgot the
+scope would show them everything).
+
 And every non-GET dashboard route refuses a request without the CSRF token, as does every
 non-GET API route called with the login cookie but without the X-CSRF-Token header.
 """
@@ -30,6 +34,7 @@ ADMIN, OPERATOR, OFFICER, HEALTH = "admin", "operator", "district_officer", "hea
 EVERYONE = frozenset({ADMIN, OPERATOR, OFFICER, HEALTH})
 PUBLIC = "public"
 ROLES = (ADMIN, OPERATOR, OFFICER, HEALTH)
+NO_DISTRICT = "officer_without_district"  # a district officer's account with no district
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ RULES = [
     Rule("POST", r"^/logout$", PUBLIC),
     # the JSON API
     Rule("GET", r"^/api/v1/audit$", roles(ADMIN)),
+    Rule("*", r"^/api/v1/(users|tokens)(/|$)", roles(ADMIN)),
     Rule("*", r"^/api/v1/trace$", roles(ADMIN, HEALTH)),
     Rule("*", r"^/api/v1/alerts/", roles(ADMIN)),
     Rule("POST", r"^/api/v1/status/", roles(ADMIN, OPERATOR, HEALTH)),
@@ -73,9 +79,13 @@ RULES = [
     Rule("GET", r"^/live/home$", EVERYONE, anon="401"),  # a script's fetch: no redirect
     Rule("GET", r"^/(kiosks(/<kiosk_id>)?|stats|lists/status)?$", EVERYONE),
     Rule("POST", r"^/lists/status/(preview|apply)$", roles(ADMIN, OPERATOR, HEALTH)),
+    Rule("GET", r"^/(lists/trust|policies|policies/<deployment>/<name>|valuesets)$", EVERYONE),
+    Rule("POST", r"^/(lists/trust|policies/import|policies/assign)/(preview|apply)$",
+         roles(ADMIN, OPERATOR)),
     Rule("GET", r"^/audit$", roles(ADMIN)),
     Rule("GET|POST", r"^/trace$", roles(ADMIN, HEALTH)),
     Rule("GET|POST", r"^/alerts(/|$)", roles(ADMIN)),
+    Rule("GET|POST", r"^/(users|tokens)(/|$)", roles(ADMIN)),
 ]
 
 # Values for the path's placeholders: real where a wrong one would end the request before
@@ -120,8 +130,13 @@ class Callers:
                                         district.id if role == OFFICER else None)
                 s.flush()
                 self.tokens[role] = {"Authorization": f"Bearer {auth.create_token(s, user, 't')}"}
+            # made before the rule that officers need a district: accounts.py refuses it now
+            user = auth.create_user(s, NO_DISTRICT, PASSWORD, OFFICER, None)
+            s.flush()
+            self.tokens[NO_DISTRICT] = {
+                "Authorization": f"Bearer {auth.create_token(s, user, 't')}"}
             s.commit()
-        for role in ROLES:
+        for role in ROLES + (NO_DISTRICT,):
             self.clients[role], self.csrf[role] = self.logged_in(role)
         self.clients[None], self.csrf[None] = self.anonymous()
 
@@ -182,11 +197,13 @@ def test_every_route_has_a_rule_every_role_gets_what_it_says_and_changes_need_cs
                 anonymous = call(callers, None, method, path, True)
                 as_admin = call(callers, ADMIN, method, path, True)
             else:
-                # fresh sessions: a public POST (logout) must not end the shared ones
+                # fresh sessions: the public POST (logout) ends the admin's sessions, all of them
                 anonymous, as_admin = (
                     client.open(path, method=method,
                                 data={"csrf_token": token} if method != "GET" else None)
                     for client, token in (callers.anonymous(), callers.logged_in(ADMIN)))
+            if method != "GET" and not is_api:  # logout ends every admin session
+                callers.clients[ADMIN], callers.csrf[ADMIN] = callers.logged_in(ADMIN)
             if anonymous.status_code in (403, 500) or \
                     anonymous.status_code != as_admin.status_code:
                 problems.append(f"{where}: public, but anonymous got {anonymous.status_code} "
@@ -208,6 +225,10 @@ def test_every_route_has_a_rule_every_role_gets_what_it_says_and_changes_need_cs
                                     f"{response.get_data(as_text=True)[:200]}")
             elif status != 403 or is_csrf_refusal(response):
                 problems.append(f"{where}: {role} may not, but got {status}")
+        response = call(callers, NO_DISTRICT, method, path, is_api)
+        if response.status_code != 403 or is_csrf_refusal(response):
+            problems.append(f"{where}: a district officer without a district got "
+                            f"{response.status_code}, expected 403")
     assert not problems, "\n".join(problems)
     # (one test with the CSRF check below: each database set-up with five logins costs
     # seconds)

@@ -517,3 +517,24 @@ def test_issuer_mint_without_issuer(capsys, tmp_path):
         capsys, "issuer", "mint", "--dir", str(tmp_path / "none"), "--type", "v",
         "--date", "2021-08-01", "--iat", "2021-06-01T00:00:00Z", "--exp", "2022-06-01T00:00:00Z")
     assert code == 2 and "issuer init" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["greengate-fleet", "--config", "{cfg}", "bundles", "key", "--create"],
+    ["greengate-kiosk", "verify", "--at", AT, "HC1:not-a-certificate"],
+])
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, argv):
+    """`greengate-fleet bundles key | head`: stdout is a pipe whose reader is gone before the
+    first write. The shell's status for SIGPIPE (141), no traceback."""
+    cfg = tmp_path / "fleet.toml"
+    cfg.write_text(f'[bundles]\nsigning_key = "{tmp_path / "pki" / "bundle.key"}"\n')
+    argv = [str(Path(sys.executable).parent / argv[0])] + [a.format(cfg=cfg) for a in argv[1:]]
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from fleet.app import create_app
 from fleet.config import load
 from fleet.metrics import FleetCollector
-from fleet.models import District, Kiosk, Location, Outage, PublishedBundle, Scan, ScanSummary
+from fleet.models import STATES, District, Kiosk, Location, Outage, PublishedBundle, Scan, ScanSummary
 from tests.fleetdata import HOUR, NOW, scan, seed
 
 
@@ -52,10 +52,16 @@ def expected_from_db(sessions) -> dict:
     summed = Counter()
     for row in summaries:
         summed[row.decision] += row.count
+    # every state of every district (and of none) is a series, 0 when empty
+    places = [""] + sorted(districts.values())
+    per_state = {(("district", d), ("state", st)): 0 for d in places for st in STATES}
+    per_state.update(Counter((("district", where[k.id]), ("state", k.state)) for k in kiosks))
+    open_now = {(("district", d),): 0 for d in places}
+    open_now.update(Counter((("district", where.get(o.kiosk_id, "")),) for o in outages
+                            if o.ended is None))
     return {
-        "kiosks": dict(Counter((("district", where[k.id]), ("state", k.state)) for k in kiosks)),
-        "outages": dict(Counter((("district", where.get(o.kiosk_id, "")),) for o in outages
-                                if o.ended is None)),
+        "kiosks": per_state,
+        "outages": open_now,
         "version": {key: b.version for key, b in newest.items()},
         "issued": {key: b.issued_at for key, b in newest.items()},
         "stored": dict(Counter((("decision", r.decision),) for r in scans)),
@@ -99,8 +105,10 @@ def test_metrics_match_the_database_and_follow_it(metrics_app):
     assert named(values, "greengate_fleet_kiosks")[(("district", ""), ("state", "retired"))] == 1
     assert named(values, "greengate_fleet_bundle_version")[(("deployment", "test"),
                                                            ("kind", "trust"))] == 5
-    assert named(values, "greengate_fleet_open_outages") == {(("district", "q1"),): 1,
-                                                             (("district", "q3"),): 1}
+    # a district without an outage and "no district" read 0, not nothing
+    assert named(values, "greengate_fleet_open_outages") == {
+        (("district", ""),): 0, (("district", "q1"),): 1, (("district", "q3"),): 1}
+    assert named(values, "greengate_fleet_kiosks")[(("district", "q3"), ("state", "degraded"))] == 0
 
     # Scans, a summary, a kiosk coming back: the next scrape reads the database again.
     with sessions() as s:
@@ -125,7 +133,8 @@ def test_metrics_match_the_database_and_follow_it(metrics_app):
     assert named(values, "greengate_fleet_scans_summarized") == {(("decision", "red"),): 17}
     assert named(values, "greengate_fleet_newest_scan_age_seconds") == {(): 20.0}
     assert named(values, "greengate_fleet_scan_delay_seconds") == {(): 30.0}
-    assert named(values, "greengate_fleet_open_outages") == {(("district", "q1"),): 1}
+    assert named(values, "greengate_fleet_open_outages") == {
+        (("district", ""),): 0, (("district", "q1"),): 1, (("district", "q3"),): 0}
     assert named(values, "greengate_fleet_kiosks")[(("district", "q3"), ("state", "online"))] == 1
 
 

@@ -69,13 +69,36 @@ def test_first_contact_then_heartbeats_change_nothing(tracker):
     changes = tracker.take_changes()
     assert [(c.previous, c.state, c.session, c.create) for c in changes] == \
         [(NEVER_SEEN, ONLINE, 3, True)]  # a kiosk the database did not have: created
-    for i in range(5):
+    # the connection's first heartbeat is written at once (the pages show its bundles)
+    tracker.heartbeat("k1", beat(3), T0)
+    assert [(c.previous, c.state, c.heartbeat) for c in tracker.take_changes()] == \
+        [(None, ONLINE, beat(3))]
+    for i in range(1, 5):
         tracker.heartbeat("k1", beat(3), T0 + 5 * i)
         assert tracker.sweep(T0 + 5 * i + 1) == []
     assert tracker.take_changes() == []  # nothing written per heartbeat...
     seen = tracker.take_seen()  # ... only last_seen / heartbeat, flushed in bulk
     assert seen == [("k1", T0 + 20, beat(3))]
     assert tracker.take_seen() == []
+
+
+def test_bundles_arriving_after_the_first_heartbeat_are_written_at_once(tracker):
+    """A kiosk's first heartbeat goes out on connecting, before its retained bundles are
+    applied: the heartbeat that first holds them must reach the database at once, not at
+    the next flush, or its page shows "missing" for minutes. Later versions (every status
+    update) are flushed in bulk as before."""
+    tracker.presence("k1", online(3), T0)
+    tracker.take_changes()
+    empty = {**beat(3), "bundles": {"trust": None, "policy": None, "status": None}}
+    tracker.heartbeat("k1", empty, T0 + 1)
+    assert [c.heartbeat["bundles"] for c in tracker.take_changes()] == [empty["bundles"]]
+    tracker.heartbeat("k1", beat(3), T0 + 1.3)
+    assert [c.heartbeat["bundles"] for c in tracker.take_changes()] == \
+        [{"trust": 1, "policy": 1, "status": 1}]
+    newer = {**beat(3), "bundles": {"trust": 1, "policy": 1, "status": 2}}
+    tracker.heartbeat("k1", newer, T0 + 60)
+    assert tracker.take_changes() == []
+    assert tracker.take_seen() == [("k1", T0 + 60, newer)]
 
 
 @pytest.mark.parametrize("kwargs, detail", [
@@ -491,9 +514,11 @@ def test_a_kiosk_fault_is_the_cause_on_the_api_and_the_pages(fleet_config, broke
         auth.create_user(session, "viewer", PASSWORD, "operator")
         session.commit()
     web = client_for(fleet_app, "viewer")
-    for url in ("/kiosks", "/kiosks/k1"):
+    for url in ("/kiosks", "/kiosks/k1"):  # the stored cause, in the reader's language
         page = web.get(url).get_data(as_text=True)
-        assert cause in page, url
+        assert "bộ nhớ lưu trữ: cơ sở dữ liệu hoặc ổ đĩa đã đầy" in page, url
+        assert cause in web.get(url + "?lang=en").get_data(as_text=True), url
+        web.get("/?lang=vi")
     page = web.get("/kiosks/k1").get_data(as_text=True)
     assert "7 giữ trong bộ nhớ" in page and "2 bị mất" in page  # the pages speak Vietnamese
     r.publish_heartbeat(dict(doc, faults=[], memory=0, outbox=0))

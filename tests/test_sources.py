@@ -81,7 +81,7 @@ class FakePicamera2:
         width, height = self.config["main"]["size"]
         if self.config["main"]["format"] == "YUV420":
             array = np.full((height * 3 // 2, width), 128, np.uint8)
-            array[:height] = self.frames  # Y plane: the frame number as its grey level
+            array[:height] = self.frames % 256  # Y plane: the frame number as its grey level
             return array
         array = np.zeros((height, width, 3), np.uint8)
         array[:, :, 2] = 255  # pure red in BGR order

@@ -278,7 +278,8 @@ def test_revoke_by_qr_text_of_a_real_certificate(lists, es256, untrusted, make_v
     ([{"ci": "A1", "key": "00" * 16}], "exactly one of"),
     ([{"reason": "why"}], "exactly one of"),
     ([{"qr": "URN:UVCI:01:VN:X"}], "must start with 'HC1:'"),
-    ([{"ci": "URN:UVCI:01:VN:X"}, {"ci": " URN:UVCI:01:VN:X "}], "entry 1 names the same"),
+    ([{"ci": "URN:UVCI:01:VN:X"}, {"ci": " URN:UVCI:01:VN:X "}],
+     "entry 2 names the same certificate as entry 1"),
     ([{"ci": "A1", "reason": 7}], "'reason' must be text"),
 ])
 def test_bad_batches_change_nothing_and_say_why(lists, items, words):

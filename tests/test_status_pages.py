@@ -11,11 +11,12 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from fleet import auth, bundles, trust_list
-from fleet.models import AuditLog, StatusEntry, User
+from fleet.models import AuditLog, StatusEntry
 from greengate.status import cert_hash
+from tests.conftest_fleet import assign_officer_a_district
 
 PASSWORD = "correct horse battery"
 CI = "URN:UVCI:01:VN:PAGE0001"
@@ -137,9 +138,8 @@ def test_suspension_in_vietnam_time_by_qr_text_and_bad_input(site, fleet_db, fle
 
 
 def test_who_may_see_and_change_the_list_and_the_audit_log(site, fleet_db):
-    with fleet_db() as s:
-        s.execute(update(User).where(User.username == "officer").values(district_id=None))
-        s.commit()
+    # (an officer without a district gets 403 on every page: tests/test_authorisation.py)
+    assign_officer_a_district(fleet_db)
     officer = site.test_client()
     token = login(officer, "officer")
     page = officer.get("/lists/status").get_data(as_text=True)

@@ -18,6 +18,7 @@ from fleet import bundles, migrate, value_sets
 from fleet.db import make_engine
 from fleet.models import AuditLog, ValueSet
 from greengate import bundle as gg_bundle
+from tests.conftest_fleet import assign_officer_a_district
 
 VENDORED = Path(__file__).resolve().parents[1] / "greengate" / "data" / "dcc-valuesets"
 NAMES = "vaccines-covid-19-names"
@@ -30,6 +31,7 @@ def fleet(api, fleet_config):
         bundles.ensure_issued(session, fleet_config, "test")
     api.pub = key.public_key()
     api.config = fleet_config
+    assign_officer_a_district(api.sessions)
     return api
 
 
@@ -196,7 +198,7 @@ def test_migration_0007_converts_stored_legacy_policies_and_resigns_them(databas
             c.execute(text("INSERT INTO bundle (deployment, kind, version, issued_at, raw, "
                            "etag) VALUES ('test', 'policy', 4, 1, :raw, 'e')"), {"raw": b"old"})
         migrate.upgrade(engine)
-        assert migrate.current(engine) == migrate.head() == "0007"
+        assert migrate.current(engine) == migrate.head()
         assert "value_set" in inspect(engine).get_table_names()
         with engine.connect() as c:
             doc, by = c.execute(text("SELECT document, updated_by FROM policy")).one()
@@ -232,7 +234,7 @@ def test_migration_0007_on_an_empty_database_needs_no_converter(database_url):
     engine = make_engine(database_url)
     try:
         migrate.upgrade(engine)
-        assert migrate.current(engine) == "0007"
+        assert migrate.current(engine) == migrate.head()
     finally:
         engine.dispose()
 

@@ -97,8 +97,11 @@ def enrol():
         raise _fail(session, 410, "this enrolment token has expired; make a new one with "
                                   "`greengate-provision enrol --token`", address)
     kiosk = session.get(Kiosk, row.kiosk_id)
-    if kiosk is None or kiosk.state == RETIRED:
-        raise _fail(session, 410, f"kiosk {row.kiosk_id!r} is retired or gone", address)
+    if kiosk is not None and kiosk.state == RETIRED:
+        raise _fail(session, 410, f"kiosk {row.kiosk_id!r} is retired; a retired id is not "
+                                  "used again: enrol the kiosk under a new id", address)
+    if kiosk is None:
+        raise _fail(session, 410, f"kiosk {row.kiosk_id!r} is gone", address)
     spent = session.execute(update(EnrolmentToken).where(
         EnrolmentToken.id == row.id, EnrolmentToken.used_at.is_(None))
         .values(used_at=at, used_from=address)).rowcount
@@ -119,9 +122,7 @@ def enrol():
         if location is not None and location.district_id else None
     spec = provisioning_enrol.KioskSpec(kiosk.id, kiosk.deployment, kiosk.policy, location,
                                         district)
-    text = provisioning_enrol.kiosk_toml(
-        spec, broker_host=config.enrol.broker_host or config.mqtt.host,
-        broker_port=config.enrol.broker_port, http_url=config.enrol.http_url)
+    text = provisioning_enrol.kiosk_toml(spec, **provisioning_enrol.endpoints(config, pki))
     session.commit()
     return jsonify(kiosk=kiosk.id,
                    certificate=cert.public_bytes(serialization.Encoding.PEM).decode(),

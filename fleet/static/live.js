@@ -12,9 +12,15 @@
   var every = parseInt(root.getAttribute("data-poll"), 10) || 3000;
   var title = document.title;
 
-  function say(key) {
-    var now = new Date();
-    var time = [now.getHours(), now.getMinutes(), now.getSeconds()].map(function (n) {
+  // The page's times are Vietnam time whatever the browser's zone (docs/dashboard.md):
+  // the server's clock (the answer's Date header) shifted by the zone's offset, which
+  // the page carries (ICT has no summer time); the browser's clock only without a Date.
+  var offset = parseInt(status.getAttribute("data-utc-offset"), 10) || 0;
+
+  function say(key, served) {
+    var ms = served ? Date.parse(served) : NaN;
+    var now = new Date((isNaN(ms) ? Date.now() : ms) + offset * 1000);
+    var time = [now.getUTCHours(), now.getUTCMinutes(), now.getUTCSeconds()].map(function (n) {
       return (n < 10 ? "0" : "") + n;
     }).join(":");
     status.textContent = status.getAttribute(key).replace("%(time)s", time);
@@ -27,14 +33,15 @@
                 credentials: "same-origin", cache: "no-store"})
       .then(function (r) {
         if (r.status === 401) { say("data-msg-login"); return "stop"; }
-        if (r.status === 304) { say("data-msg-live"); return null; }
+        var served = r.headers.get("Date");
+        if (r.status === 304) { say("data-msg-live", served); return null; }
         if (!r.ok) throw new Error("HTTP " + r.status);
         etag = r.headers.get("ETag") || etag;
         return r.json().then(function (data) {
           root.innerHTML = data.html;
           var down = data.counts.offline;
           document.title = (down ? "(" + down + ") " : "") + title;
-          say("data-msg-live");
+          say("data-msg-live", served);
         });
       })
       .then(function (result) { if (result !== "stop") setTimeout(poll, every); },

@@ -13,7 +13,8 @@ from flask import Blueprint, g, redirect, render_template, request, url_for
 from flask_babel import get_locale
 from flask_babel import gettext as _
 
-from ..auth import AuthError, SAFE_METHODS, check_csrf, csrf_token, current_user
+from ..auth import (AuthError, SAFE_METHODS, check_csrf, csrf_token, current_user,
+                    require_district)
 
 bp = Blueprint("web", __name__, template_folder="../templates", static_folder="../static",
                static_url_path="/static")
@@ -49,6 +50,8 @@ def page(*roles: str):
                 return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
             if roles and user.role not in roles and user.role != ADMIN:
                 raise AuthError(403, _("Your role may not open this page."))
+            require_district(user, _("Your district officer account has no district; ask "
+                                     "an admin to assign one."))
             g.actor = user.username
             return view(*args, **kwargs)
         return wrapper
@@ -69,3 +72,7 @@ from . import trace_views  # noqa: E402,F401
 from . import kiosks  # noqa: E402,F401
 from . import stats  # noqa: E402,F401
 from . import alerts_views  # noqa: E402,F401
+from . import trust_views  # noqa: E402,F401
+from . import policy_views  # noqa: E402,F401
+from . import valuesets_views  # noqa: E402,F401
+from . import users_views  # noqa: E402,F401

@@ -16,6 +16,7 @@ import time
 
 from flask import Blueprint, g, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from markupsafe import Markup
 from sqlalchemy import or_, select
 
 from ..alerts import FAILED, PENDING, RuleError, apply_rule, rule_dict
@@ -44,6 +45,31 @@ def _deliveries(session, where=None, limit=RECENT):
     return session.execute(stmt).all()
 
 
+def dispatcher_email(session) -> dict:
+    """What the database shows of the *dispatcher's* e-mail setting. The dispatcher is
+    its own process with its own configuration file; this web server's [alerts] may
+    differ, so the page says what the dispatcher did: its newest e-mail message, or its
+    newest alert for a rule naming addresses that went out with no e-mail (its
+    smtp_host is empty). {"state": "on"|"off"|"unknown", "at", "status", "rule"}."""
+    mail = session.execute(select(AlertDelivery.created_at, AlertDelivery.status)
+                           .where(AlertDelivery.channel == "email")
+                           .order_by(AlertDelivery.id.desc()).limit(1)).first()
+    has_mail = (select(AlertDelivery.id).where(AlertDelivery.episode_id == AlertEpisode.id,
+                                                AlertDelivery.channel == "email").exists())
+    # an alert decided after the rule's last edit (so the rule named the addresses then)
+    skipped = session.execute(
+        select(AlertEpisode.alerted_at, AlertRule.name)
+        .join(AlertRule, AlertEpisode.rule_id == AlertRule.id)
+        .where(AlertRule.emails != "", AlertEpisode.alerted_at >= AlertRule.updated_at,
+               ~has_mail)
+        .order_by(AlertEpisode.alerted_at.desc()).limit(1)).first()
+    if skipped is not None and (mail is None or skipped.alerted_at > mail.created_at):
+        return {"state": "off", "at": skipped.alerted_at, "rule": skipped.name}
+    if mail is not None:
+        return {"state": "on", "at": mail.created_at, "status": mail.status}
+    return {"state": "unknown"}
+
+
 def _page(session, form=None, error=None, editing=None, status=200):
     rules = [rule_dict(session, r) for r in session.scalars(select(AlertRule)
                                                             .order_by(AlertRule.id))]
@@ -55,7 +81,9 @@ def _page(session, form=None, error=None, editing=None, status=200):
     return render_template("alerts.html", rules=rules, districts=districts, kinds=ALERT_KINDS,
                            form=form, error=error, editing=editing,
                            recent=_deliveries(session), problems=problems,
-                           email_on=bool(config.smtp_host),
+                           email_here=config.smtp_host,
+                           code=lambda text: Markup("<code>%s</code>") % text,
+                           email=dispatcher_email(session),
                            grace=config.grace_seconds), status
 
 

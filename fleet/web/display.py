@@ -6,6 +6,7 @@ and the API never disagree about the fleet or about who may see what."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -43,6 +44,148 @@ REASON_LABELS = {
 }
 
 
+# --- values from the database and the kiosks, in the reader's language ----------------
+# The fleet stores presence details and outage causes as the English text fleet/presence.py
+# writes (stable: the API, alerts and old rows keep them); the pages translate them here,
+# pattern by pattern. What no pattern knows (a kiosk's own words, e.g. an OS error) is
+# shown as it came, marked lang="en" and quoted, after a translated label of its kind.
+FAULT_LABELS = {"config": _l("configuration"), "storage": _l("storage"),
+                "source": _l("camera or scanner"), "lists": _l("lists"), "clock": _l("clock")}
+CLOCK_LABELS = {"synced": _l("synchronised"), "floor": _l("time floor only"),
+                "unknown": _l("unknown")}
+LISTS_LABELS = {"fresh": _l("fresh"), "stale": _l("stale"), "missing": _l("missing")}
+CAUSE_LABELS = {"connection lost": _l("connection lost"), "stopped": _l("stopped"),
+                "silent": _l("silent"), "retired": _l("retired")}
+# fixed texts: fleet/presence.py's, and the kiosk's own fault details (device/kiosk.py,
+# device/state.py, device/sources.py) and SQLite's commonest storage errors
+DETAIL_LABELS = {
+    "connection lost": _l("connection lost"), "stopped": _l("stopped"),
+    "retired": _l("retired"), "lists stale": _l("lists stale"),
+    "lists missing": _l("lists missing"), "clock unknown": _l("clock unknown"),
+    "not enrolled: first heard by the presence tracker":
+        _l("not enrolled: first heard by the presence tracker"),
+    "no fresh lists for longer than the offline budget":
+        _l("no fresh lists for longer than the offline budget"),
+    "lists older than the offline budget": _l("lists older than the offline budget"),
+    "no trust list, policy or status list yet": _l("no trust list, policy or status list yet"),
+    "the pinned fleet key cannot be used: no list can be trusted":
+        _l("the pinned fleet key cannot be used: no list can be trusted"),
+    "no NTP and no time floor yet": _l("no NTP and no time floor yet"),
+    "clock outside the time floor and no NTP": _l("clock outside the time floor and no NTP"),
+    "database or disk is full": _l("database or disk is full"),
+    "disk I/O error": _l("disk I/O error"), "attempt to write a readonly database":
+        _l("attempt to write a readonly database"),
+    "No space left on device": _l("No space left on device"),
+    "Read-only file system": _l("Read-only file system"),
+    "camera lost: it stopped delivering": _l("camera lost: it stopped delivering"),
+    "scanner lost: it stopped delivering": _l("scanner lost: it stopped delivering"),
+}
+_SILENT = re.compile(r"^silent: (?:nothing heard|no heartbeat) for (?P<s>[0-9.]+) s(?P<re> since the fleet "
+                     r"\(re\)connected)?$")
+_OUTBOX = re.compile(r"^outbox over (?P<n>[0-9]+)$")
+_POLICY = re.compile(r"^policy (?P<assigned>\S+) assigned, (?P<applied>\S+) applied$")
+_DEVICE = re.compile(r"^(?P<what>camera|scanner) (?P<how>not found|lost): (?P<why>.+)$")
+_FAULT = re.compile(r"^(?P<kind>config|storage|source|lists|clock): (?P<detail>.*)$", re.S)
+
+
+def _theirs(text: str) -> Markup:
+    """Words no pattern knows (a kiosk's, an OS's): as they came, marked as English."""
+    return Markup('<q lang="en" class="as-sent">%s</q>') % text
+
+
+# device/kiosk.py names the writer of the data directory that fails: "<error> (clock)"
+_WRITER = re.compile(r"^(?P<error>.+) \((?P<part>clock|session|bundles)\)$")
+WRITER_LABELS = {"clock": _l("clock"), "session": _l("session"), "bundles": _l("bundles")}
+
+
+def _phrase(text: str) -> Markup:
+    """One fixed phrase (a kiosk's fault detail) in the reader's language, or as sent."""
+    text = text.strip()
+    known = DETAIL_LABELS.get(text)
+    if known is not None:
+        return escape(str(known))
+    match = _WRITER.match(text)
+    if match:
+        return _phrase(match["error"]) + escape(f" ({WRITER_LABELS[match['part']]})")
+    match = _DEVICE.match(text)
+    if match:
+        what = _("camera") if match["what"] == "camera" else _("scanner")
+        how = _("not found") if match["how"] == "not found" else _("lost")
+        return escape(f"{what} {how}: ") + _phrase(match["why"])
+    return _theirs(text)
+
+
+def _part(text: str) -> Markup:
+    known = DETAIL_LABELS.get(text)
+    if known is not None:
+        return escape(str(known))
+    match = _SILENT.match(text)
+    if match:
+        seconds = match["s"]
+        if match["re"]:
+            return escape(_("silent: nothing heard for %(s)s s since the fleet (re)connected",
+                            s=seconds))
+        return escape(_("silent: nothing heard for %(s)s s", s=seconds))
+    match = _OUTBOX.match(text)
+    if match:
+        return escape(_("outbox over %(n)s", n=match["n"]))
+    match = _POLICY.match(text)
+    if match:
+        return escape(_("policy %(assigned)s assigned, %(applied)s applied",
+                        assigned=match["assigned"], applied=match["applied"]))
+    match = _FAULT.match(text)
+    if match:
+        return escape(f"{FAULT_LABELS[match['kind']]}: ") + _phrase(match["detail"])
+    return _theirs(text)
+
+
+@bp.app_template_filter("detail_label")
+def detail_label(value) -> Markup:
+    """A kiosk's presence detail (Kiosk.detail, PresenceEvent.detail: "; "-joined reasons
+    of fleet/presence.py) in the reader's language; "" for none."""
+    if not value:
+        return Markup("")
+    return Markup("; ").join(_part(part) for part in str(value).split("; ") if part)
+
+
+@bp.app_template_filter("cause_label")
+def cause_label(value) -> Markup:
+    """An outage's cause (Outage.cause: the detail's first word(s), fleet/presence.py)."""
+    if not value:
+        return Markup("—")
+    known = CAUSE_LABELS.get(str(value))
+    return escape(str(known)) if known is not None else _theirs(str(value))
+
+
+@bp.app_template_filter("fault_label")
+def fault_label(kind) -> str:
+    return str(FAULT_LABELS.get(kind, kind or "—"))
+
+
+@bp.app_template_filter("fault_detail")
+def fault_detail(value) -> Markup:
+    return _phrase(str(value)) if value else Markup("")
+
+
+BUNDLE_LABELS = {"trust": _l("trust list"), "policy": _l("policies"),
+                 "status": _l("status list")}
+
+
+@bp.app_template_filter("bundle_label")
+def bundle_label(kind) -> str:
+    return str(BUNDLE_LABELS.get(kind, kind))
+
+
+@bp.app_template_filter("clock_label")
+def clock_label(value) -> str:
+    return "—" if not value else str(CLOCK_LABELS.get(value, value))
+
+
+@bp.app_template_filter("lists_label")
+def lists_label(value) -> str:
+    return "—" if not value else str(LISTS_LABELS.get(value, value))
+
+
 def _epoch(value) -> float | None:
     """Epoch seconds from the API's ISO strings (or numbers); None, and anything that is
     not a time, is None."""
@@ -67,6 +210,13 @@ def localtime(value, fmt: str = "%d/%m %H:%M") -> str:
         return datetime.fromtimestamp(ts, timezone.utc).astimezone(LOCAL_TZ).strftime(fmt)
     except (OverflowError, ValueError, OSError):
         return "—"
+
+
+def utc_offset(at: float) -> int:
+    """Seconds Vietnam time is ahead of UTC at `at` (the home page's poller shows its
+    "updated at" in Vietnam time whatever the browser's own zone)."""
+    moment = datetime.fromtimestamp(at, timezone.utc).astimezone(LOCAL_TZ)
+    return int(moment.utcoffset().total_seconds())
 
 
 @bp.app_template_filter("duration")

@@ -76,7 +76,8 @@ def home():
     data = home_data(db(), now())
     _body, etag, html = live_payload(data)
     return render_template("home.html", etag=etag, poll_ms=POLL_SECONDS * 1000,
-                           live_url=url_for("web.home_live"), live_html=html, **data)
+                           live_url=url_for("web.home_live"), live_html=html,
+                           utc_offset=display.utc_offset(data["at"]), **data)
 
 
 @bp.get("/live/home")

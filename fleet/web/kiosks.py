@@ -6,13 +6,13 @@ caller's scope, through the API's own query functions: another district's kiosk 
 
 from __future__ import annotations
 
-from flask import render_template, request
+from flask import render_template, request, url_for
 from sqlalchemy import func, select
 
 from .. import quarantine
 from ..api import ApiError
-from ..api.activity import TRACERS, scan_where, silent_kiosks
-from ..api.common import CODE, caller, now, scope
+from ..api.activity import TRACERS, last_scans, scan_where, silent_ids
+from ..api.common import CODE, caller, iso, now, scope
 from ..api.fleet_objects import KIOSK_ID, find_kiosks, kiosk_detail
 from ..api.quarantined import READERS as QUARANTINE_READERS
 from ..app import current_fleet, db
@@ -20,7 +20,9 @@ from ..models import STATES, District, Location, Scan, ScanSummary
 from . import bp, display, page  # noqa: F401  (display registers the filters)
 
 RANGES = {"24h": 24, "7d": 7 * 24}  # the decision counts' windows, in hours
-QUARANTINE_SHOWN = 20  # the newest; GET /api/v1/quarantine?kiosk= pages through all
+QUARANTINE_SHOWN = 20
+PAGE_SIZE = 50  # kiosks per page of /kiosks: about 40 kB of HTML
+LOCATIONS_LISTED = 200  # more: the location filter offers the chosen district's only  # the newest; GET /api/v1/quarantine?kiosk= pages through all
 
 
 def _code(name: str) -> str | None:
@@ -30,8 +32,12 @@ def _code(name: str) -> str | None:
     return value if CODE.match(value) else None
 
 
-def places(session) -> tuple[list[District], list[tuple[Location, District | None]]]:
-    """The districts and locations the caller may filter on (an officer: their own)."""
+def places(session, district: str | None = None, location: str | None = None
+           ) -> tuple[list[District], list[tuple[Location, District | None]] | None]:
+    """The districts and locations the caller may filter on (an officer: their own).
+    With more than LOCATIONS_LISTED locations, only the chosen district's are offered
+    (and a location already chosen): 2,000 options were most of a page's HTML and time
+    (bench/dashboard.py). None: choose a district first."""
     limited = scope()
     districts = select(District).order_by(District.name)
     locations = (select(Location, District).outerjoin(District, Location.district_id == District.id)
@@ -39,12 +45,30 @@ def places(session) -> tuple[list[District], list[tuple[Location, District | Non
     if limited is not None:
         districts = districts.where(District.id == limited)
         locations = locations.where(Location.district_id == limited)
-    return list(session.scalars(districts)), list(session.execute(locations).all())
+    districts = list(session.scalars(districts))
+    if limited is None and district is None and session.scalar(
+            select(func.count(Location.id))) > LOCATIONS_LISTED:
+        if location is None:
+            return districts, None
+        locations = locations.where(Location.code == location)
+    elif district is not None:
+        locations = locations.where(District.code == district)
+    return districts, list(session.execute(locations).all())
+
+
+def _page_number() -> int:
+    """?page= (1-based); anything that is not a positive number is the first page."""
+    value = (request.args.get("page") or "").strip()
+    return int(value) if value.isdigit() and 0 < len(value) <= 6 and int(value) > 0 else 1
 
 
 @bp.get("/kiosks")
 @page()
 def kiosks_page():
+    """One page of PAGE_SIZE kiosks (offsets: the order is by state and time, and the
+    count says how many pages there are); the filters travel in every page link. At
+    10,000 kiosks the unpaged list was 7 MB of HTML and over a second per request
+    (docs/dashboard.md, "Kiosk list")."""
     session = db()
     at = now()
     state = request.args.get("state") or None
@@ -53,16 +77,40 @@ def kiosks_page():
     silent = request.args.get("silent") == "1"
     filters = {"district": _code("district"), "location": _code("location"), "state": state,
                "q": search or "", "silent": silent}
-    items = find_kiosks(session, at, district=filters["district"], location=filters["location"],
-                        states=[state] if state else None, order="attention", search=search)
+    query = dict(district=filters["district"], location=filters["location"],
+                 states=[state] if state else None, search=search)
     silent_hours = current_fleet().config.web.silent_hours
     if silent:
-        quiet = {k["id"]: k for k in silent_kiosks(session, at, silent_hours * 60)}
-        items = [dict(k, last_scan=quiet[k["id"]]["last_scan"]) for k in items if k["id"] in quiet]
-    districts, locations = places(session)
+        # thousands may be silent: their ids in the list's order (one query), then one
+        # page of them (an IN list of thousands in a count cost 250 ms at 10,000 kiosks)
+        quiet = silent_ids(at, silent_hours * 60)
+        matched = find_kiosks(session, at, order="attention", only_ids=True,
+                              **dict(query, ids=quiet))
+        total = len(matched)
+        pages = max(1, -(-total // PAGE_SIZE))
+        number = min(_page_number(), pages)
+        shown = matched[(number - 1) * PAGE_SIZE:number * PAGE_SIZE]
+        items = find_kiosks(session, at, order="attention", **dict(query, ids=shown))
+        scanned = last_scans(session, shown)
+        items = [dict(k, last_scan=iso(scanned.get(k["id"]))) for k in items]
+    else:
+        total = find_kiosks(session, at, count=True, **query)
+        pages = max(1, -(-total // PAGE_SIZE))
+        number = min(_page_number(), pages)
+        items = find_kiosks(session, at, order="attention", limit=PAGE_SIZE,
+                            offset=(number - 1) * PAGE_SIZE, **query)
+    districts, locations = places(session, filters["district"], filters["location"])
+    link = {key: value for key, value in (("district", filters["district"]),
+                                          ("location", filters["location"]),
+                                          ("state", state), ("q", search),
+                                          ("silent", "1" if silent else None)) if value}
     return render_template("kiosks.html", items=items, filters=filters, districts=districts,
                            locations=locations, states=STATES, officer=scope() is not None,
-                           silent_hours=silent_hours, at=at)
+                           silent_hours=silent_hours, at=at, total=total, page=number,
+                           pages=pages, first=(number - 1) * PAGE_SIZE + 1 if items else 0,
+                           last=(number - 1) * PAGE_SIZE + len(items),
+                           page_url=lambda n: url_for("web.kiosks_page", **link,
+                                                      **({"page": n} if n > 1 else {})))
 
 
 def decisions(session, kiosk_id: str, since: float, until: float) -> list[dict]:

@@ -130,8 +130,8 @@ def _check(fields: dict) -> tuple[list[dict], dict]:
 
 
 def _lines(message: str) -> str:
-    """The service counts entries from 0; the page shows lines from 1."""
-    return re.sub(r"\bentry (\d+)", lambda m: f"line {int(m.group(1)) + 1}", message)
+    """The service numbers entries from 1, as the page numbers its lines."""
+    return re.sub(r"\bentry (\d+)", lambda m: f"line {m.group(1)}", message)
 
 
 def _list_page(fields: dict | None = None, error: str | None = None, status: int = 200):

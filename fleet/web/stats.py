@@ -88,7 +88,7 @@ def stats_page():
     top = top[:TOP_REASONS]
     chart = display.bar_chart(hours, label_every=3 if window == "24h" else 24,
                               label_format="%Hh" if window == "24h" else "%d/%m")
-    districts, locations = places(session)
+    districts, locations = places(session, district_code, location_code)
     return render_template("stats.html", window=window, ranges=RANGES, chart=chart,
                            totals=totals, per_district=per_district, per_location=per_location,
                            top=top, districts=districts, locations=locations,
