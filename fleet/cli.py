@@ -13,6 +13,7 @@
     greengate-fleet [--config FILE] valuesets replace DIR         (EU value-set JSON files)
     greengate-fleet [--config FILE] policies import DIR [--name N] (EU rule files)
     greengate-fleet [--config FILE] policies assign NAME --kiosk ID [--kiosk ID ...]
+                                    | --location CODE | --district CODE
     greengate-fleet [--config FILE] scans purge [--days N]     (retention)
     greengate-fleet [--config FILE] alerts [--once]            (alert dispatcher)
 
@@ -109,8 +110,8 @@ def main(argv=None) -> int:
                                                "assign a policy to kiosks")
     policies.add_argument("action", choices=("import", "assign"),
                           help="import DIR: a folder of EU-format rule files (one rule per "
-                               "file) becomes policy --name; assign NAME: kiosks --kiosk apply "
-                               "policy NAME")
+                               "file) becomes policy --name; assign NAME: the kiosks named by "
+                               "--kiosk, --location or --district apply policy NAME")
     policies.add_argument("target", metavar="DIR|NAME")
     policies.add_argument("--name", help="import: the policy's name (default: the folder's)")
     policies.add_argument("--title", help="import: the policy's title")
@@ -118,6 +119,10 @@ def main(argv=None) -> int:
                           help="import: the policy's time zone (default UTC)")
     policies.add_argument("--kiosk", action="append", default=[], metavar="ID",
                           help="assign: this kiosk (repeatable)")
+    policies.add_argument("--location", metavar="CODE",
+                          help="assign: every kiosk (not retired) of the deployment there")
+    policies.add_argument("--district", metavar="CODE",
+                          help="assign: every kiosk (not retired) of the deployment there")
     _list_change_options(policies)
     policies.set_defaults(handler=_lazy("fleet.policies"))
 

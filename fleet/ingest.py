@@ -332,7 +332,6 @@ class IngestWorker:
 
     # --- MQTT (paho's network thread) ---------------------------------------------------
     def _make_client(self) -> mqtt.Client:
-        cfg = self.config
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5, manual_ack=True)
         client.reconnect_delay_set(0.5, 15)

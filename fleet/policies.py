@@ -263,8 +263,33 @@ def targets(session, deployment: str, *, kiosks=None, location_id: int | None = 
 
 
 # --- greengate-fleet policies ... ----------------------------------------------------
+def _named_kiosks(session, config, args) -> list[str]:
+    """The kiosk ids `policies assign` names: --kiosk ids, or a location's or a district's
+    kiosks of the deployment (by code, as the API and the dashboard name them)."""
+    from .models import District, Location
+    named = [flag for flag, value in (("--kiosk", args.kiosk), ("--location", args.location),
+                                      ("--district", args.district)) if value]
+    if len(named) != 1:
+        raise ListError("name at least one kiosk (--kiosk ID), or a location (--location "
+                        "CODE) or a district (--district CODE): one of the three", 400)
+    if args.kiosk:
+        return args.kiosk
+    deployment = bundles.command_deployment(config, args.deployment)
+    model, code = (Location, args.location) if args.location else (District, args.district)
+    what = "location" if args.location else "district"
+    row = session.scalar(select(model).where(model.code == code))
+    if row is None:
+        raise ListError(f"no {what} with code {code!r}", 404)
+    found = targets(session, deployment, **{f"{what}_id": row.id})
+    if not found:
+        raise ListError(f"no kiosk of deployment {deployment!r} is at {what} {code!r} "
+                        "(retired ones are left out)", 404)
+    return [kiosk.id for kiosk in found]
+
+
 def run(config, args) -> int:
-    """greengate-fleet policies import DIR --name N | assign NAME --kiosk ID..."""
+    """greengate-fleet policies import DIR --name N | assign NAME --kiosk ID... |
+    assign NAME --location CODE | assign NAME --district CODE"""
     from .db import make_engine, make_sessions
 
     engine = make_engine(config.database_url)
@@ -290,7 +315,8 @@ def _run(config, args, sessions) -> int:
                 changed = outcome != "unchanged"
                 deployments = [deployment]
             else:
-                version, kiosks = assign(session, config, args.target, args.kiosk,
+                version, kiosks = assign(session, config, args.target,
+                                         _named_kiosks(session, config, args),
                                          actor="cli", reason=args.reason or "")
                 print(f"policy {args.target!r} assigned to {', '.join(kiosks)}, policy "
                       f"bundle v{version}" if kiosks else

@@ -150,7 +150,7 @@ class Walk:
             "set -eE -o pipefail",
             f'cd "$(cat {self.state}/cwd)"',
             f". {self.state}/env.sh",
-            f"trap 'echo \"walkthrough-failed-line $LINENO: $BASH_COMMAND\" >&2' ERR",
+            "trap 'echo \"walkthrough-failed-line $LINENO: $BASH_COMMAND\" >&2' ERR",
         ]
         tail = [f"export -p > {self.state}/env.next", f"mv {self.state}/env.next "
                 f"{self.state}/env.sh", f"pwd > {self.state}/cwd"]

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 from cryptography.hazmat.primitives import serialization
 from paho.mqtt.enums import CallbackAPIVersion
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from device.state import BundleStore
 from fleet import bundles, kiosks
-from fleet.models import AuditLog, Kiosk, Policy
+from fleet.models import AuditLog, District, Kiosk, Location, Policy
 from greengate import bundle as gg_bundle
 
 RULES = Path(__file__).parent / "data" / "eu-rules"
@@ -122,6 +122,36 @@ def test_assign_puts_the_policy_in_the_signed_bundle_for_those_kiosks(fleet, cap
         assert cli("policies", "assign", *args, "--no-publish") == 2
         assert words in capsys.readouterr().err
     assert served(fleet, "policy")[1].version == 3
+
+
+def test_assign_by_location_and_district_names_their_kiosks(fleet, capsys):
+    """--location / --district CODE: the kiosks of the deployment there, as the API's and the
+    dashboard's assignment name them."""
+    with fleet.sessions() as s:
+        q7, q1 = District(code="q7", name="Quận 7"), District(code="q1", name="Quận 1")
+        s.add_all([q7, q1])
+        s.flush()
+        market = Location(code="q7-market", name="Chợ", address="", district_id=q7.id)
+        s.add(market)
+        s.flush()
+        s.get(Kiosk, "q7-a").location_id = market.id
+        kiosks.register(s, fleet.config, kiosk_id="q7-c", deployment="test",
+                        policy="hcmc-2021", location=None, actor="admin", at=1.0)
+        s.commit()
+    assert cli("policies", "import", str(RULES), "--name", "vn-eu", "--no-publish") == 0
+    capsys.readouterr()
+    assert cli("policies", "assign", "vn-eu", "--location", "q7-market", "--no-publish") == 0
+    assert "policy 'vn-eu' assigned to q7-a, policy bundle v3" in capsys.readouterr().out
+    assert served(fleet, "policy")[1].body["assigned"] == {
+        "q7-a": "vn-eu", "q7-b": "hcmc-2021", "q7-c": "hcmc-2021"}
+    assert cli("policies", "assign", "accept-valid", "--district", "q7", "--no-publish") == 0
+    assert "assigned to q7-a" in capsys.readouterr().out
+    for args, words in [(("--district", "q1"), "no kiosk of deployment 'test' is at district"),
+                        (("--location", "nowhere"), "no location with code 'nowhere'"),
+                        (("--district", "q7", "--kiosk", "q7-b"), "one of the three")]:
+        assert cli("policies", "assign", "vn-eu", *args, "--no-publish") == 2
+        assert words in capsys.readouterr().err
+    assert served(fleet, "policy")[1].version == 4
 
 
 def test_an_imported_rule_set_turns_a_certificate_red_on_the_kiosk(fleet, tmp_path, es256,

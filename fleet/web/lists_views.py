@@ -14,14 +14,12 @@ second submit, a form that skipped the preview). Both posts carry the CSRF token
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from flask import g, render_template, request, session, url_for
+from flask import g, render_template, request, url_for
 from flask_babel import gettext as _
 
 from .. import bundles, status_lists
@@ -31,6 +29,7 @@ from ..bundles import ListError
 from ..models import ADMIN, HEALTH_OFFICIAL, OPERATOR, REVOKED, SUSPENDED
 from ..publisher import hand_off
 from . import bp, page
+from .confirmation import confirmed, remember
 
 EDITORS = (OPERATOR, HEALTH_OFFICIAL)  # admin always may
 ACTIONS = ("revoke", "suspend", "reinstate")
@@ -89,10 +88,6 @@ def _form() -> dict:
             "certificates": form.get("certificates", "").replace("\r\n", "\n").strip("\n"),
             "until": form.get("until", "").strip(),
             "reason": form.get("reason", "").strip()}
-
-
-def _digest(fields: dict) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _items(fields: dict) -> list[dict]:
@@ -178,7 +173,7 @@ def status_preview():
     for entry in result.entries:
         row = status_lists.entry(db(), fields["deployment"], bytes.fromhex(entry["key"]))
         now_listed[entry["key"]] = status_lists.entry_dict(row) if row is not None else None
-    session[_PREVIEWED] = _digest(fields)
+    remember(_PREVIEWED, fields)
     return render_template("status_preview.html", fields=fields, result=result,
                            sources=[next(iter(i)) for i in items], now_listed=now_listed,
                            until=kwargs.get("until"))
@@ -188,11 +183,10 @@ def status_preview():
 @page(*EDITORS)
 def status_apply():
     fields = _form()
-    if request.form.get("confirm") != "yes" or session.get(_PREVIEWED) != _digest(fields):
-        raise AuthError(409, _("This change was not previewed as it stands, or it has been "
-                               "applied already. Start again from the status list, check the "
-                               "preview, then confirm."))
-    session.pop(_PREVIEWED, None)  # one confirm, one change
+    confirmed(_PREVIEWED, fields,
+              _("This change was not previewed as it stands, or it has been "
+                "applied already. Start again from the status list, check the "
+                "preview, then confirm."))
     user = current_user(db())
     try:
         items, kwargs = _check(fields)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 
-from flask import g, render_template, request, session, url_for
+from flask import g, render_template, request, url_for
 from flask_babel import get_locale
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
@@ -35,7 +35,8 @@ from ..bundles import ListError
 from ..models import ADMIN, OPERATOR, District, Kiosk, Location, RETIRED
 from ..publisher import hand_off
 from . import bp, page
-from .lists_views import _deployment, _digest
+from .confirmation import confirmed, remember
+from .lists_views import _deployment
 
 EDITORS = (OPERATOR,)  # admin always may
 MAX_FILES = 200
@@ -191,7 +192,7 @@ def policy_import_preview():
         "unchanged" if existing.document == document else "updated")
     fields["document"] = json.dumps(document, sort_keys=True, separators=(",", ":"),
                                     ensure_ascii=False)
-    session[_IMPORTED] = _digest(fields)
+    remember(_IMPORTED, fields)
     return render_template("policy_import_preview.html", fields=fields, rules=_rules(document),
                            files=[name for name, _data in files], outcome=outcome)
 
@@ -201,11 +202,10 @@ def policy_import_preview():
 def policy_import_apply():
     fields = _import_fields()
     fields["document"] = request.form.get("document", "")
-    if request.form.get("confirm") != "yes" or session.get(_IMPORTED) != _digest(fields):
-        raise AuthError(409, _("This change was not previewed as it stands, or it has been "
-                               "applied already. Start again from the policies, check the "
-                               "preview, then confirm."))
-    session.pop(_IMPORTED, None)
+    confirmed(_IMPORTED, fields,
+              _("This change was not previewed as it stands, or it has been "
+                "applied already. Start again from the policies, check the "
+                "preview, then confirm."))
     try:
         row, version, outcome = policies.put(
             db(), current_fleet().config, fields["deployment"], fields["name"],
@@ -244,23 +244,19 @@ def _targets(fields: dict) -> list[Kiosk]:
         if not ids or bad:
             raise ListError(_("Name the kiosks by their ids, separated by spaces or commas."))
         return policies.targets(session_db, fields["deployment"], kiosks=ids)
-    if fields["target"] == "location":
-        code = fields["location"]
-        row = session_db.scalar(select(Location).where(Location.code == code)) \
-            if CODE.match(code) else None
-        if row is None:
-            raise ListError(_("Choose a location."))
-        found = policies.targets(session_db, fields["deployment"], location_id=row.id)
-    elif fields["target"] == "district":
-        code = fields["district"]
-        row = session_db.scalar(select(District).where(District.code == code)) \
-            if CODE.match(code) else None
-        if row is None:
-            raise ListError(_("Choose a district."))
-        found = policies.targets(session_db, fields["deployment"], district_id=row.id)
-    else:
+    places = {"location": (Location, _("Choose a location.")),
+              "district": (District, _("Choose a district."))}
+    if fields["target"] not in places:
         raise ListError(_("Choose whom to assign the policy to: kiosks, a location or a "
                           "district."))
+    model, unchosen = places[fields["target"]]
+    code = fields[fields["target"]]
+    row = session_db.scalar(select(model).where(model.code == code)) \
+        if CODE.match(code) else None
+    if row is None:
+        raise ListError(unchosen)
+    found = policies.targets(session_db, fields["deployment"],
+                             **{f"{fields['target']}_id": row.id})
     if not found:
         raise ListError(_("No kiosk of this deployment is there (retired kiosks are left "
                           "out)."))
@@ -282,7 +278,7 @@ def policy_assign_preview():
             raise AuthError(404, exc.message) from None
         return _policy_page(fields["deployment"], fields["name"], fields, exc.message,
                             422 if exc.status in (400, 422) else exc.status)
-    session[_ASSIGNED] = _digest(fields)
+    remember(_ASSIGNED, fields)
     return render_template("policy_assign_preview.html", fields=fields,
                            kiosks=[(k.id, k.policy) for k in found],
                            changing=sum(1 for k in found if k.policy != fields["name"]))
@@ -292,11 +288,10 @@ def policy_assign_preview():
 @page(*EDITORS)
 def policy_assign_apply():
     fields = _assign_fields()
-    if request.form.get("confirm") != "yes" or session.get(_ASSIGNED) != _digest(fields):
-        raise AuthError(409, _("This change was not previewed as it stands, or it has been "
-                               "applied already. Start again from the policy, check the "
-                               "preview, then confirm."))
-    session.pop(_ASSIGNED, None)
+    confirmed(_ASSIGNED, fields,
+              _("This change was not previewed as it stands, or it has been "
+                "applied already. Start again from the policy, check the "
+                "preview, then confirm."))
     try:
         found = _targets(fields)
         version, changed = policies.assign(db(), current_fleet().config, fields["name"],

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import time
 
-from flask import g, render_template, request, session, url_for
+from flask import g, render_template, request, url_for
 from flask_babel import gettext as _
 
 from greengate.trust import TrustError
 
 from .. import bundles, trust_list
 from ..app import current_fleet, db
-from ..auth import AuthError, current_user
+from ..auth import current_user
 from ..bundles import ListError
 from ..models import ADMIN, OPERATOR
 from ..publisher import hand_off
 from . import bp, page
-from .lists_views import _deployment, _digest
+from .confirmation import confirmed, remember
+from .lists_views import _deployment
 
 EDITORS = (OPERATOR,)  # admin always may
 MAX_UPLOAD = 64 * 1024  # a certificate is one or two KB
@@ -128,7 +129,7 @@ def trust_preview():
             shown = [trust_list.describe(bytes(e.certificate), at) for e in found]
     except ListError as exc:
         return _list_page(fields, exc.message, 422 if exc.status in (400, 422) else exc.status)
-    session[_PREVIEWED] = _digest(fields)
+    remember(_PREVIEWED, fields)
     return render_template("trust_preview.html", fields=fields, shown=shown)
 
 
@@ -136,11 +137,10 @@ def trust_preview():
 @page(*EDITORS)
 def trust_apply():
     fields = _form(read_upload=False)
-    if request.form.get("confirm") != "yes" or session.get(_PREVIEWED) != _digest(fields):
-        raise AuthError(409, _("This change was not previewed as it stands, or it has been "
-                               "applied already. Start again from the trust list, check the "
-                               "preview, then confirm."))
-    session.pop(_PREVIEWED, None)  # one confirm, one change
+    confirmed(_PREVIEWED, fields,
+              _("This change was not previewed as it stands, or it has been "
+                "applied already. Start again from the trust list, check the "
+                "preview, then confirm."))
     config = current_fleet().config
     try:
         _check(fields)

@@ -22,10 +22,9 @@ from sqlalchemy import select
 
 from .. import accounts
 from ..app import db
-from ..auth import AuthError
 from ..models import ADMIN, ROLES, District
 from . import bp, page
-from .lists_views import _digest
+from .confirmation import confirmed, remember
 
 _PREVIEWED = "users_preview"
 CHANGES = ("disable", "enable", "delete", "set", "revoke")
@@ -199,7 +198,7 @@ def users_preview():
         _check(fields)
     except accounts.AccountError as exc:
         return _back_with(fields, exc)
-    session[_PREVIEWED] = _digest(fields)
+    remember(_PREVIEWED, fields)
     return render_template("users_confirm.html", fields=fields, summary=summary,
                            consequence=consequence, back=back)
 
@@ -208,11 +207,10 @@ def users_preview():
 @page(ADMIN)
 def users_apply():
     fields = _form()
-    if request.form.get("confirm") != "yes" or session.get(_PREVIEWED) != _digest(fields):
-        raise AuthError(409, _("This change was not previewed as it stands, or it has been "
-                               "applied already. Start again from the list, check the "
-                               "preview, then confirm."))
-    session.pop(_PREVIEWED, None)  # one confirm, one change
+    confirmed(_PREVIEWED, fields,
+              _("This change was not previewed as it stands, or it has been "
+                "applied already. Start again from the list, check the "
+                "preview, then confirm."))
     session_db = db()
     try:
         summary, _consequence, back = _describe(fields)
