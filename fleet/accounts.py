@@ -6,7 +6,9 @@ same way. A function adds to the caller's session and the caller commits; a refu
 an AccountError with an HTTP status and a sentence a person can act on.
 
 Rules kept here (docs/api.md#users-and-tokens):
-- a district officer always has a district (without one every route would answer 403);
+- a district officer always has a district, a ward officer a ward, a manager an
+  organisation (without its anchor every route would answer 403); a ward or an
+  organisation is kept only on the role it anchors, so a change of role drops it;
 - the fleet keeps at least one enabled admin: the last one cannot be disabled,
   deleted or given another role, so nobody can lock the fleet out of its own accounts;
 - disabling a user, a new password and deleting a user end their sessions at once;
@@ -21,7 +23,8 @@ import time
 from sqlalchemy import delete, func, select
 
 from . import audit, auth
-from .models import ADMIN, DISTRICT_OFFICER, ROLES, ApiToken, District, User
+from .models import (ADMIN, DISTRICT_OFFICER, MANAGER, ROLES, WARD_OFFICER, ApiToken, District,
+                     Organisation, User, Ward)
 
 MIN_PASSWORD = 10
 MAX_NAME = 100
@@ -49,8 +52,12 @@ def _iso(t: float | None) -> str | None:
 
 def user_dict(session, user: User) -> dict:
     district = session.get(District, user.district_id) if user.district_id else None
+    ward = session.get(Ward, user.ward_id) if user.ward_id else None
+    organisation = session.get(Organisation, user.organisation_id) if user.organisation_id else None
     return {"username": user.username, "role": user.role,
             "district": district.code if district else None,
+            "ward": ward.code if ward else None,
+            "organisation": organisation.code if organisation else None,
             "disabled": bool(user.disabled), "created_at": _iso(user.created_at)}
 
 
@@ -82,6 +89,37 @@ def _district_id(session, code: str | None) -> int | None:
     return district.id
 
 
+def _ward_id(session, code: str | None) -> int | None:
+    if not code:
+        return None
+    ward = session.scalar(select(Ward).where(Ward.code == code))
+    if ward is None:
+        raise AccountError(422, N_("no ward with code '%(code)s'"), code=code)
+    return ward.id
+
+
+def _organisation_id(session, code: str | None) -> int | None:
+    if not code:
+        return None
+    organisation = session.scalar(select(Organisation).where(Organisation.code == code))
+    if organisation is None:
+        raise AccountError(422, N_("no organisation with code '%(code)s'"), code=code)
+    return organisation.id
+
+
+def _check_anchors(role: str, ward_id: int | None, organisation_id: int | None) -> None:
+    if role == WARD_OFFICER and ward_id is None:
+        raise AccountError(422, N_("a ward officer needs a ward (--ward CODE): without one "
+                                   "they may open nothing"))
+    if role == MANAGER and organisation_id is None:
+        raise AccountError(422, N_("a manager needs an organisation (--organisation CODE): "
+                                   "without one they may open nothing"))
+    if ward_id is not None and role != WARD_OFFICER:
+        raise AccountError(422, N_("only a ward officer has a ward"))
+    if organisation_id is not None and role != MANAGER:
+        raise AccountError(422, N_("only a manager has an organisation"))
+
+
 def _check_password(password: str) -> None:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD:
         raise AccountError(422, N_("a password needs at least %(n)s characters"),
@@ -110,21 +148,26 @@ def _keep_an_admin(session, user: User) -> None:
 
 
 def create_user(session, actor: str, username: str, password: str, role: str,
-                district: str | None = None) -> User:
+                district: str | None = None, *, ward: str | None = None,
+                organisation: str | None = None) -> User:
     username = (username or "").strip()
     if not username or len(username) > MAX_NAME or any(c.isspace() for c in username):
         raise AccountError(422, N_("a user name is 1 to %(n)s characters without spaces"),
                            n=MAX_NAME)
     district_id = _district_id(session, district)
     _check_role(role, district_id)
+    ward_id, organisation_id = _ward_id(session, ward), _organisation_id(session, organisation)
+    _check_anchors(role, ward_id, organisation_id)
     _check_password(password)
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise AccountError(409, N_("user '%(name)s' exists already; change it with "
                                    "`greengate-fleet user set` or `user passwd`"),
                            name=username)
-    user = auth.create_user(session, username, password, role, district_id)
+    user = auth.create_user(session, username, password, role, district_id, ward_id=ward_id,
+                            organisation_id=organisation_id)
     session.flush()
-    audit.record(session, actor, "user.create", username, role=role, district=district)
+    audit.record(session, actor, "user.create", username, role=role, district=district,
+                 ward=ward or None, organisation=organisation or None)
     return user
 
 
@@ -166,12 +209,18 @@ _UNSET = object()
 
 
 def update_user(session, actor: str, username: str, role: str | None = None,
-                district=_UNSET) -> User:
-    """A new role and/or district (district None or "": none)."""
+                district=_UNSET, *, ward=_UNSET, organisation=_UNSET) -> User:
+    """A new role, district, ward and/or organisation (None or "": none). A role that
+    does not keep a ward or an organisation drops the one it had."""
     user = get_user(session, username)
     new_role = role or user.role
     new_district = user.district_id if district is _UNSET else _district_id(session, district)
     _check_role(new_role, new_district)
+    new_ward = (user.ward_id if new_role == WARD_OFFICER else None) if ward is _UNSET \
+        else _ward_id(session, ward)
+    new_organisation = (user.organisation_id if new_role == MANAGER else None) \
+        if organisation is _UNSET else _organisation_id(session, organisation)
+    _check_anchors(new_role, new_ward, new_organisation)
     if new_role != user.role and user.role == ADMIN:
         _keep_an_admin(session, user)
     changes = {}
@@ -183,6 +232,16 @@ def update_user(session, actor: str, username: str, role: str | None = None,
         new = session.get(District, new_district) if new_district else None
         changes["district"] = [old.code if old else None, new.code if new else None]
         user.district_id = new_district
+    if new_ward != user.ward_id:
+        old = session.get(Ward, user.ward_id) if user.ward_id else None
+        new = session.get(Ward, new_ward) if new_ward else None
+        changes["ward"] = [old.code if old else None, new.code if new else None]
+        user.ward_id = new_ward
+    if new_organisation != user.organisation_id:
+        old = session.get(Organisation, user.organisation_id) if user.organisation_id else None
+        new = session.get(Organisation, new_organisation) if new_organisation else None
+        changes["organisation"] = [old.code if old else None, new.code if new else None]
+        user.organisation_id = new_organisation
     if changes:
         audit.record(session, actor, "user.update", username, **changes)
     return user

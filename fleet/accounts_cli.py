@@ -38,6 +38,8 @@ def add_parsers(sub) -> None:
         create.add_argument("name")
         create.add_argument("--role", required=True, choices=ROLES)
         create.add_argument("--district", help="district code (district officers need one)")
+        create.add_argument("--ward", help="ward code (ward officers need one)")
+        create.add_argument("--organisation", help="organisation code (managers need one)")
         create.add_argument("--password-stdin", action="store_true",
                             help="read the password from stdin (one line) instead of asking")
     actions.add_parser("list", help="every account: name, role, district, state")
@@ -56,6 +58,8 @@ def add_parsers(sub) -> None:
     where = change.add_mutually_exclusive_group()
     where.add_argument("--district", help="district code")
     where.add_argument("--no-district", action="store_true", help="no district")
+    change.add_argument("--ward", help="ward code (a ward officer's)")
+    change.add_argument("--organisation", help="organisation code (a manager's)")
     user.set_defaults(handler=run_user)
 
     token = sub.add_parser("token", help="API tokens for automation: create, list, revoke")
@@ -147,7 +151,8 @@ def run_user(config, args) -> int:
 
     def work(session):
         if action == "create":
-            accounts.create_user(session, ACTOR, args.name, password, args.role, args.district)
+            accounts.create_user(session, ACTOR, args.name, password, args.role, args.district,
+                                 ward=args.ward, organisation=args.organisation)
             return f"user {args.name} ({args.role}) created"
         if action == "list":
             rows = [["USER", "ROLE", "DISTRICT", "STATE", "CREATED"]]
@@ -166,13 +171,20 @@ def run_user(config, args) -> int:
             accounts.set_password(session, ACTOR, args.name, password)
             return f"password of {args.name} changed; their sessions have ended"
         if action == "set":
-            if args.role is None and args.district is None and not args.no_district:
-                raise _Refused("nothing to change: give --role, --district or --no-district")
+            if (args.role is None and args.district is None and not args.no_district
+                    and args.ward is None and args.organisation is None):
+                raise _Refused("nothing to change: give --role, --district, --no-district, "
+                               "--ward or --organisation")
             district = "" if args.no_district else (
                 args.district if args.district is not None else accounts._UNSET)
-            user = accounts.update_user(session, ACTOR, args.name, args.role, district)
+            user = accounts.update_user(
+                session, ACTOR, args.name, args.role, district,
+                ward=args.ward if args.ward is not None else accounts._UNSET,
+                organisation=args.organisation if args.organisation is not None
+                else accounts._UNSET)
             d = accounts.user_dict(session, user)
-            return f"user {args.name}: {d['role']}, district {d['district'] or '-'}"
+            extra = "".join(f", {k} {d[k]}" for k in ("ward", "organisation") if d[k])
+            return f"user {args.name}: {d['role']}, district {d['district'] or '-'}{extra}"
         raise _Refused(f"unknown action {action!r}")
     return _run(config, work)
 

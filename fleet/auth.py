@@ -1,8 +1,9 @@
 """Who is calling: API bearer tokens (automation) and users with roles.
 
 Roles (docs/fleet.md): admin (everything), operator (devices and lists),
-district_officer (reads, limited to their district), health_official
-(tracing and status lists). Tokens act as the user that created them; only
+district_officer (reads, limited to their district), ward_officer (the
+same, limited to their ward), manager (their organisation's kiosks, pages and roster
+only), health_official (tracing and status lists). Tokens act as the user that created them; only
 their SHA-256 is stored, so a database leak does not leak tokens.
 """
 
@@ -43,13 +44,15 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_user(session, username: str, password: str, role: str, district_id=None) -> User:
+def create_user(session, username: str, password: str, role: str, district_id=None,
+                ward_id=None, organisation_id=None) -> User:
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
     if len(password) < 10:
         raise ValueError("a password needs at least 10 characters")
     user = User(username=username, password_hash=_hasher.hash(password), role=role,
-                district_id=district_id, created_at=time.time())
+                district_id=district_id, ward_id=ward_id, organisation_id=organisation_id,
+                created_at=time.time())
     session.add(user)
     return user
 
@@ -209,8 +212,21 @@ def check_csrf(sent: str | None) -> None:
                              "check); reload the page and try again")
 
 
+def admitted(user: User, roles: tuple[str, ...]) -> bool:
+    """Whether `user`'s role may pass a require()/page() naming `roles` (admin always
+    may). No roles: every logged-in role except the manager, whose world is its own
+    organisation; a route a manager may use names MANAGER (or every role: ROLES)."""
+    from .models import MANAGER
+    if user.role == ADMIN:
+        return True
+    if not roles:
+        return user.role != MANAGER
+    return user.role in roles
+
+
 def require(*roles: str):
-    """Decorator: the caller must be logged in with one of `roles` (admin always may)."""
+    """Decorator: the caller must be logged in with one of `roles` (admin always may;
+    no roles: every role but the manager, see admitted())."""
     def decorate(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
@@ -218,9 +234,9 @@ def require(*roles: str):
             user = current_user(db())
             if user is None:
                 raise AuthError(401, "log in, or send an API token as 'Authorization: Bearer …'")
-            if roles and user.role not in roles and user.role != ADMIN:
+            if not admitted(user, roles):
                 raise AuthError(403, f"your role ({user.role}) may not do this; it needs "
-                                     f"{' or '.join(roles)}")
+                                     f"{' or '.join(roles) or 'a fleet-wide role'}")
             require_district(user)
             g.actor = user.username
             return view(*args, **kwargs)
@@ -229,21 +245,57 @@ def require(*roles: str):
 
 
 NO_DISTRICT = "your district officer account has no district; ask an admin to assign one"
+NO_WARD = "your ward officer account has no ward; ask an admin to assign one"
+NO_ORGANISATION = "your manager account has no organisation; ask an admin to assign one"
 
 
 def require_district(user: User, message: str = NO_DISTRICT) -> None:
-    """A district officer without a district may do nothing at all: with no district to
-    limit them to, a route that forgot district_scope() would show them everything."""
-    from .models import DISTRICT_OFFICER
+    """A scoped role without its anchor may do nothing at all: a district officer without
+    a district, a ward officer without a ward, a manager without an organisation. With
+    nothing to limit them to, a route that forgot the scope would show them everything.
+    `message` is the district officer's (the dashboard passes it translated)."""
+    from .models import DISTRICT_OFFICER, MANAGER, WARD_OFFICER
     if user.role == DISTRICT_OFFICER and user.district_id is None:
         raise AuthError(403, message)
+    if user.role == WARD_OFFICER and user.ward_id is None:
+        raise AuthError(403, NO_WARD)
+    if user.role == MANAGER and user.organisation_id is None:
+        raise AuthError(403, NO_ORGANISATION)
 
 
 def district_scope(user: User) -> int | None:
-    """The district a district officer is limited to; None: sees everything."""
-    from .models import DISTRICT_OFFICER
-    if user.role != DISTRICT_OFFICER:
-        return None
-    if user.district_id is None:  # None would mean "everything": refuse instead
-        raise AuthError(403, NO_DISTRICT)
-    return user.district_id
+    """The district the caller is limited to; None: sees every district.
+
+    A district officer: its district. A ward officer: its ward's district. A manager:
+    its organisation's district. The ward and organisation limits come on top
+    (ward_scope, organisation_scope); this one keeps district-level code correct."""
+    from .app import db
+    from .models import DISTRICT_OFFICER, MANAGER, WARD_OFFICER, Organisation, Ward
+    require_district(user)  # None would mean "everything": refuse instead
+    if user.role == DISTRICT_OFFICER:
+        return user.district_id
+    if user.role == WARD_OFFICER:
+        ward = db().get(Ward, user.ward_id)
+        if ward is None:
+            raise AuthError(403, NO_WARD)
+        return ward.district_id
+    if user.role == MANAGER:
+        organisation = db().get(Organisation, user.organisation_id)
+        if organisation is None:
+            raise AuthError(403, NO_ORGANISATION)
+        return organisation.district_id
+    return None
+
+
+def ward_scope(user: User) -> int | None:
+    """The ward a ward officer is limited to; None for every other role."""
+    from .models import WARD_OFFICER
+    require_district(user)
+    return user.ward_id if user.role == WARD_OFFICER else None
+
+
+def organisation_scope(user: User) -> int | None:
+    """The organisation a manager is limited to; None for every other role."""
+    from .models import MANAGER
+    require_district(user)
+    return user.organisation_id if user.role == MANAGER else None

@@ -16,6 +16,8 @@
                                     | --location CODE | --district CODE
     greengate-fleet [--config FILE] scans purge [--days N]     (retention)
     greengate-fleet [--config FILE] alerts [--once]            (alert dispatcher)
+    greengate-fleet [--config FILE] reports weekly [--week YYYY-MM-DD] [--district CODE]
+                                    [--ward CODE] [--send] [--force] [--due]  (docs/reports.md)
 
 Production web: gunicorn 'fleet.wsgi:app' (GREENGATE_FLEET_CONFIG names the file).
 The config file may also come from GREENGATE_FLEET_CONFIG; every key can be set
@@ -138,6 +140,22 @@ def main(argv=None) -> int:
     alerts.add_argument("--once", action="store_true",
                         help="one round (decide, send, wait for the sends), then exit")
     alerts.set_defaults(handler=_lazy("fleet.alerts"))
+
+    reports = sub.add_parser("reports", help="weekly compliance reports per district and ward "
+                                             "(docs/reports.md)")
+    reports.add_argument("action", choices=("weekly",))
+    reports.add_argument("--week", metavar="YYYY-MM-DD",
+                         help="a day of the week (Monday-Sunday, UTC+7); default: last week")
+    reports.add_argument("--district", metavar="CODE", help="only this district")
+    reports.add_argument("--ward", metavar="CODE", help="only this ward")
+    reports.add_argument("--language", choices=("vi", "en"),
+                         help="default: [reports] language")
+    reports.add_argument("--force", action="store_true", help="make again reports already made")
+    reports.add_argument("--send", action="store_true",
+                         help="e-mail them to the scope's officers ([alerts] smtp_host)")
+    reports.add_argument("--due", action="store_true",
+                         help="the upkeep: last week's missing reports, made and sent once")
+    reports.set_defaults(handler=_lazy("fleet.reports"))
 
     try:
         args = parser.parse_args(argv)

@@ -9,6 +9,7 @@
     [privacy]     the holder-sealing keys and the pseudonym secret (docs/privacy.md)
     [enrol]       what enrolled kiosks are told (broker, URL) and token rules
     [web]         the dashboard: language, cookies, login limits, silent kiosks, tracing
+    [reports]     weekly compliance reports: language, PDF font
     [alerts]      the alert dispatcher: timing, webhook, SMTP (fleet/alerts.py)
     [metrics]     an optional bearer token for /metrics
 
@@ -141,6 +142,14 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
                                      "as silent"),
         "trace_minutes": (float, 30.0, "tracing: other holders scanned at the same place "
                                        "within this many minutes of the case"),
+    },
+    "reports": {
+        "language": (str, "vi", "weekly compliance reports (docs/reports.md): the language "
+                                "made and e-mailed by the upkeep, vi or en (the other is "
+                                "made on demand)"),
+        "font": (str, "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                 "a TTF font with Vietnamese letters for the reports' PDF (Debian "
+                 "fonts-dejavu-core)"),
     },
     "alerts": {
         "poll": (float, 5.0, "`greengate-fleet alerts`: seconds between looks at the kiosks' "
@@ -285,6 +294,9 @@ def load(path: str | Path | None = None, env: dict | None = None, **overrides) -
     if config.web.language not in ("vi", "en"):
         raise ConfigError(f"{where}{_line(text, 'web', 'language')}: [web] language must be "
                           "vi or en")
+    if config.reports.language not in ("vi", "en"):
+        raise ConfigError(f"{where}{_line(text, 'reports', 'language')}: [reports] language "
+                          "must be vi or en")
     if config.fleet.retention_days < 1:
         raise ConfigError(f"{where}{_line(text, 'fleet', 'retention_days')}: [fleet] "
                           "retention_days must be at least 1")

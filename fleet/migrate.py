@@ -22,8 +22,28 @@ def _alembic(connection=None) -> AlembicConfig:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    with engine.begin() as connection:
-        command.upgrade(_alembic(connection), revision)
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            command.upgrade(_alembic(connection), revision)
+        return
+    # SQLite alters a table by copying it and dropping the old one (Alembic's batch mode);
+    # with foreign keys enforced (fleet/db.py) dropping a table that rows of another table
+    # reference fails half way, and SQLite does not roll DDL back. So the checks are off
+    # during the migration (the pragma only takes effect outside a transaction), and the
+    # whole database is checked before the migration is committed.
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()  # ends SQLAlchemy's autobegun transaction around the pragma
+        try:
+            with connection.begin():
+                command.upgrade(_alembic(connection), revision)
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"migration left rows whose references are broken: "
+                                       f"{broken[:5]}")
+        finally:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
 
 
 def current(engine: Engine) -> str | None:

@@ -17,10 +17,19 @@ STATES = (NEVER_SEEN, ONLINE, DEGRADED, OFFLINE, RETIRED)
 
 # Status-list entry kinds and changes.
 REVOKED, SUSPENDED, REINSTATED = "revoked", "suspended", "reinstated"
+ORG_STATUSES = ("applied", "approved", SUSPENDED, "closed")
 
-# Roles.
+# Roles. A ward officer sees only its ward (user.ward_id), as a district officer sees only
+# its district; a manager sees and keeps only its organisation (user.organisation_id).
 ADMIN, OPERATOR, DISTRICT_OFFICER, HEALTH_OFFICIAL = "admin", "operator", "district_officer", "health_official"
-ROLES = (ADMIN, OPERATOR, DISTRICT_OFFICER, HEALTH_OFFICIAL)
+WARD_OFFICER, MANAGER = "ward_officer", "manager"
+ROLES = (ADMIN, OPERATOR, DISTRICT_OFFICER, HEALTH_OFFICIAL, WARD_OFFICER, MANAGER)
+
+# Organisations (docs/organisations.md): kinds and the status path
+# applied -> approved -> suspended -> approved ... -> closed.
+ORG_KINDS = ("business", "cooperative", "household", "agency")
+APPLIED, APPROVED, CLOSED = "applied", "approved", "closed"  # and SUSPENDED (below)
+WARD_KINDS = ("phuong", "xa", "thi_tran")  # phường / xã / thị trấn
 
 
 class Base(DeclarativeBase):
@@ -33,6 +42,19 @@ class District(Base):
     code: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     locations: Mapped[list[Location]] = relationship(back_populates="district")
+    wards: Mapped[list[Ward]] = relationship(back_populates="district")
+
+
+class Ward(Base):
+    """A phường, xã or thị trấn: district -> ward -> location."""
+    __tablename__ = "ward"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16), default="phuong")  # WARD_KINDS
+    district_id: Mapped[int] = mapped_column(ForeignKey("district.id"))
+    district: Mapped[District] = relationship(back_populates="wards")
+    __table_args__ = (Index("ix_ward_district", "district_id"),)
 
 
 class Location(Base):
@@ -44,6 +66,10 @@ class Location(Base):
     district_id: Mapped[int | None] = mapped_column(ForeignKey("district.id"))
     district: Mapped[District | None] = relationship(back_populates="locations")
     kiosks: Mapped[list[Kiosk]] = relationship(back_populates="location")
+    # In a ward of its district (None: not placed in a ward yet, seen by district scope only)
+    ward_id: Mapped[int | None] = mapped_column(ForeignKey("ward.id"))
+    # The organisation whose control point this is (None: a public place, a road block)
+    organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisation.id"))
 
 
 class Kiosk(Base):
@@ -282,6 +308,8 @@ class User(Base):
     # password raise it, which ends every session of the user
     # (docs/dashboard.md#ending-sessions).
     session_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ward_id: Mapped[int | None] = mapped_column(ForeignKey("ward.id"))  # ward officers
+    organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisation.id"))  # managers
 
 
 class ApiToken(Base):
@@ -423,3 +451,112 @@ class AlertDelivery(Base):
                                        name="uq_alert_delivery_message"),
                       Index("ix_alert_delivery_status_next", "status", "next_at"),
                       Index("ix_alert_delivery_created", "created_at"))
+
+
+# --- organisations, rosters, compliance (docs/organisations.md) -----------------------
+class Organisation(Base):
+    """A business, cooperative, household business or agency that a district lets open;
+    its control points are locations (location.organisation_id), its kiosks theirs."""
+    __tablename__ = "organisation"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(300))
+    tax_code: Mapped[str | None] = mapped_column(String(20), unique=True)  # mã số thuế
+    kind: Mapped[str] = mapped_column(String(16))  # ORG_KINDS
+    sector: Mapped[str] = mapped_column(String(100), default="")
+    district_id: Mapped[int] = mapped_column(ForeignKey("district.id"))
+    ward_id: Mapped[int | None] = mapped_column(ForeignKey("ward.id"))
+    contact_name: Mapped[str] = mapped_column(String(200), default="")
+    contact_phone: Mapped[str] = mapped_column(String(40), default="")
+    contact_email: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), default="applied")  # ORG_STATUSES
+    status_since: Mapped[float] = mapped_column(Float)
+    approved_at: Mapped[float | None] = mapped_column(Float)
+    quota: Mapped[int | None] = mapped_column(Integer)  # workers the district allows
+    # while suspended: why, and which role may lift it (ward_officer after a case, ...)
+    suspended_reason: Mapped[str] = mapped_column(String(400), default="")
+    lift_by: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_organisation_district_status", "district_id", "status"),
+                      Index("ix_organisation_ward_status", "ward_id", "status"))
+
+
+class OrganisationStatusChange(Base):
+    """The organisation's status history: every change, by whom and why."""
+    __tablename__ = "organisation_status_change"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    at: Mapped[float] = mapped_column(Float)
+    old_status: Mapped[str | None] = mapped_column(String(16))
+    new_status: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(String(400), default="")
+    detail: Mapped[dict | None] = mapped_column(JSON)  # quota, lift_by, the case, ...
+    __table_args__ = (Index("ix_org_status_change_org_at", "organisation_id", "at"),)
+
+
+class Worker(Base):
+    """One person on an organisation's roster. The fleet keeps the display name and job;
+    kiosks get only keyed hashes of the holder (docs/rosters.md). holder_key: the
+    fleet-side holder identifier (linked by a scan in enrolment mode or by an uploaded QR
+    text); cert_key: a certificate identifier's key when only that was uploaded."""
+    __tablename__ = "worker"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    display_name: Mapped[str] = mapped_column(String(200))
+    job: Mapped[str] = mapped_column(String(200), default="")
+    holder_key: Mapped[str | None] = mapped_column(String(64))
+    cert_key: Mapped[str | None] = mapped_column(String(64))
+    linked_at: Mapped[float | None] = mapped_column(Float)
+    linked_via: Mapped[str | None] = mapped_column(String(16))  # kiosk | csv | api
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(100))
+    removed_at: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (Index("ix_worker_org", "organisation_id", "removed_at"),
+                      Index("ix_worker_holder", "organisation_id", "holder_key"))
+
+
+class RosterEnrolment(Base):
+    """Enrolment mode a manager opened on one of the organisation's kiosks: the next
+    certificate scanned there (green or not) links `worker_id` (or a new worker)."""
+    __tablename__ = "roster_enrolment"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    kiosk_id: Mapped[str] = mapped_column(String(63))
+    worker_id: Mapped[int | None] = mapped_column(ForeignKey("worker.id"))
+    opened_by: Mapped[str] = mapped_column(String(100))
+    opened_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    closed_at: Mapped[float | None] = mapped_column(Float)
+    result: Mapped[str | None] = mapped_column(String(200))  # linked | expired | cancelled | ...
+    __table_args__ = (Index("ix_roster_enrolment_kiosk_open", "kiosk_id", "closed_at"),)
+
+
+class Reminder(Base):
+    """A reminder an officer gave an organisation (not checking, not scanning...):
+    counted; past three the organisation is flagged for a stop."""
+    __tablename__ = "reminder"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisation.id"))
+    at: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(100))
+    note: Mapped[str] = mapped_column(String(400), default="")
+    __table_args__ = (Index("ix_reminder_org_at", "organisation_id", "at"),)
+
+
+class WeeklyReport(Base):
+    """A district's or a ward's weekly compliance report, as made (figures kept, PDF and
+    CSV as sent): one per scope and week; made again on demand replaces it."""
+    __tablename__ = "weekly_report"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))  # district | ward
+    scope_id: Mapped[int] = mapped_column(Integer)
+    week: Mapped[str] = mapped_column(String(10))  # the Monday it starts, YYYY-MM-DD (UTC+7)
+    language: Mapped[str] = mapped_column(String(8), default="vi")
+    made_at: Mapped[float] = mapped_column(Float)
+    figures: Mapped[dict] = mapped_column(JSON)
+    pdf: Mapped[bytes] = mapped_column(LargeBinary)
+    csv: Mapped[str] = mapped_column(Text)
+    emailed_at: Mapped[float | None] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("scope", "scope_id", "week", "language",
+                                       name="uq_weekly_report"),)

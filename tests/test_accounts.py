@@ -204,8 +204,8 @@ def test_api_user_and_token_lifecycle(api):
 
     created = send("POST", "/api/v1/users", {"username": "lan", "password": PASSWORD,
                                              "role": "operator"}, 201)
-    assert created == {"username": "lan", "role": "operator", "district": None,
-                       "disabled": False, "created_at": created["created_at"]}
+    assert created == {"username": "lan", "role": "operator", "district": None, "ward": None,
+                       "organisation": None, "disabled": False, "created_at": created["created_at"]}
     assert "exists already" in send("POST", "/api/v1/users", {
         "username": "lan", "password": PASSWORD, "role": "admin"}, 409)["message"]
     assert "needs a district" in send("POST", "/api/v1/users", {

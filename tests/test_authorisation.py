@@ -11,9 +11,15 @@ add its rule (who may use it) here. For each route and caller:
   path may well give 400/404/422: authorisation comes first);
 - a public route: the same status for anonymous as for an admin.
 
-A district officer without a district gets 403 on every route that is not public, as an
-API caller and on the pages (with no district to limit them to, a route that forgot the
-scope would show them everything).
+A district officer without a district, a ward officer without a ward and a manager without
+an organisation get 403 on every route that is not public, as an API caller and on the
+pages (with nothing to limit them to, a route that forgot the scope would show them
+everything). A manager's world is its own organisation: it is refused every fleet-wide
+route (a rule that does not name MANAGER); the ward officer may what the district officer
+may (its ward's share, tests/test_ward_scope.py).
+
+New routes of other modules: give each a Rule below (EVERYONE is every fleet-wide role;
+add MANAGER where a manager may use it, e.g. its organisation's pages and roster).
 
 And every non-GET dashboard route refuses a request without the CSRF token, as does every
 non-GET API route called with the login cookie but without the X-CSRF-Token header.
@@ -27,14 +33,18 @@ from dataclasses import dataclass
 import pytest
 
 from fleet import auth, bundles
-from fleet.models import District
+from fleet.models import District, Organisation, Ward
 
 PASSWORD = "correct horse battery"
 ADMIN, OPERATOR, OFFICER, HEALTH = "admin", "operator", "district_officer", "health_official"
-EVERYONE = frozenset({ADMIN, OPERATOR, OFFICER, HEALTH})
+WARD, MANAGER = "ward_officer", "manager"
+EVERYONE = frozenset({ADMIN, OPERATOR, OFFICER, HEALTH, WARD})  # every fleet-wide role
 PUBLIC = "public"
-ROLES = (ADMIN, OPERATOR, OFFICER, HEALTH)
+ROLES = (ADMIN, OPERATOR, OFFICER, HEALTH, WARD, MANAGER)
 NO_DISTRICT = "officer_without_district"  # a district officer's account with no district
+NO_WARD = "ward_officer_without_ward"
+NO_ORGANISATION = "manager_without_organisation"
+UNANCHORED = {NO_DISTRICT: OFFICER, NO_WARD: WARD, NO_ORGANISATION: MANAGER}
 
 
 @dataclass(frozen=True)
@@ -69,19 +79,25 @@ RULES = [
     Rule("*", r"^/api/v1/trace$", roles(ADMIN, HEALTH)),
     Rule("*", r"^/api/v1/alerts/", roles(ADMIN)),
     Rule("POST", r"^/api/v1/status/", roles(ADMIN, OPERATOR, HEALTH)),
-    Rule("GET", r"^/api/v1/quarantine$", roles(ADMIN, OPERATOR, OFFICER)),  # raw kiosk bytes
+    Rule("GET", r"^/api/v1/quarantine$", roles(ADMIN, OPERATOR, OFFICER, WARD)),  # raw bytes
     Rule("POST|PATCH|PUT|DELETE",
          r"^/api/v1/(districts|locations|kiosks|trust|policies|valuesets)(/|$)",
          roles(ADMIN, OPERATOR)),
+    # compliance watch and weekly reports (H4, fleet/api/reports.py): the watchers
+    Rule("*", r"^/api/v1/(reports/|organisations/<code>/reminders$)",
+         roles(ADMIN, OPERATOR, OFFICER, WARD)),
+    Rule("GET", r"^/api/v1/kiosks(/<kiosk_id>)?$", EVERYONE | {MANAGER}),  # its own kiosks
     Rule("GET", r"^/api/v1/(districts|locations|kiosks|presence|outages|scans|stats|status|"
                 r"trust|policies|valuesets)(/|$)", EVERYONE),
     # the dashboard
-    Rule("GET", r"^/live/home$", EVERYONE, anon="401"),  # a script's fetch: no redirect
-    Rule("GET", r"^/(kiosks(/<kiosk_id>)?|stats|lists/status)?$", EVERYONE),
+    Rule("GET", r"^/live/home$", EVERYONE | {MANAGER}, anon="401"),  # a script: no redirect
+    Rule("GET", r"^/(kiosks(/<kiosk_id>)?)?$", EVERYONE | {MANAGER}),  # its own kiosks
+    Rule("GET", r"^/(stats|lists/status)$", EVERYONE),
     Rule("POST", r"^/lists/status/(preview|apply)$", roles(ADMIN, OPERATOR, HEALTH)),
     Rule("GET", r"^/(lists/trust|policies|policies/<deployment>/<name>|valuesets)$", EVERYONE),
     Rule("POST", r"^/(lists/trust|policies/import|policies/assign)/(preview|apply)$",
          roles(ADMIN, OPERATOR)),
+    Rule("*", r"^/(compliance|reports)(/|$)", roles(ADMIN, OPERATOR, OFFICER, WARD)),  # H4
     Rule("GET", r"^/audit$", roles(ADMIN)),
     Rule("GET|POST", r"^/trace$", roles(ADMIN, HEALTH)),
     Rule("GET|POST", r"^/alerts(/|$)", roles(ADMIN)),
@@ -125,18 +141,27 @@ class Callers:
             district = District(code="q1", name="Quận 1")
             s.add(district)
             s.flush()
+            ward = Ward(code="q1-bn", name="Bến Nghé", district_id=district.id)
+            organisation = Organisation(code="org1", name="Công ty A", kind="business",
+                                        district_id=district.id, status="approved",
+                                        status_since=0.0, created_at=0.0)
+            s.add_all([ward, organisation])
+            s.flush()
             for role in ROLES:
-                user = auth.create_user(s, role, PASSWORD, role,
-                                        district.id if role == OFFICER else None)
+                user = auth.create_user(
+                    s, role, PASSWORD, role, district.id if role == OFFICER else None,
+                    ward_id=ward.id if role == WARD else None,
+                    organisation_id=organisation.id if role == MANAGER else None)
                 s.flush()
                 self.tokens[role] = {"Authorization": f"Bearer {auth.create_token(s, user, 't')}"}
-            # made before the rule that officers need a district: accounts.py refuses it now
-            user = auth.create_user(s, NO_DISTRICT, PASSWORD, OFFICER, None)
-            s.flush()
-            self.tokens[NO_DISTRICT] = {
-                "Authorization": f"Bearer {auth.create_token(s, user, 't')}"}
+            # roles without their anchor: accounts.py refuses to make them, auth.py must cope
+            for name, role in UNANCHORED.items():
+                user = auth.create_user(s, name, PASSWORD, role, None)
+                s.flush()
+                self.tokens[name] = {
+                    "Authorization": f"Bearer {auth.create_token(s, user, 't')}"}
             s.commit()
-        for role in ROLES + (NO_DISTRICT,):
+        for role in ROLES + tuple(UNANCHORED):
             self.clients[role], self.csrf[role] = self.logged_in(role)
         self.clients[None], self.csrf[None] = self.anonymous()
 
@@ -225,10 +250,11 @@ def test_every_route_has_a_rule_every_role_gets_what_it_says_and_changes_need_cs
                                     f"{response.get_data(as_text=True)[:200]}")
             elif status != 403 or is_csrf_refusal(response):
                 problems.append(f"{where}: {role} may not, but got {status}")
-        response = call(callers, NO_DISTRICT, method, path, is_api)
-        if response.status_code != 403 or is_csrf_refusal(response):
-            problems.append(f"{where}: a district officer without a district got "
-                            f"{response.status_code}, expected 403")
+        for unanchored in UNANCHORED:
+            response = call(callers, unanchored, method, path, is_api)
+            if response.status_code != 403 or is_csrf_refusal(response):
+                problems.append(f"{where}: {unanchored} got {response.status_code}, "
+                                "expected 403")
     assert not problems, "\n".join(problems)
     # (one test with the CSRF check below: each database set-up with five logins costs
     # seconds)

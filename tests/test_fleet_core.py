@@ -8,7 +8,7 @@ import sys
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from fleet import auth, migrate
 from fleet.cli import main
@@ -70,6 +70,39 @@ def test_migrations_build_exactly_the_models_schema(database_url):
                 "user_account", "api_token", "bundle", "trust_entry", "policy",
                 "kiosk_certificate", "enrolment_token", "enrolment_attempt"} <= tables
         migrate.upgrade(engine)  # idempotent
+    finally:
+        engine.dispose()
+
+
+def test_migration_0009_alters_tables_that_rows_reference(database_url):
+    """0009 adds columns to location and user_account, which kiosks and users reference.
+    On SQLite that copies and drops the tables: with foreign keys enforced it used to stop
+    half way (FOREIGN KEY constraint failed), leaving the schema at 0008 with 0009's new
+    tables and a stray _alembic_tmp_location."""
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine, "0008")
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO district (id, code, name) VALUES (1, 'q7', 'Quận 7')"))
+            c.execute(text("INSERT INTO location (id, code, name, address, district_id) "
+                           "VALUES (1, 'q7-market', 'Chợ', '', 1)"))
+            c.execute(text("INSERT INTO kiosk (id, location_id, deployment, policy, state, "
+                           "detail, session) VALUES ('q7-a', 1, 'test', 'p', 'online', '', 0)"))
+            c.execute(text("INSERT INTO user_account (username, password_hash, role, "
+                           "district_id, disabled, created_at) VALUES "
+                           "('lan', 'x', 'district_officer', 1, false, 0)"))
+        migrate.upgrade(engine)
+        assert migrate.current(engine) == migrate.head()
+        with engine.connect() as c:
+            assert c.execute(text("SELECT id, location_id FROM kiosk")).one() == ("q7-a", 1)
+            assert c.execute(text("SELECT code, ward_id, organisation_id FROM location"))\
+                .one() == ("q7-market", None, None)
+            assert c.execute(text("SELECT username, district_id, ward_id FROM user_account"))\
+                .one() == ("lan", 1, None)
+        assert not [t for t in inspect(engine).get_table_names() if t.startswith("_alembic")]
+        if engine.dialect.name == "sqlite":  # the checks are back on for the fleet's work
+            with engine.connect() as c:
+                assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
     finally:
         engine.dispose()
 

@@ -39,3 +39,4 @@ def _http_error(exc: HTTPException):
 # Route modules (each owns its part of the API).
 from . import bundles, enrol, fleet_objects, quarantined, status_lists, trace  # noqa: E402,F401
 from . import users  # noqa: E402,F401
+from . import reports  # noqa: E402,F401

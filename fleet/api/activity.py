@@ -21,8 +21,8 @@ from ..models import (ADMIN, HEALTH_OFFICIAL, STATES, AuditLog, District, Kiosk,
                       Outage, PresenceEvent, Scan, ScanSummary)
 from . import ApiError, bp
 from .common import (CODE, CODE_RULE, caller, choice_arg, district_by_code, hour_bucket,
-                     int_arg, iso, keyset_page, location_by_code, now, page_args, pattern_arg,
-                     scope, time_range)
+                     int_arg, iso, keyset_page, location_by_code, location_clause, now,
+                     org_scope, page_args, pattern_arg, scope, time_range, ward_scope)
 from .fleet_objects import (CONNECTED, KIOSK_ID, KIOSK_RULE, _kiosk_select, _scoped_kiosks,
                             current_versions, kiosk_json,
                             quarantined_counts)
@@ -103,6 +103,15 @@ def _scan_filters(session, stmt, table):
                       district_id=district_id)
 
 
+def _narrower_locations():
+    """For a ward officer or a manager, the ids of their locations (a subquery): scans
+    carry the district recorded at ingest, not the ward or organisation, so the finer
+    limit goes through the location. None: the district limit is all there is."""
+    if ward_scope() is None and org_scope() is None:
+        return None
+    return select(Location.id).where(location_clause())
+
+
 def scan_where(stmt, table, *, kiosk_id: str | None = None, location_id: int | None = None,
                district_id: int | None = None):
     """`stmt` on the scan or scan_summary table limited to the caller's scope (the district
@@ -110,6 +119,9 @@ def scan_where(stmt, table, *, kiosk_id: str | None = None, location_id: int | N
     limited = scope()
     if limited is not None:
         stmt = stmt.where(table.district_id == limited)
+    narrower = _narrower_locations()
+    if narrower is not None:
+        stmt = stmt.where(table.location_id.in_(narrower))
     if kiosk_id is not None:
         stmt = stmt.where(table.kiosk_id == kiosk_id)
     if location_id is not None:
@@ -199,6 +211,10 @@ def _count_scans(session, since: float, until: float, district_id: int | None) -
         if which is not None:
             scans = scans.where(Scan.district_id == which)
             summaries = summaries.where(ScanSummary.district_id == which)
+    narrower = _narrower_locations()
+    if narrower is not None:
+        scans = scans.where(Scan.location_id.in_(narrower))
+        summaries = summaries.where(ScanSummary.location_id.in_(narrower))
     return int(session.scalar(scans)) + int(session.scalar(summaries))
 
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from flask import current_app, g, request
 from sqlalchemy import Integer, cast, func, literal_column, select
 
-from ..auth import current_user, district_scope
+from ..auth import current_user, district_scope, organisation_scope, ward_scope as _ward_scope
 from ..models import District, Location
 from . import ApiError
 
@@ -218,15 +218,67 @@ def caller():
 
 
 def scope() -> int | None:
-    """The district id the caller is limited to (district officers), else None.
+    """The district id the caller is limited to, else None (sees every district).
 
-    A district officer whose account names no district sees nothing: that is
+    A district officer: its district; a ward officer: its ward's district; a manager:
+    its organisation's district. The finer limits are ward_scope() and org_scope();
+    a query on locations should use location_clause(), which combines all three.
+    A scoped role whose account lacks its anchor (a district officer without a
+    district, a ward officer without a ward, a manager without an organisation) is
     refused with a 403, never widened to everything."""
     if "scope" in g:
         return g.scope
-    district = district_scope(caller())  # AuthError 403 for an officer without one
+    district = district_scope(caller())  # AuthError 403 for a role without its anchor
     g.scope = district
     return district
+
+
+def ward_scope() -> int | None:
+    """The ward id a ward officer is limited to; None for every other role. Locations
+    with no ward are outside every ward officer's scope."""
+    if "ward_scope" not in g:
+        g.ward_scope = _ward_scope(caller())
+    return g.ward_scope
+
+
+def org_scope() -> int | None:
+    """The organisation id a manager is limited to; None for every other role."""
+    if "org_scope" not in g:
+        g.org_scope = organisation_scope(caller())
+    return g.org_scope
+
+
+def location_clause(location=Location):
+    """A SQLAlchemy condition on Location (or an alias of it) for the caller's limits,
+    or None when the caller sees every location. Use it on any query that joins
+    Location: `if (c := location_clause()) is not None: stmt = stmt.where(c)`.
+
+    Combines the district (scope()), the ward (ward_scope(): a location without a ward
+    matches no ward officer) and the organisation (org_scope(): only the manager's own
+    organisation's locations)."""
+    from sqlalchemy import and_
+    conditions = []
+    district, ward, organisation = scope(), ward_scope(), org_scope()
+    if district is not None:
+        conditions.append(location.district_id == district)
+    if ward is not None:
+        conditions.append(location.ward_id == ward)
+    if organisation is not None:
+        conditions.append(location.organisation_id == organisation)
+    if not conditions:
+        return None
+    return conditions[0] if len(conditions) == 1 else and_(*conditions)
+
+
+def location_visible(location: Location | None) -> bool:
+    """Whether one loaded location is inside the caller's limits (a Python check, the
+    twin of location_clause() for a row already at hand)."""
+    if location is None:
+        return scope() is None and ward_scope() is None and org_scope() is None
+    district, ward, organisation = scope(), ward_scope(), org_scope()
+    return ((district is None or location.district_id == district)
+            and (ward is None or location.ward_id == ward)
+            and (organisation is None or location.organisation_id == organisation))
 
 
 def district_by_code(session, code: str, what: str = "district") -> District:
@@ -242,10 +294,12 @@ def district_by_code(session, code: str, what: str = "district") -> District:
 
 def location_by_code(session, code: str, what: str = "location") -> Location:
     location = session.scalar(select(Location).where(Location.code == code))
-    limited = scope()
-    if location is None or (limited is not None and location.district_id != limited):
+    if location is None or not location_visible(location):
         if location is not None and what == "filter":
-            raise ApiError(403, f"you may only see your own district; location={code!r} is in "
-                                "another one", "forbidden")
+            if ward_scope() is None and org_scope() is None:
+                raise ApiError(403, f"you may only see your own district; location={code!r} "
+                                    "is in another one", "forbidden")
+            raise ApiError(403, f"you may only see your own ward or organisation; "
+                                f"location={code!r} is outside it", "forbidden")
         raise ApiError(404, f"no location with code {code!r}")
     return location

@@ -16,12 +16,13 @@ from sqlalchemy.exc import IntegrityError
 from .. import audit, kiosks, quarantine
 from ..app import current_fleet, db
 from ..auth import require
-from ..models import (ADMIN, DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, OPERATOR, RETIRED, STATES,
-                      District, Kiosk, Location, Outage, PresenceEvent, PublishedBundle,
+from ..models import (ADMIN, DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, OPERATOR, RETIRED, ROLES,
+                      STATES, District, Kiosk, Location, Outage, PresenceEvent, PublishedBundle,
                       Scan)
 from . import ApiError, bp
 from .common import (CODE, CODE_RULE, bool_arg, choice_arg, district_by_code, int_arg, iso,
-                     json_body, keyset_page, location_by_code, now, page_args, pattern_arg,
+                     json_body, keyset_page, location_by_code, location_clause, now, page_args,
+                     pattern_arg,
                      scope, text_field, time_range)
 
 KIOSK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # docs/protocol.md
@@ -164,8 +165,9 @@ def _kiosk_select():
 
 
 def _scoped_kiosks(stmt):
-    limited = scope()
-    return stmt if limited is None else stmt.where(Location.district_id == limited)
+    """`stmt` (joining Location) limited to the caller's district, ward or organisation."""
+    clause = location_clause()
+    return stmt if clause is None else stmt.where(clause)
 
 
 def _get_kiosk(session, kiosk_id: str):
@@ -188,10 +190,12 @@ def _commit(session, conflict: str) -> None:
 @require()
 def list_districts():
     session = db()
-    locations = (select(func.count(Location.id)).where(Location.district_id == District.id)
+    clause = location_clause()  # a ward officer counts only its ward's
+    mine = [Location.district_id == District.id] + ([clause] if clause is not None else [])
+    locations = (select(func.count(Location.id)).where(*mine)
                  .correlate(District).scalar_subquery())
     kiosks = (select(func.count(Kiosk.id)).join(Location, Kiosk.location_id == Location.id)
-              .where(Location.district_id == District.id).correlate(District).scalar_subquery())
+              .where(*mine).correlate(District).scalar_subquery())
     stmt = select(District, locations, kiosks).order_by(District.code)
     limited = scope()
     if limited is not None:
@@ -209,9 +213,12 @@ def get_district(code):
 
 
 def _district_response(session, district: District) -> dict:
-    n_loc = session.scalar(select(func.count(Location.id)).where(Location.district_id == district.id))
-    n_k = session.scalar(select(func.count(Kiosk.id)).join(Location, Kiosk.location_id == Location.id)
-                         .where(Location.district_id == district.id))
+    # a ward officer counts only its ward's locations and kiosks
+    clause = location_clause()
+    mine = [Location.district_id == district.id] + ([clause] if clause is not None else [])
+    n_loc = session.scalar(select(func.count(Location.id)).where(*mine))
+    n_k = session.scalar(select(func.count(Kiosk.id))
+                         .join(Location, Kiosk.location_id == Location.id).where(*mine))
     return _district_json(district, {"locations": n_loc, "kiosks": n_k})
 
 
@@ -272,9 +279,9 @@ def list_locations():
     stmt = (select(Location, District, kiosks)
             .outerjoin(District, Location.district_id == District.id)
             .order_by(District.code.nulls_last(), Location.code))
-    limited = scope()
-    if limited is not None:
-        stmt = stmt.where(Location.district_id == limited)
+    clause = location_clause()
+    if clause is not None:
+        stmt = stmt.where(clause)
     code = pattern_arg("district", CODE, CODE_RULE)
     if code is not None:
         stmt = stmt.where(Location.district_id == district_by_code(session, code, "filter").id)
@@ -353,7 +360,7 @@ def update_location(code):
 
 # --- kiosks --------------------------------------------------------------------------------
 @bp.get("/kiosks")
-@require()
+@require(*ROLES)  # a manager too: its organisation's kiosks (location_clause)
 def list_kiosks():
     """The fleet map: filters district, location, state (comma list), deployment, behind;
     order=map (district, location, id; default) or attention (outages first, longest first)."""
@@ -433,7 +440,7 @@ def find_kiosks(session, at: float, *, district: str | None = None, location: st
 
 
 @bp.get("/kiosks/<kiosk_id>")
-@require()
+@require(*ROLES)
 def get_kiosk(kiosk_id):
     """One kiosk, its recent presence events (newest first), outages and scan activity."""
     return jsonify(kiosk_detail(db(), kiosk_id, now(), events=int_arg("events", 50, 0, 1000),

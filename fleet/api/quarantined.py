@@ -17,15 +17,16 @@ from sqlalchemy import select
 from .. import quarantine
 from ..app import db
 from ..auth import require
-from ..models import ADMIN, DISTRICT_OFFICER, OPERATOR, QUARANTINE_KINDS, Kiosk, Location
+from ..models import (ADMIN, DISTRICT_OFFICER, OPERATOR, QUARANTINE_KINDS, WARD_OFFICER, Kiosk,
+                      Location)
 from . import bp
 from .activity import TRACERS
-from .common import (caller, choice_arg, iso, keyset_page, now, page_args, pattern_arg, scope,
-                     time_range)
+from .common import (caller, choice_arg, iso, keyset_page, location_clause, now, page_args,
+                     pattern_arg, time_range)
 from .fleet_objects import KIOSK_ID, KIOSK_RULE
 
 TABLE = quarantine.TABLE
-READERS = (ADMIN, OPERATOR, DISTRICT_OFFICER)
+READERS = (ADMIN, OPERATOR, DISTRICT_OFFICER, WARD_OFFICER)
 
 
 def quarantine_json(row, tracer: bool) -> dict:
@@ -43,11 +44,11 @@ def quarantine_json(row, tracer: bool) -> dict:
 
 def scoped(stmt):
     """Rows the caller may see: an officer only their district's kiosks' rows."""
-    limited = scope()
-    if limited is None:
+    clause = location_clause()
+    if clause is None:
         return stmt
     mine = (select(Kiosk.id).join(Location, Kiosk.location_id == Location.id)
-            .where(Location.district_id == limited))
+            .where(clause))
     return stmt.where(TABLE.c.kiosk_id.in_(mine))
 
 

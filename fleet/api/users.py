@@ -63,34 +63,42 @@ def get_user(username):
 @bp.post("/users")
 @require(ADMIN)
 def create_user():
-    body = json_body({"username", "password", "role", "district"})
+    body = json_body({"username", "password", "role", "district", "ward", "organisation"})
     username = text_field(body, "username", required=True, max_length=accounts.MAX_NAME)
     role = text_field(body, "role", required=True, max_length=32)
     district = text_field(body, "district", required=False, max_length=64)
+    ward = text_field(body, "ward", required=False, max_length=64)
+    organisation = text_field(body, "organisation", required=False, max_length=64)
     password = _password(body)
-    user = _apply(lambda s: accounts.create_user(s, g.actor, username, password, role, district))
+    user = _apply(lambda s: accounts.create_user(s, g.actor, username, password, role, district,
+                                                 ward=ward, organisation=organisation))
     return jsonify(accounts.user_dict(_session(), user)), 201
 
 
 @bp.patch("/users/<username>")
 @require(ADMIN)
 def update_user(username):
-    """Any of role, district (null: none), disabled, password."""
-    body = json_body({"role", "district", "disabled", "password"})
+    """Any of role, district, ward, organisation (null: none), disabled, password."""
+    body = json_body({"role", "district", "ward", "organisation", "disabled", "password"})
     role = text_field(body, "role", required=False, max_length=32)
     district = _UNSET
     if "district" in body:
         district = text_field(body, "district", required=False, max_length=64) or ""
+    anchors = {name: (text_field(body, name, required=False, max_length=64) or "")
+               if name in body else _UNSET for name in ("ward", "organisation")}
     disabled = body.get("disabled")
     if disabled is not None and not isinstance(disabled, bool):
         raise ApiError(422, "'disabled' must be true or false")
     password = _password(body) if "password" in body else None
-    if role is None and district is _UNSET and disabled is None and password is None:
-        raise ApiError(422, "nothing to change: send role, district, disabled or password")
+    changing = role is not None or district is not _UNSET or any(
+        v is not _UNSET for v in anchors.values())
+    if not changing and disabled is None and password is None:
+        raise ApiError(422, "nothing to change: send role, district, ward, organisation, "
+                            "disabled or password")
 
     def work(session):
-        if role is not None or district is not _UNSET:
-            accounts.update_user(session, g.actor, username, role, district)
+        if changing:
+            accounts.update_user(session, g.actor, username, role, district, **anchors)
         if password is not None:
             accounts.set_password(session, g.actor, username, password)
         if disabled is not None:

@@ -14,7 +14,7 @@ from flask_babel import get_locale
 from flask_babel import gettext as _
 
 from ..auth import (AuthError, SAFE_METHODS, check_csrf, csrf_token, current_user,
-                    require_district)
+                    admitted, require_district)
 
 bp = Blueprint("web", __name__, template_folder="../templates", static_folder="../static",
                static_url_path="/static")
@@ -39,16 +39,15 @@ def _template_globals():
 
 def page(*roles: str):
     """Decorator for pages: logged in (else to the login page), with one of `roles`
-    (admin always may)."""
+    (admin always may; no roles: every role but the manager, see auth.admitted)."""
     def decorate(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
             from ..app import db
-            from ..models import ADMIN
             user = current_user(db())
             if user is None:
                 return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
-            if roles and user.role not in roles and user.role != ADMIN:
+            if not admitted(user, roles):
                 raise AuthError(403, _("Your role may not open this page."))
             require_district(user, _("Your district officer account has no district; ask "
                                      "an admin to assign one."))
@@ -76,3 +75,4 @@ from . import trust_views  # noqa: E402,F401
 from . import policy_views  # noqa: E402,F401
 from . import valuesets_views  # noqa: E402,F401
 from . import users_views  # noqa: E402,F401
+from . import compliance_views  # noqa: E402,F401

@@ -23,7 +23,7 @@ from ..api.common import iso, now, scope
 from ..api.fleet_objects import find_kiosks
 from ..app import current_fleet, db
 from ..auth import AuthError, current_user
-from ..models import DEGRADED, OFFLINE, STATES, Outage
+from ..models import DEGRADED, OFFLINE, ROLES, STATES, Outage
 from . import bp, display, page  # noqa: F401  (display registers the filters)
 
 # Rows per list: the longest outages first; the kiosk list (linked) shows the rest. A
@@ -71,7 +71,7 @@ def live_payload(data: dict) -> tuple[bytes, str, str]:
 
 
 @bp.get("/")
-@page()
+@page(*ROLES)  # a manager too: limited to its organisation's kiosks
 def home():
     data = home_data(db(), now())
     _body, etag, html = live_payload(data)

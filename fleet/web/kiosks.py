@@ -12,11 +12,11 @@ from sqlalchemy import func, select
 from .. import quarantine
 from ..api import ApiError
 from ..api.activity import TRACERS, last_scans, scan_where, silent_ids
-from ..api.common import CODE, caller, iso, now, scope
+from ..api.common import CODE, caller, iso, location_clause, now, scope
 from ..api.fleet_objects import KIOSK_ID, find_kiosks, kiosk_detail
 from ..api.quarantined import READERS as QUARANTINE_READERS
 from ..app import current_fleet, db
-from ..models import STATES, District, Location, Scan, ScanSummary
+from ..models import ROLES, STATES, District, Location, Scan, ScanSummary
 from . import bp, display, page  # noqa: F401  (display registers the filters)
 
 RANGES = {"24h": 24, "7d": 7 * 24}  # the decision counts' windows, in hours
@@ -44,7 +44,7 @@ def places(session, district: str | None = None, location: str | None = None
                  .order_by(District.name.nulls_last(), Location.name))
     if limited is not None:
         districts = districts.where(District.id == limited)
-        locations = locations.where(Location.district_id == limited)
+        locations = locations.where(location_clause())
     districts = list(session.scalars(districts))
     if limited is None and district is None and session.scalar(
             select(func.count(Location.id))) > LOCATIONS_LISTED:
@@ -63,7 +63,7 @@ def _page_number() -> int:
 
 
 @bp.get("/kiosks")
-@page()
+@page(*ROLES)  # a manager too: its organisation's kiosks
 def kiosks_page():
     """One page of PAGE_SIZE kiosks (offsets: the order is by state and time, and the
     count says how many pages there are); the filters travel in every page link. At
@@ -140,7 +140,7 @@ def decisions(session, kiosk_id: str, since: float, until: float) -> list[dict]:
 
 
 @bp.get("/kiosks/<kiosk_id>")
-@page()
+@page(*ROLES)
 def kiosk_page(kiosk_id):
     session = db()
     at = now()

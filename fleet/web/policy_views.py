@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 
 from .. import bundles, policies
 from ..api import ApiError
-from ..api.common import CODE, scope
+from ..api.common import CODE, location_clause, scope
 from ..api.fleet_objects import KIOSK_ID
 from ..app import current_fleet, db
 from ..auth import AuthError, current_user
@@ -62,9 +62,9 @@ def _assigned_counts(deployment: str) -> dict[str, int]:
             .outerjoin(Location, Kiosk.location_id == Location.id)
             .where(Kiosk.deployment == deployment, Kiosk.state != RETIRED)
             .group_by(Kiosk.policy))
-    limited = scope()
-    if limited is not None:
-        stmt = stmt.where(Location.district_id == limited)
+    clause = location_clause()
+    if clause is not None:
+        stmt = stmt.where(clause)
     return dict(db().execute(stmt).all())
 
 
@@ -127,12 +127,12 @@ def _policy_page(deployment: str, name: str, fields: dict | None = None,
     locations = (select(Location).order_by(Location.name))
     if limited is not None:
         districts = districts.where(District.id == limited)
-        locations = locations.where(Location.district_id == limited)
+        locations = locations.where(location_clause())
     holders = (select(Kiosk.id).outerjoin(Location, Kiosk.location_id == Location.id)
                .where(Kiosk.deployment == deployment, Kiosk.policy == name,
                       Kiosk.state != RETIRED).order_by(Kiosk.id).limit(201))
     if limited is not None:
-        holders = holders.where(Location.district_id == limited)
+        holders = holders.where(location_clause())
     kiosks = list(session_db.scalars(holders))
     return render_template(
         "policy_view.html", deployment=deployment, policy=row, rules=_rules(row.document),

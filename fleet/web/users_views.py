@@ -51,6 +51,8 @@ def _form() -> dict:
     form = request.form
     return {"action": form.get("action", ""), "username": form.get("username", "").strip(),
             "role": form.get("role", ""), "district": form.get("district", ""),
+            "ward": form.get("ward", "").strip(),
+            "organisation": form.get("organisation", "").strip(),
             "token_id": form.get("token_id", "")}
 
 
@@ -90,7 +92,9 @@ def users_create():
     session_db = db()
     try:
         accounts.create_user(session_db, g.actor, fields["username"], _passwords(),
-                             fields["role"], fields["district"] or None)
+                             fields["role"], fields["district"] or None,
+                             ward=fields["ward"] or None,
+                             organisation=fields["organisation"] or None)
     except accounts.AccountError as exc:
         session_db.rollback()
         return _users_page(_said(exc), fields, exc.status)
@@ -168,7 +172,8 @@ def _apply(fields: dict) -> None:
         accounts.delete_user(session_db, g.actor, name)
     else:
         accounts.update_user(session_db, g.actor, name, fields["role"] or None,
-                             fields["district"])
+                             fields["district"], ward=fields["ward"],
+                             organisation=fields["organisation"])
 
 
 def _check(fields: dict) -> None:

@@ -12,7 +12,7 @@ from flask import render_template, request
 from sqlalchemy import select
 
 from .. import bundles
-from ..api.common import scope
+from ..api.common import location_clause, scope
 from ..app import current_fleet, db
 from ..bundles import ListError
 from ..auth import AuthError
@@ -39,9 +39,9 @@ def valuesets_page():
     held = {"current": 0, "older": 0, "vendored": 0}
     beats = (select(Kiosk.heartbeat).outerjoin(Location, Kiosk.location_id == Location.id)
              .where(Kiosk.deployment == deployment, Kiosk.state.in_((ONLINE, DEGRADED))))
-    limited = scope()
-    if limited is not None:
-        beats = beats.where(Location.district_id == limited)
+    clause = location_clause()
+    if clause is not None:
+        beats = beats.where(clause)
     for beat in session_db.scalars(beats):
         applied = beat.get("bundles") if isinstance(beat, dict) else None
         have = applied.get("valuesets") if isinstance(applied, dict) else None
