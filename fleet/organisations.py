@@ -1,0 +1,150 @@
+"""Organisations and wards: the records and the status path a district approves
+(docs/organisations.md). The API and the pages are to call these; every change is
+audited and an organisation's status changes are kept as its history.
+
+    applied --approve(quota)--> approved --suspend(reason, lift_by)--> suspended
+    suspended --lift--> approved;  applied | approved | suspended --close--> closed (final)
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from sqlalchemy import select
+
+from . import audit
+from .models import (ADMIN, APPLIED, APPROVED, CLOSED, DISTRICT_OFFICER, HEALTH_OFFICIAL,
+                     ORG_KINDS, RETIRED, SUSPENDED, WARD_KINDS, WARD_OFFICER, District, Kiosk,
+                     Location, Organisation, OrganisationStatusChange, Ward)
+
+CODE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+# Mã số thuế: 10 digits for an enterprise, 10 + "-" + 3 for a branch or dependent unit.
+TAX_CODE = re.compile(r"^\d{10}(-\d{3})?$")
+NEXT = {APPLIED: {APPROVED, CLOSED}, APPROVED: {SUSPENDED, CLOSED},
+        SUSPENDED: {APPROVED, CLOSED}, CLOSED: set()}
+LIFTERS = (WARD_OFFICER, DISTRICT_OFFICER, HEALTH_OFFICIAL)
+
+
+class OrganisationError(Exception):
+    """A change refused; `status` is the HTTP status an API would answer."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def by_code(session, code: str) -> Organisation:
+    org = session.scalar(select(Organisation).where(Organisation.code == code))
+    if org is None:
+        raise OrganisationError(f"no organisation with code {code!r}", 404)
+    return org
+
+
+def create_ward(session, *, code: str, name: str, district: District, kind: str = "phuong",
+                actor: str) -> Ward:
+    if not CODE.match(code or ""):
+        raise OrganisationError("a ward code is 1-64 lower-case letters, digits and '-'")
+    if kind not in WARD_KINDS:
+        raise OrganisationError(f"a ward's kind is one of {', '.join(WARD_KINDS)}")
+    if not (name or "").strip():
+        raise OrganisationError("a ward needs a name")
+    if session.scalar(select(Ward.id).where(Ward.code == code)) is not None:
+        raise OrganisationError(f"a ward with code {code!r} exists already", 409)
+    ward = Ward(code=code, name=name.strip(), kind=kind, district_id=district.id)
+    session.add(ward)
+    audit.record(session, actor, "ward.create", code, district=district.code, kind=kind)
+    return ward
+
+
+def create(session, *, code: str, name: str, kind: str, district: District,
+           ward: Ward | None = None, tax_code: str | None = None, sector: str = "",
+           contact_name: str = "", contact_phone: str = "", contact_email: str = "",
+           actor: str, at: float | None = None) -> Organisation:
+    """A new organisation, in status applied."""
+    at = time.time() if at is None else at
+    if not CODE.match(code or ""):
+        raise OrganisationError("an organisation code is 1-64 lower-case letters, digits "
+                                "and '-'")
+    if kind not in ORG_KINDS:
+        raise OrganisationError(f"an organisation's kind is one of {', '.join(ORG_KINDS)}")
+    if not (name or "").strip():
+        raise OrganisationError("an organisation needs a name")
+    if tax_code is not None and not TAX_CODE.match(tax_code):
+        raise OrganisationError(f"tax code {tax_code!r} is not a Vietnamese tax code "
+                                "(10 digits, or 10 digits, '-' and 3 digits)")
+    if ward is not None and ward.district_id != district.id:
+        raise OrganisationError(f"ward {ward.code!r} is not in district {district.code!r}")
+    if session.scalar(select(Organisation.id).where(Organisation.code == code)) is not None:
+        raise OrganisationError(f"an organisation with code {code!r} exists already", 409)
+    if tax_code is not None and session.scalar(
+            select(Organisation.id).where(Organisation.tax_code == tax_code)) is not None:
+        raise OrganisationError(f"an organisation with tax code {tax_code} exists already",
+                                409)
+    org = Organisation(code=code, name=name.strip(), kind=kind, tax_code=tax_code,
+                       sector=sector, district_id=district.id,
+                       ward_id=ward.id if ward is not None else None,
+                       contact_name=contact_name, contact_phone=contact_phone,
+                       contact_email=contact_email, status=APPLIED, status_since=at,
+                       suspended_reason="", created_at=at)
+    session.add(org)
+    session.flush()
+    session.add(OrganisationStatusChange(organisation_id=org.id, at=at, old_status=None,
+                                         new_status=APPLIED, actor=actor, reason=""))
+    audit.record(session, actor, "organisation.create", code, district=district.code,
+                 kind=kind)
+    return org
+
+
+def set_status(session, org: Organisation, new_status: str, *, actor: str, role: str,
+               reason: str = "", quota: int | None = None, lift_by: str | None = None,
+               detail: dict | None = None, at: float | None = None
+               ) -> OrganisationStatusChange:
+    """Move `org` along its status path; `role` is the actor's (a suspension is lifted
+    only by the role it names, or an admin). Returns the history row."""
+    at = time.time() if at is None else at
+    old = org.status
+    if new_status not in NEXT.get(old, set()):
+        raise OrganisationError(f"organisation {org.code!r} is {old}: it cannot become "
+                                f"{new_status}", 409)
+    reason = (reason or "").strip()
+    facts = dict(detail or {})
+    if new_status == APPROVED and old == APPLIED:
+        if not isinstance(quota, int) or isinstance(quota, bool) or quota < 1:
+            raise OrganisationError("approving needs the worker quota (a whole number >= 1)")
+        org.quota, org.approved_at = quota, at
+        facts["quota"] = quota
+    elif new_status == APPROVED:  # lifting a suspension
+        if role != ADMIN and role != org.lift_by:
+            raise OrganisationError(f"this suspension is lifted by a {org.lift_by}", 403)
+        org.suspended_reason, org.lift_by = "", None
+    elif new_status == SUSPENDED:
+        if not reason:
+            raise OrganisationError("a suspension needs its reason")
+        lift_by = lift_by or DISTRICT_OFFICER
+        if lift_by not in LIFTERS:
+            raise OrganisationError(f"a suspension is lifted by one of {', '.join(LIFTERS)}")
+        org.suspended_reason, org.lift_by = reason[:400], lift_by
+        facts["lift_by"] = lift_by
+    org.status, org.status_since = new_status, at
+    change = OrganisationStatusChange(organisation_id=org.id, at=at, old_status=old,
+                                      new_status=new_status, actor=actor,
+                                      reason=reason[:400], detail=facts or None)
+    session.add(change)
+    audit.record(session, actor, "organisation.status", org.code, old=old, new=new_status,
+                 reason=reason, **facts)
+    return change
+
+
+def history(session, org: Organisation) -> list[OrganisationStatusChange]:
+    return list(session.scalars(
+        select(OrganisationStatusChange).where(OrganisationStatusChange.organisation_id == org.id)
+        .order_by(OrganisationStatusChange.at, OrganisationStatusChange.id)))
+
+
+def kiosks_of(session, org: Organisation) -> list[Kiosk]:
+    """The kiosks (not retired) at the organisation's control points, in id order."""
+    return list(session.scalars(
+        select(Kiosk).join(Location, Kiosk.location_id == Location.id)
+        .where(Location.organisation_id == org.id, Kiosk.state != RETIRED)
+        .order_by(Kiosk.id)))
