@@ -44,6 +44,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from greengate import bundle, cose, status
 from greengate import policy as policies
 
+from . import closures, rosters
 from .models import (REINSTATED, RETIRED, REVOKED, SUSPENDED, Kiosk, ListVersion, Policy,
                      PublishedBundle, StatusChange, StatusEntry, TrustEntry)
 
@@ -245,8 +246,12 @@ def issue_policy(session, deployment: str, row: ListVersion, key, at: float) -> 
     # the one its config names (it must not refuse the whole bundle over one record).
     assigned = {k: p for k, p in assignments(session, deployment).items() if p in docs}
     issued = int(at)
-    raw = bundle.seal("policy", row.version, issued, {"policies": docs, "assigned": assigned},
-                      key, deployment)
+    body = {"policies": docs, "assigned": assigned,
+            # kiosks whose organisation is suspended after a case answer red (docs/bundles.md)
+            "closed": closures.closed_kiosks(session, deployment),
+            # kiosks at "workers only" control points: kiosk id -> organisation code
+            "workers_only": rosters.workers_only_kiosks(session, deployment)}
+    raw = bundle.seal("policy", row.version, issued, body, key, deployment)
     return _store(session, deployment, "policy", row.version, issued, raw)
 
 
