@@ -262,11 +262,19 @@ def targets(session, deployment: str, *, kiosks=None, location_id: int | None = 
     return list(session.scalars(query.order_by(Kiosk.id)))
 
 
+def place_targets(session, deployment: str, what: str, code: str) -> list[Kiosk] | None:
+    """The kiosks `targets` finds at the location or district (`what`) with this code;
+    None when there is no such place (each front end words that its own way)."""
+    from .models import District, Location
+    model = {"location": Location, "district": District}[what]
+    place = session.scalar(select(model.id).where(model.code == code))
+    return None if place is None else targets(session, deployment, **{f"{what}_id": place})
+
+
 # --- greengate-fleet policies ... ----------------------------------------------------
 def _named_kiosks(session, config, args) -> list[str]:
     """The kiosk ids `policies assign` names: --kiosk ids, or a location's or a district's
     kiosks of the deployment (by code, as the API and the dashboard name them)."""
-    from .models import District, Location
     named = [flag for flag, value in (("--kiosk", args.kiosk), ("--location", args.location),
                                       ("--district", args.district)) if value]
     if len(named) != 1:
@@ -275,12 +283,10 @@ def _named_kiosks(session, config, args) -> list[str]:
     if args.kiosk:
         return args.kiosk
     deployment = bundles.command_deployment(config, args.deployment)
-    model, code = (Location, args.location) if args.location else (District, args.district)
-    what = "location" if args.location else "district"
-    row = session.scalar(select(model).where(model.code == code))
-    if row is None:
+    what, code = ("location", args.location) if args.location else ("district", args.district)
+    found = place_targets(session, deployment, what, code)
+    if found is None:
         raise ListError(f"no {what} with code {code!r}", 404)
-    found = targets(session, deployment, **{f"{what}_id": row.id})
     if not found:
         raise ListError(f"no kiosk of deployment {deployment!r} is at {what} {code!r} "
                         "(retired ones are left out)", 404)

@@ -302,8 +302,9 @@ def get_location(code):
     return jsonify(_location_response(session, location_by_code(session, code)))
 
 
-def _referenced(session, body, field: str, model):
+def _referenced(session, body, field: str, model=None):
     """The district or location a body names by its code; 422 saying how to create it."""
+    model = model or {"location": Location, "district": District}[field]
     code = text_field(body, field, required=True, max_length=64)
     row = session.scalar(select(model).where(model.code == code))
     if row is None:
@@ -620,12 +621,9 @@ def assign_policy_many(deployment, name):
                     isinstance(i, str) and KIOSK_ID.match(i) for i in ids):
                 raise ApiError(422, f"'kiosks' is a list of 1 to 10000 kiosk ids ({KIOSK_RULE})")
             found = policies.targets(session, deployment, kiosks=ids)
-        elif named[0] == "location":
-            found = policies.targets(session, deployment, location_id=_referenced(
-                session, body, "location", Location).id)
         else:
-            found = policies.targets(session, deployment, district_id=_referenced(
-                session, body, "district", District).id)
+            found = policies.place_targets(session, deployment, named[0],
+                                           _referenced(session, body, named[0]).code)
     except ListError as exc:
         raise ApiError(exc.status, exc.message) from None
     before = {k.id: k.policy for k in found}

@@ -244,19 +244,16 @@ def _targets(fields: dict) -> list[Kiosk]:
         if not ids or bad:
             raise ListError(_("Name the kiosks by their ids, separated by spaces or commas."))
         return policies.targets(session_db, fields["deployment"], kiosks=ids)
-    places = {"location": (Location, _("Choose a location.")),
-              "district": (District, _("Choose a district."))}
-    if fields["target"] not in places:
+    unchosen = {"location": _("Choose a location."), "district": _("Choose a district.")}
+    what = fields["target"]
+    if what not in unchosen:
         raise ListError(_("Choose whom to assign the policy to: kiosks, a location or a "
                           "district."))
-    model, unchosen = places[fields["target"]]
-    code = fields[fields["target"]]
-    row = session_db.scalar(select(model).where(model.code == code)) \
+    code = fields[what]
+    found = policies.place_targets(session_db, fields["deployment"], what, code) \
         if CODE.match(code) else None
-    if row is None:
-        raise ListError(unchosen)
-    found = policies.targets(session_db, fields["deployment"],
-                             **{f"{fields['target']}_id": row.id})
+    if found is None:
+        raise ListError(unchosen[what])
     if not found:
         raise ListError(_("No kiosk of this deployment is there (retired kiosks are left "
                           "out)."))
