@@ -4,11 +4,11 @@ runs)."""
 
 import sys
 
-from . import compliance, dashboard, decode, ingest, outage, report, status, verify
+from . import compliance, dashboard, decode, ingest, outage, report, roster, status, verify
 
 BENCHMARKS = {"verify": verify.main, "decode": decode.main, "status": status.main,
               "ingest": ingest.main, "outage": outage.main, "dashboard": dashboard.main,
-              "compliance": compliance.main,
+              "compliance": compliance.main, "roster": roster.main,
               "report": report.main}
 
 

@@ -84,7 +84,7 @@ PLACES = ["Chợ", "Siêu thị", "Bệnh viện", "Trường", "Văn phòng", "
 HOURLY = np.array([0.3, 0.15, 0.1, 0.1, 0.3, 1.5, 4.5, 8.5, 9.0, 7.0, 6.0, 7.0,
                    8.0, 6.5, 6.0, 6.5, 7.5, 9.0, 8.5, 6.0, 4.0, 2.5, 1.2, 0.6])
 REASONS = [  # decision, reason, sub_reason, share
-    ("green", "ok", None, 0.925),
+    ("green", "ok", None, 0.924),
     ("red", "expired", None, 0.018),
     ("red", "policy_failed", "vaccination_too_recent", 0.012),
     ("red", "policy_failed", "vaccination_incomplete", 0.008),
@@ -97,7 +97,8 @@ REASONS = [  # decision, reason, sub_reason, share
     ("red", "not_yet_valid", None, 0.001),
     ("red", "suspended", None, 0.001),
     ("red", "clock_unknown", None, 0.001),
-    ("red", "out_of_service", None, 0.001)]
+    ("red", "out_of_service", None, 0.001),
+    ("red", "place_closed", None, 0.001)]  # a workplace closed after a case
 SCAN_INDEXES = ("ix_scan_ts_decision", "ix_scan_location_ts", "ix_scan_district_ts", "ix_scan_kiosk_ts",
                 "ix_scan_cert_hash", "ix_scan_holder")
 CHUNK = 250_000

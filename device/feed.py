@@ -4,7 +4,8 @@ Retained messages are sent again on every subscribe, and the reporter starts a
 clean session on every connect. Subscribing to the full status snapshot all the
 time would download megabytes after every reconnect. So:
 
-- always: trust, policy, valuesets and status-head (small);
+- always: trust, policy, valuesets and status-head (small), and the kiosk's own roster
+  topic (gg/v1/roster/<kiosk>: its organisation's roster, retained; docs/rosters.md);
 - holding status version v: only status-delta/v, the fleet's delta from v to
   the current version (retained; it arrives when the fleet publishes one);
 - no status list yet, or the head says there is no delta from v (the kiosk
@@ -41,6 +42,8 @@ class StatusFeed:
     def start(self) -> None:
         for kind in ("trust", "policy", "valuesets", "status-head"):
             self.reporter.subscribe(self.topic(kind), self.on_message)
+        if getattr(self.store, "kiosk_id", None):  # its organisation's roster, if it has one
+            self.reporter.subscribe(messages.roster_topic(self.store.kiosk_id), self.on_message)
         self.update()
 
     def on_message(self, topic: str, payload: bytes) -> None:

@@ -32,6 +32,14 @@ never light green, so none can be taken for a pass):
 - source (camera or scanner missing or lost): three short red flashes (0.15 s)
   every 2 s, three short beeps at the start.
 - lists: the out_of_service pattern. clock: the clock_unknown pattern.
+
+Place closed (place_closed(), shown by the kiosk while no decision and no fault is
+showing, for as long as the policy bundle lists this kiosk in `closed`: its
+organisation is suspended after a case): red on 2.75 s, dark 0.25 s, repeating, no
+sound. Nearly steady red reads "stop" from afar, and the short dark gap tells it from
+a red decision (steady, then dark) and from out_of_service (half on, half off). No
+beep: the place stays closed for days, and a beep at the start would sound again
+after every scan. A scan at a closed place shows the ordinary red pattern.
 """
 
 import logging
@@ -104,6 +112,8 @@ class Indicator:
     flicker = 0.1  # config fault: red on, then off
     flash = 0.15  # storage/source faults: each short red flash, and the gap after it
     flash_period = 2.0  # storage/source faults: one group of flashes per period
+    closed_on = 2.75  # place closed: red on this long...
+    closed_off = 0.25  # ...then dark this long, repeating
 
     def __init__(self, green_pin: int, red_pin: int, buzzer_pin: int,
                  relay_pin: int | None = None, green_seconds: float = 1.5,
@@ -159,6 +169,10 @@ class Indicator:
         """Starting-up pattern, until the first show()/idle()."""
         period = self.starting_period
         self._play(Pattern("starting", (), timeline(period, green=[(0, period / 5)])))
+
+    def place_closed(self) -> None:
+        """The place-closed pattern (module docstring), until the next pattern."""
+        self._play(self.closed_pattern())
 
     def idle(self) -> None:
         """Everything off."""
@@ -226,6 +240,11 @@ class Indicator:
                            timeline(2 * on, red=[(0, on)]))
         r = self.red_seconds
         return Pattern("red", timeline(r, red=[(0, r)], buzzer=_beeps(2, self.beep_long, 0.15)))
+
+    def closed_pattern(self) -> Pattern:
+        """The pattern place_closed() plays: never green, never the relay, no sound."""
+        on, off = self.closed_on, self.closed_off
+        return Pattern("place_closed", (), timeline(on + off, red=[(0, on)]))
 
     def fault_pattern(self, kind: str) -> Pattern:
         """The pattern fault() plays for a fault kind (device.faults.KINDS)."""

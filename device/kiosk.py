@@ -50,6 +50,11 @@ class LiveVerifier:
         self.clock = clock
 
     def verify(self, text, at):
+        closed = getattr(self.store, "closed", None)  # tests run it without a store
+        if closed is not None:
+            # the place is shut after a case: nobody enters, whatever their certificate,
+            # so none is read (and no holder is sealed to the fleet)
+            return red(Reason.PLACE_CLOSED, closed["organisation"])
         if at is None:
             if self.clock is not None and self.clock.beyond_budget():
                 return red(Reason.OUT_OF_SERVICE, "no fresh lists for longer than the "
@@ -107,7 +112,7 @@ class Kiosk:
             fleet_key = None  # every bundle is refused (device/state.py); the fault says why
         self.store = BundleStore(data / "bundles", fleet_key, cfg.kiosk.deployment,
                                  cfg.kiosk.policy, budget,
-                                 on_bundle=lambda b: self.clock.raise_floor(b.issued_at),
+                                 on_bundle=self._bundle_arrived,
                                  kiosk_id=cfg.kiosk.id)
         self.store.on_write = lambda exc: self._storage("bundles", exc)
         self.outbox = Outbox(data / "outbox.sqlite", cfg.outbox.max_rows,
@@ -133,6 +138,11 @@ class Kiosk:
         self._idle = False
 
     # --- the data path -----------------------------------------------------
+    def _bundle_arrived(self, b) -> None:
+        self.clock.raise_floor(b.issued_at)
+        # a policy bundle may close or reopen the place: the light follows at once
+        self._fault_wake.set()
+
     def on_decision(self, decision, now: float) -> None:
         scan_id = uuid.uuid4().hex
         sealed = self.sealer(decision.holder, kiosk=self.id, scan_id=scan_id)
@@ -368,6 +378,11 @@ class Kiosk:
             self.faults.set("lists", self.store.problem or "lists missing")
         elif at is not None and at > self.store.verifier.valid_until:
             self.faults.set("lists", "lists older than the offline budget")
+        elif self.store.workers_only is not None and (
+                self.store.roster is None or
+                self.store.roster.organisation != self.store.workers_only):
+            # every green certificate is red roster_missing: the guard and the fleet see why
+            self.faults.set("lists", f"workers only: no roster of {self.store.workers_only}")
         else:
             self.faults.clear("lists")
         if at is None and not beyond:
@@ -385,9 +400,21 @@ class Kiosk:
             return
         worst = self.faults.worst()
         now = self.indicator.pattern
+        closed = self.store.closed
+        if closed != getattr(self, "_closed_logged", None):
+            self._closed_logged = closed
+            if closed is not None:
+                log.info("place closed (organisation %s since %s): every scan is red "
+                         "place_closed", closed["organisation"], closed["since"])
+            else:
+                log.info("place open again: scans are decided as usual")
         if worst is not None:
+            # a fault first: the kiosk needs service whether or not the place is open
             if now != self.indicator.fault_pattern(worst[0]).name:
                 self.indicator.fault(worst[0])
+        elif closed is not None:
+            if now != "place_closed":
+                self.indicator.place_closed()
         elif now not in (None, "starting", "lamp_test"):
             self.indicator.idle()
 

@@ -19,7 +19,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from greengate import bundle, policy, sealing, status
+from greengate import bundle, policy, roster, sealing, status
 from greengate.bundle import Bundle, BundleError
 from greengate.trust import TrustList, load_signer
 from greengate.valuesets import ValueSetError, ValueSets
@@ -52,7 +52,15 @@ class BundleStore:
         self.verifier: Verifier | None = None
         self.problem = "no trust list, policy or status list yet"
         self.refused = 0
-        for kind in STORED if fleet_key is not None else ():
+        # {"organisation": code, "since": iso} while the policy bundle lists this kiosk in
+        # `closed` (its organisation suspended after a case), else None; the stored policy
+        # bundle brings it back after a restart
+        self.closed: dict | None = None
+        # the organisation whose roster alone this kiosk admits (the policy bundle's
+        # `workers_only`), and the roster held (its own topic; docs/rosters.md)
+        self.workers_only: str | None = None
+        self.roster: roster.Roster | None = None
+        for kind in (*STORED, "roster") if fleet_key is not None else ():
             path = self.dir / f"{kind}.bundle"
             if path.exists():
                 try:
@@ -69,6 +77,16 @@ class BundleStore:
                 accepted, why = False, str(exc)
             if not accepted:
                 log.info("stored delta %s not replayed (%s); removing it", path.name, why)
+                path.unlink(missing_ok=True)
+        roster_deltas = self.dir.glob("roster-delta-*.bundle") if fleet_key is not None else ()
+        for path in sorted(roster_deltas, key=_delta_version):
+            try:
+                accepted, why = self._accept(bundle.open_bundle(path.read_bytes(), fleet_key,
+                                                                deployment), persist=False)
+            except (BundleError, ValueError) as exc:
+                accepted, why = False, str(exc)
+            if not accepted:
+                log.info("stored roster delta %s not replayed (%s); removing it", path.name, why)
                 path.unlink(missing_ok=True)
         self._rebuild()
         if fleet_key is None:
@@ -121,6 +139,8 @@ class BundleStore:
         kind = candidate.kind
         if kind == "status-delta":
             return self._accept_delta(candidate, persist)
+        if kind in ("roster", "roster-delta"):
+            return self._accept_roster(candidate, persist)
         current = self.bundles.get(kind)
         if current is not None:
             if candidate.version < current.version:
@@ -144,6 +164,9 @@ class BundleStore:
                 for old in self.dir.glob("status-delta-*.bundle"):
                     old.unlink(missing_ok=True)
         self.bundles[kind] = candidate
+        if kind == "policy":
+            self.closed = closed_entry(candidate.body, self.kiosk_id)
+            self.workers_only = workers_only_entry(candidate.body, self.kiosk_id)
         if new_status is not None:
             self._status = new_status
         return True, "applied"
@@ -165,6 +188,42 @@ class BundleStore:
             self._write(f"status-delta-{delta.version}", delta.raw)
         self.bundles["status"] = snapshot
         self._status = new_status
+        return True, "applied"
+
+    def _accept_roster(self, candidate: Bundle, persist: bool) -> tuple[bool, str]:
+        """A roster bundle (or a delta on the roster held): for this kiosk, not older than
+        the one held (versions count per deployment, so a kiosk moved to another
+        organisation still sees them rise)."""
+        held = self.roster
+        if held is not None and candidate.version <= held.version:
+            if candidate.version < held.version:
+                return False, (f"refused rollback: {candidate.kind} v{candidate.version} is "
+                               f"older than the roster v{held.version} held")
+            current = self.bundles.get("roster")
+            if candidate.kind == "roster" and current is not None and \
+                    current.version == held.version and candidate.raw != current.raw:
+                return False, f"refused: roster v{candidate.version} differs from the one held"
+            return False, "already held"
+        if candidate.kind == "roster":
+            new = roster.parse_roster(candidate.body, candidate.version)
+        else:
+            if held is None or roster.delta_base(candidate.body) != held.version:
+                return False, (f"roster delta from v{roster.delta_base(candidate.body)} does "
+                               f"not apply to roster v{held.version if held else None}")
+            new = roster.apply_delta(held, candidate.body, candidate.version)
+        if not self.kiosk_id or self.kiosk_id not in new.kiosks:
+            return False, (f"refused: roster v{candidate.version} of {new.organisation} is "
+                           f"not for this kiosk ({self.kiosk_id})")
+        if persist:
+            if candidate.kind == "roster":
+                self._write("roster", candidate.raw)
+                for old in self.dir.glob("roster-delta-*.bundle"):
+                    old.unlink(missing_ok=True)
+            else:  # kept signed, replayed on the base at start-up (as status deltas)
+                self._write(f"roster-delta-{candidate.version}", candidate.raw)
+        if candidate.kind == "roster":
+            self.bundles["roster"] = candidate
+        self.roster = new
         return True, "applied"
 
     def _write(self, kind: str, raw: bytes) -> None:
@@ -197,7 +256,8 @@ class BundleStore:
         oldest = min(self.bundles[k].issued_at for k in ("trust", "status"))
         valid_until = datetime.fromtimestamp(oldest, timezone.utc) + self.budget
         self.verifier = Verifier(trust, pol, self._status, valid_until=valid_until,
-                                 valuesets=valuesets)
+                                 valuesets=valuesets, workers_only=self.workers_only,
+                                 roster=self.roster)
         self.problem = None
 
     @property
@@ -223,6 +283,32 @@ class BundleStore:
         if self.verifier is None:
             return "missing"
         return "fresh" if now <= self.verifier.valid_until else "stale"
+
+
+def closed_entry(body, kiosk_id: str | None) -> dict | None:
+    """This kiosk's entry of a policy body's `closed` map, read tolerantly: a fleet older
+    than closures sends none (open); an entry the kiosk cannot read still closes it (the
+    signed bundle names the kiosk: it is meant closed), with what can be read of it."""
+    closed = body.get("closed") if isinstance(body, dict) else None
+    if not kiosk_id or not isinstance(closed, dict) or kiosk_id not in closed:
+        return None
+    entry = closed[kiosk_id]
+    entry = entry if isinstance(entry, dict) else {}
+    organisation, since = entry.get("organisation"), entry.get("since")
+    return {"organisation": organisation[:64] if isinstance(organisation, str) else "",
+            "since": since[:40] if isinstance(since, str) else ""}
+
+
+def workers_only_entry(body, kiosk_id: str | None) -> str | None:
+    """The organisation whose roster this kiosk admits only (the policy body's
+    `workers_only` map), or None. An entry the kiosk cannot read still makes it
+    workers-only (the signed bundle names the kiosk): with no roster of that name, no one
+    is green."""
+    workers = body.get("workers_only") if isinstance(body, dict) else None
+    if not kiosk_id or not isinstance(workers, dict) or kiosk_id not in workers:
+        return None
+    org = workers[kiosk_id]
+    return org[:64] if isinstance(org, str) and org else "?"
 
 
 def _delta_version(path: Path) -> int:

@@ -150,6 +150,9 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
         "font": (str, "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
                  "a TTF font with Vietnamese letters for the reports' PDF (Debian "
                  "fonts-dejavu-core)"),
+        "workers": (int, 1, "processes making the weekly reports' PDFs when many are made "
+                            "at once: 1 the calling process alone (leaves the other cores "
+                            "to the ingest and the dashboard), 0 one per core, N that many"),
     },
     "alerts": {
         "poll": (float, 5.0, "`greengate-fleet alerts`: seconds between looks at the kiosks' "

@@ -74,13 +74,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.exc import (DataError, DBAPIError, IntegrityError, SQLAlchemyError,
                             StatementError)
+from sqlalchemy.orm import Session
 
 from greengate import messages, sealing, watchdog
 
 from . import mqtt_identity
 from .mqtt_trouble import Trouble
 from . import presence as presence_db
-from . import sealing_keys
+from . import roster_workers, sealing_keys
 from .db import make_engine
 from .ingest_metrics import IngestMetrics
 from .ingest_store import Quarantined, ScanStore, Written
@@ -193,6 +194,10 @@ class IngestWorker:
         # opens sealed holder identities; made in start() (it reads the fleet's keys)
         self.unsealer: sealing_keys.Unsealer | None = None
         self._sealed_outcomes: dict[str, int] = {}  # this batch's, by outcome
+        # roster enrolment mode (fleet/roster_workers.py): the open enrolments, reloaded
+        # every few seconds; a scan in one is linked after its batch's commit
+        self.enrolments: roster_workers.EnrolmentWatch | None = None
+        self._enrol_hits: list[tuple[int, str, bytes, float]] = []
         self.client: mqtt.Client | None = None
         self.stats = {"batches": 0, "acked": 0, "bad": 0, "confirmed": 0}
         self.problem: str | None = None  # the last connection / database trouble, for humans
@@ -246,6 +251,8 @@ class IngestWorker:
         self.store = ScanStore(self.engine, deployment=cfg.fleet.deployments[0],
                                metrics=self.metrics, refresh=REFRESH, clock=self.clock)
         self._retry_db(self.store.refresh, "load the kiosk directory")  # the database is up
+        self.enrolments = roster_workers.EnrolmentWatch(self.engine, clock=self.clock)
+        self._retry_db(self.enrolments.reload, "load the open roster enrolments")
         if self.tracker is not None:
             self._tracker_lock = DatabaseLock(self.engine, "presence", b"GGPRESNC")
             try:
@@ -482,6 +489,8 @@ class IngestWorker:
                 self._flush_confirms()
             if self.tracker is not None and self.store.directory.due():
                 self._refresh()  # retirements for the tracker; the store reads its own
+            if self.enrolments is not None and self.enrolments.due():
+                self._reload_enrolments()
             if final == 0 or (final is not None and not queue):
                 break
             if (self.leave and self._connected and not queue and self._idle_since is not None
@@ -571,6 +580,8 @@ class IngestWorker:
                 return  # stopping with the database down: the broker keeps them all
             confirms = self._confirmations(scans, summaries, refused, written)
         self._finish(acks, confirms)
+        if self._enrol_hits:
+            self._link_enrolments()
         self._in_hand = 0
         if self._idle_since is not None:
             self._idle_since = time.monotonic()
@@ -601,6 +612,49 @@ class IngestWorker:
                 self._bad_logged[key] = [now, 0]
             return
         outcomes["opened"] = outcomes.get("opened", 0) + 1
+        enrolments = self.enrolments
+        if enrolments is not None and enrolments.open:  # a kiosk in enrolment mode somewhere
+            enrolment = enrolments.get(kiosk, doc["ts"])
+            if enrolment is not None:
+                try:  # opened a moment ago: the epoch's AEAD key is in the opener's cache
+                    identity = self.unsealer.opener.open(text, kiosk=kiosk, scan_id=doc["id"])
+                except sealing.SealError:
+                    return
+                enrolments.forget(kiosk)  # the first such scan links; later ones are scans
+                self._enrol_hits.append((enrolment, kiosk, identity, doc["ts"]))
+
+    def _reload_enrolments(self) -> None:
+        try:
+            self.enrolments.reload()
+        except SQLAlchemyError as exc:
+            log.warning("open roster enrolments not reloaded (%s); keeping the old ones", exc)
+            self.enrolments.postpone()
+
+    def _link_enrolments(self) -> None:
+        """Link the workers of the enrolments scanned in this batch (after its commit: a
+        roster change never holds back scans), each in its own transaction; the holder
+        identities are dropped here."""
+        hits, self._enrol_hits = self._enrol_hits, []
+        for enrolment, kiosk, identity, ts in hits:
+            try:
+                with Session(self.engine) as session:
+                    outcome, org_id, published = roster_workers.link_enrolment(
+                        session, self.config, kiosk, identity, scanned_at=ts,
+                        at=self.clock())
+                    session.commit()
+                    sends = roster_workers.roster_messages(session, org_id, published) \
+                        if published else []
+            except Exception as exc:  # noqa: BLE001
+                # the enrolment stays open (a new scan tries again); linking a worker must
+                # never stop the ingest (a database error, a fleet without its signing key)
+                log.warning("roster enrolment %s at kiosk %s not linked (%s: %s)", enrolment,
+                            kiosk, exc.__class__.__name__, str(exc)[:200])
+                continue
+            log.info("roster enrolment %s at kiosk %s: %s", enrolment, kiosk, outcome)
+            client = self.client
+            if client is not None:  # retained: a kiosk offline now gets it when back
+                for topic, raw in sends:
+                    client.publish(topic, raw, qos=1, retain=True)
 
     def _window(self, ts: float, wall: float) -> messages.MessageError:
         """The refusal of a kiosk time outside [ingest] max_age_days / max_ahead_hours."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, LargeBinary,
                         String, Text, UniqueConstraint)
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Kiosk presence states (docs/fleet.md).
@@ -70,6 +71,9 @@ class Location(Base):
     ward_id: Mapped[int | None] = mapped_column(ForeignKey("ward.id"))
     # The organisation whose control point this is (None: a public place, a road block)
     organisation_id: Mapped[int | None] = mapped_column(ForeignKey("organisation.id"))
+    # Only the organisation's roster is admitted here (its kiosks check membership: 0010)
+    workers_only: Mapped[bool] = mapped_column(Boolean, default=False,
+                                               server_default=sa_false())
 
 
 class Kiosk(Base):

@@ -136,6 +136,88 @@ def set_status(session, org: Organisation, new_status: str, *, actor: str, role:
     return change
 
 
+# The sticker an approved organisation shows at its doors (the 2021 HCMC programme): a
+# household business got its own name, every other kind the enterprise's.
+STICKERS = {"household": "Hộ kinh doanh xanh"}
+STICKER = "Doanh nghiệp xanh"
+
+
+def sticker(org: Organisation | None) -> str | None:
+    """The status sticker printed on its posters; None unless approved (an applied,
+    suspended or closed organisation must not look open)."""
+    if org is None or org.status != APPROVED:
+        return None
+    return STICKERS.get(org.kind, STICKER)
+
+
+EDITABLE = ("name", "tax_code", "kind", "sector", "ward", "contact_name", "contact_phone",
+            "contact_email")
+
+
+def update(session, org: Organisation, *, actor: str, **fields) -> dict:
+    """Change an organisation's record (not its district, code or status: those have
+    their own path). `ward` is a Ward or None. Returns {field: [old, new]} (audited)."""
+    unknown = set(fields) - set(EDITABLE)
+    if unknown:
+        raise OrganisationError(f"cannot change {', '.join(sorted(unknown))}")
+    changes = {}
+    if "name" in fields:
+        name = (fields["name"] or "").strip()
+        if not name:
+            raise OrganisationError("an organisation needs a name")
+        fields["name"] = name
+    if "kind" in fields and fields["kind"] not in ORG_KINDS:
+        raise OrganisationError(f"an organisation's kind is one of {', '.join(ORG_KINDS)}")
+    if fields.get("tax_code") is not None:
+        tax_code = fields["tax_code"]
+        if not TAX_CODE.match(tax_code):
+            raise OrganisationError(f"tax code {tax_code!r} is not a Vietnamese tax code "
+                                    "(10 digits, or 10 digits, '-' and 3 digits)")
+        if tax_code != org.tax_code and session.scalar(
+                select(Organisation.id).where(Organisation.tax_code == tax_code)) is not None:
+            raise OrganisationError(f"an organisation with tax code {tax_code} exists "
+                                    "already", 409)
+    if "ward" in fields:
+        ward = fields.pop("ward")
+        if ward is not None and ward.district_id != org.district_id:
+            raise OrganisationError(f"ward {ward.code!r} is not in the organisation's "
+                                    "district")
+        new_id = ward.id if ward is not None else None
+        if new_id != org.ward_id:
+            old = session.get(Ward, org.ward_id) if org.ward_id else None
+            changes["ward"] = [old.code if old else None, ward.code if ward else None]
+            org.ward_id = new_id
+    for name, value in fields.items():
+        value = value if value is not None or name == "tax_code" else ""
+        if getattr(org, name) != value:
+            changes[name] = [getattr(org, name), value]
+            setattr(org, name, value)
+    if changes:
+        audit.record(session, actor, "organisation.update", org.code, **changes)
+    return changes
+
+
+def update_ward(session, ward: Ward, *, actor: str, name: str | None = None,
+                kind: str | None = None) -> dict:
+    """Rename a ward or change its kind (its code and district stay). Audited."""
+    changes = {}
+    if name is not None:
+        if not name.strip():
+            raise OrganisationError("a ward needs a name")
+        if name.strip() != ward.name:
+            changes["name"] = [ward.name, name.strip()]
+            ward.name = name.strip()
+    if kind is not None:
+        if kind not in WARD_KINDS:
+            raise OrganisationError(f"a ward's kind is one of {', '.join(WARD_KINDS)}")
+        if kind != ward.kind:
+            changes["kind"] = [ward.kind, kind]
+            ward.kind = kind
+    if changes:
+        audit.record(session, actor, "ward.update", ward.code, **changes)
+    return changes
+
+
 def history(session, org: Organisation) -> list[OrganisationStatusChange]:
     return list(session.scalars(
         select(OrganisationStatusChange).where(OrganisationStatusChange.organisation_id == org.id)

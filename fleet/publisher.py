@@ -5,6 +5,9 @@ Topics (greengate/messages.py):
   `.../status-head`
 - `gg/v1/bundle/{dep}/status-delta/{base}`: the delta from status version `base` to the
   current one, for each base in the window.
+- `gg/v1/roster/{kiosk}`: the current roster bundle of the kiosk's organisation, for each
+  kiosk its organisation's newest roster names (fleet/rosters.py), readable by that kiosk
+  alone.
 
 Order for a new status version: the deltas and the snapshot first, then the
 retained deltas that fell out of the window are cleared (an empty retained
@@ -43,12 +46,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from greengate import messages
 
-from . import bundles, mqtt_identity
+from . import bundles, mqtt_identity, rosters
 from .mqtt_trouble import Trouble
 
 log = logging.getLogger(__name__)
 
-KINDS = ("trust", "policy", "status", "valuesets")  # "status" = deltas + snapshot + head
+# "status" = deltas + snapshot + head; "roster" = each kiosk's organisation's roster
+KINDS = ("trust", "policy", "status", "valuesets", "roster")
 WHOLE = ("trust", "policy", "valuesets")  # one retained bundle each
 ACK_TIMEOUT = 30.0
 # one-shot commands (`greengate-fleet bundles ...`): seconds of failing connection attempts
@@ -98,6 +102,10 @@ class Publisher:
         # per deployment: delta bases the broker may hold retained (published by us, or
         # seen retained when subscribing); cleared when they leave the window
         self._retained: dict[str, set[int]] = {d: set() for d in self.deployments}
+        # per deployment: kiosk id -> roster version sent in this connection, so a roster
+        # change re-sends one organisation's kiosks, not every kiosk's (forgotten on
+        # connect: the broker may have lost its retained store)
+        self._rosters_sent: dict[str, dict[str, int]] = {d: {} for d in self.deployments}
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._work, name="bundle-publisher", daemon=True)
 
@@ -135,6 +143,7 @@ class Publisher:
             self._retry_at = 0.0
             self._delay = self.backoff[0]
             for deployment in self.deployments:  # the broker may have lost its retained store
+                self._rosters_sent[deployment] = {}
                 self._request(deployment, set(KINDS))
             self._cond.notify_all()
         log.info("bundle publisher connected to %s:%s", self.config.mqtt.host,
@@ -316,7 +325,14 @@ class Publisher:
             # plain values: the session closes before the network work
             current = {k: (b.version, b.raw) for k, b in current.items() if b is not None}
             delta_list = [(d.base, d.raw) for d in delta_rows]
+            roster_list = sorted(rosters.current(session, deployment).items()) \
+                if "roster" in kinds else []
+        with self._cond:
+            known = dict(self._rosters_sent.get(deployment, {}))
+        roster_list = [(k, v, raw) for k, (v, raw) in roster_list if known.get(k) != v]
         sent = []
+        for kiosk_id, _version, raw in roster_list:
+            sent.append(self._send(messages.roster_topic(kiosk_id), raw))
         for kind in WHOLE:
             if kind in kinds and kind in current:
                 sent.append(self._send(messages.bundle_topic(deployment, kind), current[kind][1]))
@@ -339,6 +355,8 @@ class Publisher:
             self._acked(head)
             published += 1
         with self._cond:
+            self._rosters_sent.setdefault(deployment, {}).update(
+                (kiosk_id, version) for kiosk_id, version, _ in roster_list)
             retained = self._retained.setdefault(deployment, set())
             retained -= stale
             if "status" in kinds:

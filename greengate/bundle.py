@@ -24,7 +24,8 @@ from . import cose
 from .errors import Rejected
 
 FORMAT = 1
-KINDS = ("trust", "policy", "status", "status-delta", "status-head", "valuesets")
+KINDS = ("trust", "policy", "status", "status-delta", "status-head", "valuesets", "roster",
+         "roster-delta")
 MAX_BUNDLE = 32 * 1024 * 1024  # a national status list is a few MB
 
 

@@ -18,6 +18,8 @@ class Reason(StrEnum):
     POLICY_FAILED = "policy_failed"
     CLOCK_UNKNOWN = "clock_unknown"
     OUT_OF_SERVICE = "out_of_service"
+    # the kiosk's organisation is suspended or closed (after a case): no certificate is read
+    PLACE_CLOSED = "place_closed"
 
 
 @dataclass(slots=True)  # not frozen: frozen init costs µs on the hot path

@@ -74,6 +74,12 @@ def status_delta_topic(deployment: str, base: int) -> str:
     return f"{ROOT}/bundle/{deployment}/status-delta/{int(base)}"
 
 
+def roster_topic(kiosk: str) -> str:
+    """Fleet -> one kiosk, retained, QoS 1: its organisation's roster bundle. Only that
+    kiosk may read it (the broker's ACL; docs/rosters.md)."""
+    return f"{ROOT}/roster/{kiosk}"
+
+
 def kiosk_of(topic: str) -> tuple[str, str]:
     """(kiosk id, message kind) of a kiosk topic, or MessageError."""
     parts = topic.split("/")

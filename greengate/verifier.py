@@ -16,6 +16,8 @@ from .content import Certificate, check_plausibility, parse_claims, parse_date
 from .decision import Decision, Reason, red
 from .errors import Rejected
 from .policy import Policy
+from .roster import NOT_ON_ROSTER, ROSTER_MISSING, Roster
+from .sealing import identity_bytes
 from .status import REVOKED, StatusList, cert_hash
 from .trust import TrustList
 from .valuesets import ValueSets
@@ -24,10 +26,15 @@ from .valuesets import ValueSets
 class Verifier:
     def __init__(self, trust: TrustList, policy: Policy, status: StatusList | None = None,
                  valid_until: datetime | None = None, valuesets: ValueSets | None = None,
-                 country: str = "VN", zone: tzinfo | str | None = None):
+                 country: str = "VN", zone: tzinfo | str | None = None,
+                 workers_only: str | None = None, roster: Roster | None = None):
         """country: the kiosk's country (CertLogic's external.countryCode).
         zone: the calendar in which a recovery certificate's df/du dates are
-        read; default the policy's timezone, else UTC."""
+        read; default the policy's timezone, else UTC.
+        workers_only: the organisation whose roster this kiosk admits only (the policy
+        bundle's `workers_only`), with `roster` the one the kiosk holds (docs/rosters.md)."""
+        self.workers_only = workers_only
+        self.roster = roster
         self.trust = trust
         self.policy = policy
         self.status = status
@@ -49,11 +56,35 @@ class Verifier:
 
     def verify(self, text: str, at: datetime | None) -> Decision:
         try:
-            return self._verify(text, at)
+            decision = self._verify(text, at)
         except Rejected as exc:
             return red(exc.reason, exc.detail, sub_reason=exc.sub_reason)
         except Exception as exc:  # a kiosk must always answer; never let input crash it
             return red(Reason.UNREADABLE, f"cannot read certificate: {type(exc).__name__}: {exc}")
+        if self.workers_only is not None and decision.decision == "green":
+            # after every certificate check: a red certificate keeps its own reason
+            return self._on_roster(decision)
+        return decision
+
+    def _on_roster(self, decision: Decision) -> Decision:
+        facts = {"type": decision.type, "kid": decision.kid, "cert_hash": decision.cert_hash,
+                 "holder": decision.holder}
+        held = self.roster
+        if held is None or held.organisation != self.workers_only:
+            # never green without the roster: a workers-only place admits no one unchecked
+            return red(Reason.POLICY_FAILED, f"no roster of {self.workers_only} on this kiosk",
+                       sub_reason=ROSTER_MISSING, **facts)
+        try:
+            identity = identity_bytes(decision.holder) if decision.holder else None
+            cert_key = bytes.fromhex(decision.cert_hash) if decision.cert_hash else None
+            member = held.member_hash(identity, cert_key)
+        except Exception as exc:  # never green on what could not be checked
+            return red(Reason.POLICY_FAILED, f"roster check failed: {exc}",
+                       sub_reason=NOT_ON_ROSTER, **facts)
+        if not member:
+            return red(Reason.POLICY_FAILED, f"not on the roster of {self.workers_only}",
+                       sub_reason=NOT_ON_ROSTER, **facts)
+        return decision
 
     def _verify(self, text: str, at: datetime | None) -> Decision:
         if at is None:

@@ -3,7 +3,12 @@
 For people without a smartphone (seed documents 000 and 003): a personal card
 carries the holder's HC1 code, printed 5 cm x 5 cm, with the holder's name
 beside it and cut marks around it; a location poster carries a place's code,
-printed 15 cm x 15 cm, with the place's name above it.
+printed 15 cm x 15 cm, with the place's name above it. With the fleet's configuration
+(`--fleet-config`), a poster of a control point of an organisation (docs/organisations.md)
+carries the organisation's name, and while the district approves it, its green sticker
+("Doanh nghiệp xanh", "Hộ kinh doanh xanh" for a household business): a suspended,
+closed or not yet approved one gets none, so a poster never shows a place as open that
+is not. `--organisation CODE` prints the posters of all its control points.
 
 "5 x 5 cm" is the printed code: the square from the outer edge of one finder
 pattern to the other (the dark modules). The quiet zone (4 white modules,
@@ -54,6 +59,12 @@ POSTER_CODE_TOP = 75.0
 POSTER_MARGIN = 15.0
 TITLE_PT = (40.0, 14.0)
 FOOT_PT = 16.0
+STICKER_PT = 22.0  # the sticker's text, white on green, above the place's name
+STICKER_H = 12.0
+STICKER_PAD = 6.0  # left and right of the sticker's text
+STICKER_GAP = 3.0  # between the sticker and the name
+STICKER_GREEN = (0, 122, 61)
+ORG_NAME_MAX = 120  # characters of an organisation's name printed (the fleet allows 300)
 LOCATION_PREFIX = "greengate:location:"
 
 PT = 25.4 / 72  # mm per point
@@ -80,6 +91,8 @@ class Poster:
     payload: str
     where: str
     qr: segno.QRCode
+    organisation: str = ""  # the organisation whose control point it is (from the fleet)
+    sticker: str = ""  # its status sticker, only while approved
 
 
 # --- input ---------------------------------------------------------------------------------
@@ -200,6 +213,73 @@ def load_posters(path: str, stdin=None) -> list[Poster]:
             payload = LOCATION_PREFIX + code
         posters.append(Poster(name, code, district, payload, where, make_qr(payload, where)))
     return posters
+
+
+def from_fleet(config_path: str, posters: list[Poster], organisation: str | None = None
+               ) -> list[Poster]:
+    """`posters` with their organisation's name and sticker from the fleet's database
+    (matched on the location code), then, with `organisation`, a poster for each of that
+    organisation's control points. CardsError when the fleet cannot be read."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from fleet import organisations
+    from fleet.config import ConfigError, load
+    from fleet.db import make_engine, make_sessions
+    from fleet.models import District, Location, Organisation
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        raise CardsError(str(exc)) from None
+    engine = make_engine(config.database_url)
+    try:
+        with make_sessions(engine)() as session:
+            posters = list(posters)
+            if organisation is not None:
+                org = session.scalar(select(Organisation).where(
+                    Organisation.code == organisation))
+                if org is None:
+                    raise CardsError(f"--organisation {organisation}: no organisation with "
+                                     "that code in the fleet")
+                places = session.execute(
+                    select(Location, District).outerjoin(District,
+                                                         Location.district_id == District.id)
+                    .where(Location.organisation_id == org.id).order_by(Location.code)).all()
+                if not places:
+                    raise CardsError(f"--organisation {organisation}: it has no control "
+                                     "points (give a location its organisation first)")
+                where = f"organisation {organisation}"
+                for loc, district in places:
+                    payload = LOCATION_PREFIX + loc.code
+                    posters.append(Poster(_clean(loc.name), loc.code,
+                                          _clean(district.name) if district else "", payload,
+                                          f"{where}, location {loc.code}",
+                                          make_qr(payload, where)))
+            codes = {p.code for p in posters if p.code}
+            owners = {}
+            if codes:
+                owners = {code: org for code, org in session.execute(
+                    select(Location.code, Organisation)
+                    .join(Organisation, Location.organisation_id == Organisation.id)
+                    .where(Location.code.in_(sorted(codes)))).all()}
+            for poster in posters:
+                org = owners.get(poster.code)
+                if org is not None:
+                    name = _clean(org.name)
+                    poster.organisation = name if len(name) <= ORG_NAME_MAX \
+                        else name[:ORG_NAME_MAX - 1].rstrip() + "…"
+                    poster.sticker = organisations.sticker(org) or ""
+    except SQLAlchemyError as exc:
+        raise CardsError(f"cannot read the fleet's database ({config.database_url.split('@')[-1]}"
+                         f"): {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+                         ) from None
+    finally:
+        engine.dispose()
+    return posters
+
+
+def _clean(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text or "").split())
 
 
 # --- layout ----------------------------------------------------------------------------------
@@ -349,6 +429,21 @@ def draw_cards(pdf, cards: list[Card]) -> None:
             pdf.line(x1, y1, x2, y2)
 
 
+def draw_sticker(pdf, text: str, top: float) -> float:
+    """The status sticker, white on green, centred at `top`; returns its bottom."""
+    page_w, _ = A4
+    pdf.set_font("card", size=STICKER_PT)
+    width = pdf.get_string_width(text) + 2 * STICKER_PAD
+    left = (page_w - width) / 2
+    pdf.set_fill_color(*STICKER_GREEN)
+    pdf.rect(left, top, width, STICKER_H, style="F", round_corners=True, corner_radius=2.0)
+    pdf.set_text_color(255)
+    pdf.set_xy(left, top)
+    pdf.cell(width, STICKER_H, text, align="C")
+    pdf.set_text_color(0)
+    return top + STICKER_H
+
+
 def draw_posters(pdf, posters: list[Poster]) -> None:
     page_w, page_h = A4
     width = page_w - 2 * POSTER_MARGIN
@@ -357,17 +452,26 @@ def draw_posters(pdf, posters: list[Poster]) -> None:
         quiet = QUIET_MODULES * module_mm(poster.qr, POSTER_CODE)
         left = (page_w - POSTER_CODE) / 2
         draw_qr(pdf, poster.qr, left, POSTER_CODE_TOP, POSTER_CODE)
-        title_h = POSTER_CODE_TOP - quiet - POSTER_MARGIN
+        title_top = POSTER_MARGIN
+        if poster.sticker:
+            _check_glyphs(pdf, poster.sticker, poster.where, "the sticker")
+            title_top = draw_sticker(pdf, poster.sticker, POSTER_MARGIN) + STICKER_GAP
+        title_h = POSTER_CODE_TOP - quiet - title_top
         _check_glyphs(pdf, poster.name, poster.where, "the name")
-        _text_block(pdf, poster.name, (POSTER_MARGIN, POSTER_MARGIN, width, title_h), TITLE_PT,
+        _text_block(pdf, poster.name, (POSTER_MARGIN, title_top, width, title_h), TITLE_PT,
                     poster.where, "the name", align="C", max_lines=3, valign="bottom")
         top = POSTER_CODE_TOP + POSTER_CODE + quiet
-        for part, size in ((poster.district, FOOT_PT), (poster.code, FOOT_PT - 4)):
+        # the organisation's name may take two smaller lines; the others one
+        for part, size, org in ((poster.district, FOOT_PT, False),
+                                (poster.code, FOOT_PT - 4, False),
+                                (poster.organisation, FOOT_PT, True)):
             if part:
-                _check_glyphs(pdf, part, poster.where, "the code or district")
+                what = "the organisation's name" if org else "the code or district"
+                _check_glyphs(pdf, part, poster.where, what)
                 height = size * PT * LINE
-                _text_block(pdf, part, (POSTER_MARGIN, top, width, height), (size, 8.0),
-                            poster.where, "the code or district", align="C", max_lines=1)
+                _text_block(pdf, part, (POSTER_MARGIN, top, width, height),
+                            (size, 7.0 if org else 8.0), poster.where, what, align="C",
+                            max_lines=2 if org else 1)
                 top += height + 1
 
 
@@ -411,6 +515,14 @@ def add_parser(sub) -> None:
     cmd.add_argument("--posters", metavar="FILE",
                      help='JSON lines {"name", "code", "district", "payload"} '
                           '(payload defaults to greengate:location:CODE); "-" for standard input')
+    cmd.add_argument("--fleet-config", metavar="FILE",
+                     default=os.environ.get("GREENGATE_FLEET_CONFIG"),
+                     help="the fleet's TOML file (default: $GREENGATE_FLEET_CONFIG): posters of "
+                          "an organisation's control points carry its name, and its green "
+                          "sticker while approved")
+    cmd.add_argument("--organisation", metavar="CODE",
+                     help="posters for every control point of this organisation (needs the "
+                          "fleet's configuration)")
     cmd.add_argument("--out", required=True, metavar="PDF", help="the PDF to write")
     cmd.add_argument("--font", default=FONT,
                      help=f"Unicode TTF font (default: {FONT}, Debian package {FONT_PACKAGE})")
@@ -419,8 +531,14 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     try:
-        if not args.cards and not args.posters:
-            raise CardsError("give --cards FILE, --posters FILE or both")
+        organisation = getattr(args, "organisation", None)
+        fleet_config = getattr(args, "fleet_config", None)
+        if not args.cards and not args.posters and not organisation:
+            raise CardsError("give --cards FILE, --posters FILE or both (or --organisation "
+                             "CODE)")
+        if organisation and not fleet_config:
+            raise CardsError("--organisation needs the fleet's configuration: --fleet-config "
+                             "FILE or $GREENGATE_FLEET_CONFIG")
         if args.cards == "-" and args.posters == "-":
             raise CardsError("only one of --cards and --posters can read standard input")
         out = Path(args.out)
@@ -428,6 +546,8 @@ def run(args) -> int:
             raise CardsError(f"{out}: directory {out.parent} does not exist")
         cards = load_cards(args.cards) if args.cards else []
         posters = load_posters(args.posters) if args.posters else []
+        if fleet_config and (posters or organisation):
+            posters = from_fleet(fleet_config, posters, organisation)
         data = render(cards, posters, font=args.font)
         write_atomic(out, data)
     except CardsError as exc:
@@ -444,6 +564,8 @@ def run(args) -> int:
         parts.append(f"{len(cards)} card(s) on {-(-len(cards) // per_page)} page(s), "
                      f"modules {min(modules):.2f} mm or larger")
     if posters:
-        parts.append(f"{len(posters)} poster(s)")
+        stickers = sum(1 for p in posters if p.sticker)
+        parts.append(f"{len(posters)} poster(s)" + (f", {stickers} with a green sticker"
+                                                     if stickers else ""))
     print(f"wrote {out}: {'; '.join(parts)}")
     return 0

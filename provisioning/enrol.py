@@ -27,7 +27,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
-from fleet import audit, kiosks
+from fleet import audit, kiosks, rosters
+from fleet.bundles import ListError
 from fleet.models import District, EnrolmentToken, KioskCertificate, Location
 from greengate import enrolment
 from greengate.enrolment import BUNDLE_DIR
@@ -47,6 +48,8 @@ class KioskSpec:
     policy: str
     location: Location | None
     district: District | None
+    # deployments whose policy bundle / rosters were re-signed for this kiosk: to publish
+    reissued: tuple[list[str], list[str]] = ([], [])
 
 
 def _toml_string(text: str) -> str:
@@ -197,7 +200,17 @@ def register(session, config, *, kiosk_id: str, location_code: str | None,
                         policy=policy, location=location, actor=actor, at=time.time())
     except kiosks.KioskError as exc:
         raise EnrolError(exc.message) from None
-    return KioskSpec(kiosk_id, deployment, policy, location, district)
+    reissued = ([], [])
+    if location is not None and location.organisation_id is not None:
+        # before it first connects, the kiosk must be in the policy bundle's maps (a
+        # workers-only or closed place) and named by its organisation's roster: else it
+        # would admit anyone green until the next re-issue
+        try:
+            reissued = rosters.placement_changed(session, config, [kiosk_id], actor=actor)
+        except ListError as exc:
+            raise EnrolError(f"kiosk {kiosk_id!r} is at an organisation's control point and "
+                             f"its bundles cannot be signed: {exc.message}") from None
+    return KioskSpec(kiosk_id, deployment, policy, location, district, reissued)
 
 
 def record_certificate(session, kiosk_id: str, cert, via: str) -> None:

@@ -273,7 +273,7 @@ def _enrol(args) -> int:
                 _say(token)
                 _say(f"on the Pi: sudo bash /opt/greengate/scripts/install-kiosk.sh "
                      f"--fleet {url} --token {token}")
-                return 0
+                return _publish_reissued(config, spec)
             key, cert = pki.issue_kiosk(spec.kiosk_id, config.enrol.cert_days)
             text = enrolling.kiosk_toml(spec, **endpoints, data_dir=args.data_dir)
             files = enrolling.bundle_files(pki, key, cert, text)
@@ -286,6 +286,32 @@ def _enrol(args) -> int:
             return _error(str(exc))
     _say(f"kiosk {spec.kiosk_id} registered; its bundle (private key inside: keep it safe) "
          f"is {where}")
+    return _publish_reissued(config, spec)
+
+
+def _publish_reissued(config, spec) -> int:
+    """The policy bundle and roster re-signed for a kiosk at an organisation's control
+    point go to MQTT now, so the kiosk finds them on its first connection."""
+    from fleet.bundles import publish_now
+    from fleet.db import make_engine, make_sessions
+
+    policy, roster = spec.reissued
+    kinds = {d: {"policy"} for d in policy}
+    for deployment in roster:
+        kinds.setdefault(deployment, set()).add("roster")
+    if not kinds:
+        return 0
+    engine = make_engine(config.database_url)
+    try:
+        problems = [f"{d}: {why}" for d in sorted(kinds) if (why := publish_now(
+            config, make_sessions(engine), d, kinds[d], timeout=30))]
+    finally:
+        engine.dispose()
+    if problems:
+        return _error("the kiosk's policy bundle and roster are signed but not published "
+                      f"({'; '.join(problems)}): run `greengate-fleet bundles publish` once "
+                      "the broker is reachable, before the kiosk starts")
+    _say(f"its policy bundle and roster are published ({', '.join(sorted(kinds))})")
     return 0
 
 

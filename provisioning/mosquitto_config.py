@@ -15,11 +15,11 @@ name, so no kiosk can push another kiosk or a fleet process off the broker.
 The ACL (topics in greengate/messages.py; docs/provisioning.md#the-broker-acl) follows
 the fleet identities in the PKI's clients/ (their certificates' OU names the role):
 
-    ingest workers   read gg/v1/kiosk/#, write gg/v1/confirm/#
-    web (bundles)    read and write gg/v1/bundle/#
+    ingest workers   read gg/v1/kiosk/#, write gg/v1/confirm/# and gg/v1/roster/#
+    web (bundles)    read and write gg/v1/bundle/# and gg/v1/roster/#
     greengate-fleet  the old shared certificate: all of the above
     kiosks (%u)      write gg/v1/kiosk/<own id>/{scan,summary,heartbeat,presence},
-                     read gg/v1/bundle/# and gg/v1/confirm/<own id> only
+                     read gg/v1/bundle/#, gg/v1/confirm/<own id> and gg/v1/roster/<own id>
 
 Mosquitto applies the kiosk patterns to every client, so each fleet identity is also
 denied what a pattern would give it beyond its role. It checks a will's topic when
@@ -42,8 +42,11 @@ KIOSK_TOPICS = ("scan", "summary", "heartbeat", "presence")
 
 def _role_lines(name: str, roles: tuple[str, ...]) -> list[str]:
     root = messages.ROOT
-    grants = {"ingest": [f"topic read {root}/kiosk/#", f"topic write {root}/confirm/#"],
-              "web": [f"topic readwrite {root}/bundle/#"]}
+    # rosters: the web server publishes them, and the ingest (a worker linked by a scan in
+    # enrolment mode changes the roster)
+    grants = {"ingest": [f"topic read {root}/kiosk/#", f"topic write {root}/confirm/#",
+                         f"topic write {root}/roster/#"],
+              "web": [f"topic readwrite {root}/bundle/#", f"topic readwrite {root}/roster/#"]}
     lines = [f"user {name}"]
     for role in roles:
         lines += grants[role]
@@ -54,6 +57,8 @@ def _role_lines(name: str, roles: tuple[str, ...]) -> list[str]:
         lines += [f"topic deny {root}/kiosk/#", f"topic deny {root}/confirm/#"]
     if "web" not in roles:
         lines += [f"topic deny {root}/bundle/#"]
+    if "web" not in roles and "ingest" not in roles:
+        lines += [f"topic deny {root}/roster/#"]
     return lines + [""]
 
 
@@ -86,9 +91,10 @@ def acl_text(fleet_identity: str | None = FLEET_IDENTITY,
                   "# identity per process: every fleet right.", ""]
         lines += _role_lines(fleet_identity, ("ingest", "web"))
     lines += ["# Every other identity is a kiosk (%u = its CN): its own topics, the bundles,",
-              "# and the fleet's confirmations meant for it alone."]
+              "# and the fleet's confirmations and its organisation's roster meant for it alone."]
     lines += [f"pattern write {root}/kiosk/%u/{kind}" for kind in KIOSK_TOPICS]
-    lines += [f"pattern read {root}/bundle/#", f"pattern read {root}/confirm/%u"]
+    lines += [f"pattern read {root}/bundle/#", f"pattern read {root}/confirm/%u",
+              f"pattern read {root}/roster/%u"]
     return "\n".join(lines) + "\n"
 
 

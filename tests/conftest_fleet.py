@@ -71,3 +71,32 @@ def assign_officer_a_district(sessions, code="q1"):
         session.execute(update(User).where(User.username == "officer")
                         .values(district_id=district.id))
         session.commit()
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server (aiosmtpd) on a free port; .port, .messages: [(envelope
+    recipients, message)], parsed with email.policy.default so UTF-8 headers (the
+    reports' Vietnamese subjects) come back decoded."""
+    import socket
+    from email import message_from_bytes, policy
+
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        def __init__(self):
+            self.messages = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append((list(envelope.rcpt_tos),
+                                  message_from_bytes(envelope.content, policy=policy.default)))
+            return "250 OK"
+
+    handler = Handler()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        handler.port = s.getsockname()[1]
+    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
+    controller.start()
+    yield handler
+    controller.stop()

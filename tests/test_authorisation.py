@@ -77,6 +77,8 @@ RULES = [
     Rule("GET", r"^/api/v1/audit$", roles(ADMIN)),
     Rule("*", r"^/api/v1/(users|tokens)(/|$)", roles(ADMIN)),
     Rule("*", r"^/api/v1/trace$", roles(ADMIN, HEALTH)),
+    # a case closes the workplace (C, fleet/api/closures.py): those who trace cases
+    Rule("POST", r"^/api/v1/organisations/<code>/suspend-for-case$", roles(ADMIN, HEALTH)),
     Rule("*", r"^/api/v1/alerts/", roles(ADMIN)),
     Rule("POST", r"^/api/v1/status/", roles(ADMIN, OPERATOR, HEALTH)),
     Rule("GET", r"^/api/v1/quarantine$", roles(ADMIN, OPERATOR, OFFICER, WARD)),  # raw bytes
@@ -86,6 +88,21 @@ RULES = [
     # compliance watch and weekly reports (H4, fleet/api/reports.py): the watchers
     Rule("*", r"^/api/v1/(reports/|organisations/<code>/reminders$)",
          roles(ADMIN, OPERATOR, OFFICER, WARD)),
+    # worker rosters (RF, fleet/api/rosters.py): the manager keeps its own, district and
+    # ward officers read those of their area
+    Rule("GET", r"^/api/v1/organisations/<code>/(workers|enrolments)$",
+         roles(ADMIN, OPERATOR, OFFICER, WARD, MANAGER)),
+    Rule("POST|PATCH|DELETE", r"^/api/v1/organisations/<code>/(workers|enrolments)(/|$)",
+         roles(ADMIN, OPERATOR, MANAGER)),
+    # organisations and wards (O, fleet/api/organisations.py): the district decides, a
+    # ward officer or a health official may suspend (and lift what names them), a manager reads
+    # its own organisation
+    Rule("POST", r"^/api/v1/organisations/<code>/status$", roles(ADMIN, OPERATOR, OFFICER, WARD,
+                                                                  HEALTH)),
+    Rule("POST|PATCH", r"^/api/v1/(organisations|wards)(/<code>)?$",
+         roles(ADMIN, OPERATOR, OFFICER)),
+    Rule("GET", r"^/api/v1/organisations(/<code>)?$", EVERYONE | {MANAGER}),
+    Rule("GET", r"^/api/v1/wards(/<code>)?$", EVERYONE),
     Rule("GET", r"^/api/v1/kiosks(/<kiosk_id>)?$", EVERYONE | {MANAGER}),  # its own kiosks
     Rule("GET", r"^/api/v1/(districts|locations|kiosks|presence|outages|scans|stats|status|"
                 r"trust|policies|valuesets)(/|$)", EVERYONE),
@@ -98,8 +115,21 @@ RULES = [
     Rule("POST", r"^/(lists/trust|policies/import|policies/assign)/(preview|apply)$",
          roles(ADMIN, OPERATOR)),
     Rule("*", r"^/(compliance|reports)(/|$)", roles(ADMIN, OPERATOR, OFFICER, WARD)),  # H4
+    # worker rosters (RF, fleet/web/roster_views.py)
+    Rule("GET", r"^/roster$", roles(ADMIN, MANAGER)),
+    Rule("GET", r"^/organisations/<code>/roster$", roles(ADMIN, OPERATOR, OFFICER, WARD, MANAGER)),
+    Rule("POST", r"^/organisations/<code>/roster/", roles(ADMIN, OPERATOR, MANAGER)),
+    # organisations and wards (O, fleet/web/organisation_views.py)
+    Rule("GET", r"^/organisations(/<code>)?$", EVERYONE | {MANAGER}),
+    Rule("GET|POST", r"^/organisations/new$", roles(ADMIN, OPERATOR, OFFICER)),
+    Rule("POST", r"^/organisations/<code>/status/(preview|apply)$",
+         roles(ADMIN, OPERATOR, OFFICER, WARD, HEALTH)),
+    Rule("POST", r"^/organisations/<code>/remind$", roles(ADMIN, OPERATOR, OFFICER, WARD)),
+    Rule("GET", r"^/wards$", EVERYONE),
+    Rule("POST", r"^/wards$", roles(ADMIN, OPERATOR, OFFICER)),
     Rule("GET", r"^/audit$", roles(ADMIN)),
     Rule("GET|POST", r"^/trace$", roles(ADMIN, HEALTH)),
+    Rule("POST", r"^/trace/suspend$", roles(ADMIN, HEALTH)),  # C: suspend after a case
     Rule("GET|POST", r"^/alerts(/|$)", roles(ADMIN)),
     Rule("GET|POST", r"^/(users|tokens)(/|$)", roles(ADMIN)),
 ]

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import csv
 import io
-import socket
+import json
 from datetime import datetime
-from email import message_from_bytes, policy
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select
@@ -198,30 +198,6 @@ def pdf_text(data: bytes) -> str:
     return " ".join(text.replace("\r", " ").split())
 
 
-@pytest.fixture
-def smtp():
-    from aiosmtpd.controller import Controller
-
-    class Handler:
-        def __init__(self):
-            self.messages = []
-
-        async def handle_DATA(self, server, session, envelope):
-            self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content,
-                                                                      policy=policy.default)))
-            return "250 OK"
-
-    handler = Handler()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    handler.port = port
-    yield handler
-    controller.stop()
-
-
 def test_upkeep_makes_last_weeks_reports_once_and_mails_the_officers(api, city, fleet_config,
                                                                      smtp, tmp_path, monkeypatch):
     """`greengate-fleet reports weekly --due`, as the hourly timer runs it: every district
@@ -276,3 +252,137 @@ def test_a_name_outside_the_fast_font_subset_still_prints(api, city):
     assert "Ward: Phường Ωμέγα (w1)" in pdf_text(reports.render_pdf(fig, "en"))
     fig["name"] = "Phường Bến Nghé"
     assert "Phường Bến Nghé (w1)" in pdf_text(reports.render_pdf(fig, "vi"))
+
+
+# --- the report's languages ------------------------------------------------------------------
+def test_every_report_label_has_its_vietnamese_in_the_catalogue():
+    """The report's words are msgids of the dashboard's catalogue: a label with no
+    Vietnamese (or only a fuzzy one) would print in English in a Vietnamese report."""
+    from babel.messages.pofile import read_po
+
+    from fleet.i18n import SOURCE
+    with (SOURCE / "vi" / "LC_MESSAGES" / "messages.po").open("rb") as f:
+        catalogue = read_po(f, locale="vi")
+    for key, msgid in reports.LABELS.items():
+        entry = catalogue.get(msgid)
+        assert entry is not None and entry.string and not entry.fuzzy, (key, msgid)
+        if "{" in msgid:  # the placeholders survive the translation
+            assert sorted(part.split("}")[0] for part in entry.string.split("{")[1:]) == \
+                sorted(part.split("}")[0] for part in msgid.split("{")[1:]), key
+    vi, en = reports.texts("vi"), reports.texts("en")
+    assert en == reports.LABELS  # English is the msgids themselves
+    assert vi["title"] == "Báo cáo tuân thủ hằng tuần" and vi["green"] == "Xanh"
+    with pytest.raises(reports.ReportError):
+        reports.texts("fr")
+
+
+@pytest.mark.parametrize("language", ["vi", "en"])
+def test_the_pdf_and_the_mail_speak_the_language_asked(api, city, smtp, language):
+    t = reports.texts(language)
+    other = reports.texts("en" if language == "vi" else "vi")
+    config = SimpleNamespace(alerts=SimpleNamespace(
+        smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_timeout=10.0, smtp_starttls=False,
+        smtp_user="", smtp_password="", smtp_from="reports@fleet.example"))
+    with api.sessions() as s:
+        report, made = reports.make(s, reports.DISTRICT, city["q1"], LAST_MONDAY.date(),
+                                    language=language, now=NOW)
+        assert reports.send(config, s, report, now=NOW) == ["chief@q1.example"]
+        s.commit()
+        pdf = report.pdf
+    assert made
+    (to, mail), = smtp.messages
+    assert mail["Subject"] == t["subject"].format(week="2021-09-06", scope="Quận 1 (q1)")
+    assert mail.get_body().get_content().strip() == t["body"].format(week="2021-09-06",
+                                                                     scope="Quận 1 (q1)")
+    words = pdf_text(pdf)
+    for key in ("title", "summary", "per_day", "per_ward", "flagged", "silent",
+                "locations_scanned_week", "scans_week", "online_no_scan", "no_scan_7d"):
+        assert t[key] in words, key
+        assert other[key] not in words, key
+    # the table headings, in order, in one line of text each
+    assert f"{t['day']} {t['green']} {t['red']} {t['total']}" in words
+    assert f"{t['code']} {t['name']} {t['status']} {t['reminders']}" in words
+    # the district's locations in no ward: the ward table's last row
+    assert t["no_ward"] in words
+
+
+# --- speed: figures read once per district, PDFs in a pool ------------------------------
+def test_figures_read_once_per_district_are_what_each_report_reads_alone(api, city):
+    """make_all cuts a ward's figures out of its district's (reports.Gather); here every
+    report of the week against the figures build() reads for it alone, with a data slip
+    (a location of q2 filed under q1's ward w2) that the cut must not get wrong."""
+    with api.sessions() as s:
+        slip = compliance.Location(code="l8", name="Cổng l8", district_id=city["q2"],
+                                   ward_id=city["w2"])
+        s.add(slip)
+        s.commit()
+    week = LAST_MONDAY.date()
+    with api.sessions() as s:
+        gather = reports.Gather(s, week, now=NOW)
+        assert gather.slipped() == {city["w2"]}
+        alone = {}
+        for scope, ids in ((reports.DISTRICT, ("q1", "q2")), (reports.WARD, ("w1", "w2", "w3"))):
+            for code in ids:
+                alone[scope, code] = reports.build(s, scope, city[code], week, now=NOW)
+                shared = reports.build(s, scope, city[code], week, now=NOW, gather=gather)
+                assert shared == alone[scope, code], (scope, code)
+        # the cut path was taken for w1 and w3, the direct one for w2
+        assert gather._figures.keys() == {city["q1"], city["q2"]}
+        # the cut has something to cut: w1 has silent places and a flagged organisation
+        assert alone[reports.WARD, "w1"]["silent"]
+        assert [x["code"] for x in alone[reports.WARD, "w1"]["flagged"]] == ["org-b"]
+        assert alone[reports.WARD, "w2"]["summary"]["locations"] == 3  # l3, l4 and the slip
+    with api.sessions() as s:
+        config = SimpleNamespace(reports=SimpleNamespace(language="vi", font=reports.FONT,
+                                                         workers=1),
+                                 web=SimpleNamespace(silent_hours=2.0))
+        done = reports.make_all(config, s, week, now=NOW)
+        assert {(r.scope, r.figures["code"]): r.figures for r, made, _ in done if made} \
+            == {(scope, code): fig for (scope, code), fig in alone.items()}
+
+
+def test_pdfs_made_in_a_pool_are_the_pdfs_made_here(api, city, monkeypatch):
+    monkeypatch.setattr(reports, "POOL_FROM", 4)  # a pool for a few, to keep the test short
+    with api.sessions() as s:
+        fig = reports.build(s, reports.WARD, city["w1"], LAST_MONDAY.date(), now=NOW)
+    t = reports.texts("vi")
+    jobs = []
+    for i in range(reports.POOL_FROM):
+        f = json.loads(json.dumps(fig))
+        f["name"] = f"Phường số {i}"
+        jobs.append((f, t, reports._pick_font(f, t, reports.FONT)))
+    here = reports.render_many(jobs, workers=1)
+    pooled = reports.render_many(jobs, workers=2)
+    assert len(pooled) == len(here) == len(jobs)
+    for i, (a, b) in enumerate(zip(here, pooled)):
+        assert pdf_text(a) == pdf_text(b)
+        assert f"Phường/xã: Phường số {i} (w1)" in pdf_text(b)  # in the order given
+
+
+def test_long_names_are_cut_and_long_tables_go_on_with_their_heading(api, city):
+    with api.sessions() as s:
+        fig = reports.build(s, reports.WARD, city["w1"], LAST_MONDAY.date(), now=NOW)
+    long_name = ("Công ty trách nhiệm hữu hạn một thành viên "
+                 "sản xuất thương mại dịch vụ ") * 3
+    fig["flagged"] = [{"code": f"org-{i:03d}", "name": f"Doanh nghiệp {i}", "status": "approved",
+                       "reminders": 4 + i % 3, "ward": "w1"} for i in range(120)]
+    fig["flagged"][0]["name"] = long_name
+    t = reports.texts("vi")
+    import pypdfium2
+    data = reports.render_pdf(fig, "vi")
+    doc = pypdfium2.PdfDocument(data)
+    try:
+        pages = [" ".join(doc[i].get_textpage().get_text_range().split())
+                 for i in range(len(doc))]
+    finally:
+        doc.close()
+    words = " ".join(pages)
+    heading = f"{t['code']} {t['name']} {t['status']} {t['reminders']}"
+    holding = [p for p in pages if "org-0" in p]
+    assert len(holding) >= 2  # 120 rows do not fit one page
+    assert all(heading in p for p in holding)  # the heading again on each
+    for i in range(120):
+        assert f"org-{i:03d} " in words, i
+    cut = words.split("org-000 ", 1)[1].split(" approved", 1)[0]
+    assert cut.endswith("…") and long_name.startswith(cut[:-1].rstrip())
+    assert len(cut) < len(long_name.strip()) / 2

@@ -132,10 +132,11 @@ def fleet(tmp_path, database_url, monkeypatch):
     broker.kill()
 
 
-def enrol_bundle(fleet: Fleet, kiosk_id: str) -> Path:
+def enrol_bundle(fleet: Fleet, kiosk_id: str, location: str | None = None) -> Path:
     """`enrol` to a tar, unpacked as the install script would: the kiosk's folder."""
     out = fleet.tmp / f"{kiosk_id}.tar"
-    assert provision(["enrol", kiosk_id, "--location", f"loc-{kiosk_id}", "--district", "q7",
+    assert provision(["enrol", kiosk_id, "--location", location or f"loc-{kiosk_id}",
+                      "--district", "q7",
                       "--location-name", "Chợ Tân Mỹ", "--out", str(out)]) == 0
     target = fleet.tmp / "pi" / kiosk_id
     with tarfile.open(out) as tar:
@@ -847,3 +848,44 @@ def test_the_fleet_signs_only_sound_requests_and_names_the_kiosk_itself(tmp_path
         pki.sign_csr(csr(ec.generate_private_key(ec.SECP192R1())), "q7-a")
     with pytest.raises(PKIError, match="not a PEM CSR"):
         pki.sign_csr(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n", "q7-a")
+
+
+def test_a_kiosk_enrolled_at_a_workers_only_place_gets_its_maps_and_roster_first(
+        fleet, district, capsys):
+    """A kiosk enrolled by provisioning at a workers-only control point must not start as an
+    ordinary kiosk (admitting any green stranger): its policy bundle entry and its
+    organisation's roster are signed and on the broker before it first connects."""
+    import cbor2
+
+    from fleet import organisations
+    from fleet.models import District, Location
+    from greengate import bundle, roster
+
+    with fleet.sessions()() as s:
+        q7 = s.scalar(select(District).where(District.code == "q7"))
+        org = organisations.create(s, code="acme", name="Acme", kind="business", district=q7,
+                                   actor="test")
+        s.flush()
+        organisations.set_status(s, org, "approved", actor="test", role="admin", quota=5)
+        s.add(Location(code="acme-gate", name="Acme gate", district_id=q7.id,
+                       organisation_id=org.id, workers_only=True))
+        s.commit()
+    capsys.readouterr()
+    folder = enrol_bundle(fleet, "q7-gate", "acme-gate")
+    assert "policy bundle and roster are published" in capsys.readouterr().out
+    kiosk = Client(fleet, *identity(folder), "q7-gate")
+    assert kiosk.connect()
+    try:
+        kiosk.client.subscribe(messages.roster_topic("q7-gate"), qos=1)
+        kiosk.client.subscribe(messages.bundle_topic("hcmc", "policy"), qos=1)
+        wait_until(lambda: len(kiosk.messages) == 2, 10, "the retained roster and policy")
+    finally:
+        kiosk.close()
+    got = {topic: payload for topic, payload in kiosk.messages}
+    # signatures and refusals are the kiosk tests' (test_roster_bundle): here, what was sent
+    policy_body = cbor2.loads(bundle.cose.parse(got[messages.bundle_topic("hcmc", "policy")])
+                              .payload)["body"]
+    assert policy_body["workers_only"] == {"q7-gate": "acme"}
+    held = roster.parse_roster(cbor2.loads(bundle.cose.parse(
+        got[messages.roster_topic("q7-gate")]).payload)["body"])
+    assert held.organisation == "acme" and "q7-gate" in held.kiosks

@@ -748,7 +748,7 @@ def test_every_reason_in_the_brief_exists():
     assert {r.value for r in Reason} == {
         "ok", "unreadable", "unknown_issuer", "bad_signature", "wrong_key_usage",
         "not_yet_valid", "expired", "invalid_content", "revoked", "suspended",
-        "policy_failed", "clock_unknown", "out_of_service"}
+        "policy_failed", "clock_unknown", "out_of_service", "place_closed"}
 
 
 def test_to_dict_is_plain_json(es256, verifier, minted):

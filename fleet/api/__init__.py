@@ -40,3 +40,6 @@ def _http_error(exc: HTTPException):
 from . import bundles, enrol, fleet_objects, quarantined, status_lists, trace  # noqa: E402,F401
 from . import users  # noqa: E402,F401
 from . import reports  # noqa: E402,F401
+from . import organisations  # noqa: E402,F401
+from . import closures  # noqa: E402,F401
+from . import rosters  # noqa: E402,F401

@@ -17,8 +17,8 @@ from .. import audit, kiosks, quarantine
 from ..app import current_fleet, db
 from ..auth import require
 from ..models import (ADMIN, DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, OPERATOR, RETIRED, ROLES,
-                      STATES, District, Kiosk, Location, Outage, PresenceEvent, PublishedBundle,
-                      Scan)
+                      STATES, District, Kiosk, Location, Organisation, Outage, PresenceEvent,
+                      PublishedBundle, Scan, Ward)
 from . import ApiError, bp
 from .common import (CODE, CODE_RULE, bool_arg, choice_arg, district_by_code, int_arg, iso,
                      json_body, keyset_page, location_by_code, location_clause, now, page_args,
@@ -48,9 +48,15 @@ def _district_json(d: District | None, counts: dict | None = None) -> dict | Non
     return out
 
 
-def _location_json(loc: Location, district: District | None, kiosks: int | None = None) -> dict:
+def _location_json(loc: Location, district: District | None, kiosks: int | None = None,
+                   ward=None, organisation=None) -> dict:
     out = {"id": loc.id, "code": loc.code, "name": loc.name, "address": loc.address,
-           "district": _district_json(district)}
+           "district": _district_json(district),
+           "ward": None if ward is None else {"code": ward.code, "name": ward.name},
+           "organisation": None if organisation is None else {
+               "code": organisation.code, "name": organisation.name,
+               "status": organisation.status},
+           "workers_only": bool(loc.workers_only)}
     if kiosks is not None:
         out["kiosks"] = kiosks
     return out
@@ -276,8 +282,10 @@ def list_locations():
     session = db()
     kiosks = (select(func.count(Kiosk.id)).where(Kiosk.location_id == Location.id)
               .correlate(Location).scalar_subquery())
-    stmt = (select(Location, District, kiosks)
+    stmt = (select(Location, District, kiosks, Ward, Organisation)
             .outerjoin(District, Location.district_id == District.id)
+            .outerjoin(Ward, Location.ward_id == Ward.id)
+            .outerjoin(Organisation, Location.organisation_id == Organisation.id)
             .order_by(District.code.nulls_last(), Location.code))
     clause = location_clause()
     if clause is not None:
@@ -285,14 +293,52 @@ def list_locations():
     code = pattern_arg("district", CODE, CODE_RULE)
     if code is not None:
         stmt = stmt.where(Location.district_id == district_by_code(session, code, "filter").id)
-    items = [_location_json(loc, d, n) for loc, d, n in session.execute(stmt).all()]
+    items = [_location_json(loc, d, n, w, o) for loc, d, n, w, o in session.execute(stmt).all()]
     return jsonify(items=items)
 
 
 def _location_response(session, location: Location):
     district = session.get(District, location.district_id) if location.district_id else None
     n = session.scalar(select(func.count(Kiosk.id)).where(Kiosk.location_id == location.id))
-    return _location_json(location, district, n)
+    return _location_json(
+        location, district, n, session.get(Ward, location.ward_id) if location.ward_id else None,
+        session.get(Organisation, location.organisation_id) if location.organisation_id else None)
+
+
+def _place_fields(session, body, location: Location) -> dict:
+    """The body's "ward" and "organisation" (codes, or null for none) applied to
+    `location` after its district: both must be of that district, and the ward must be the
+    organisation's when it has one. Returns {field: [old, new]} for the audit log."""
+    changes = {}
+    for field, model in (("ward", Ward), ("organisation", Organisation)):
+        if field not in body:
+            continue
+        row = None
+        if body[field] is not None:
+            code = text_field(body, field, required=True, max_length=64)
+            row = session.scalar(select(model).where(model.code == code))
+            if row is None:
+                raise ApiError(422, f"no {field} with code {code!r}: create it first "
+                                    f"(POST /api/v1/{field}s)")
+        column = f"{field}_id"
+        old_id = getattr(location, column)
+        if (row.id if row else None) != old_id:
+            old = session.get(model, old_id) if old_id else None
+            changes[field] = [old.code if old else None, row.code if row else None]
+            setattr(location, column, row.id if row else None)
+    ward = session.get(Ward, location.ward_id) if location.ward_id else None
+    org = session.get(Organisation, location.organisation_id) if location.organisation_id \
+        else None
+    # a move to another district must take (or drop) its ward and organisation with it
+    for what, row in (("ward", ward), ("organisation", org)):
+        if row is not None and row.district_id != location.district_id:
+            raise ApiError(422, f"{what} {row.code!r} is not in the location's district: "
+                                f"name one of that district, or null for none")
+    if ward is not None and org is not None and org.ward_id is not None \
+            and org.ward_id != ward.id:
+        raise ApiError(422, f"organisation {org.code!r} is in another ward than {ward.code!r}: "
+                            "a control point is in its organisation's ward")
+    return changes
 
 
 @bp.get("/locations/<code>")
@@ -321,7 +367,8 @@ def _district_field(session, body) -> District:
 @require(ADMIN, OPERATOR)
 def create_location():
     session = db()
-    body = json_body({"code", "name", "address", "district"})
+    body = json_body({"code", "name", "address", "district", "ward", "organisation",
+                      "workers_only"})
     code = text_field(body, "code", required=True, max_length=64, pattern=CODE, rule=CODE_RULE)
     name = text_field(body, "name", required=True, max_length=200)
     address = text_field(body, "address", required=False, max_length=400) or ""
@@ -329,8 +376,11 @@ def create_location():
     if session.scalar(select(Location.id).where(Location.code == code)) is not None:
         raise ApiError(409, f"a location with code {code!r} exists already")
     location = Location(code=code, name=name, address=address, district_id=district.id)
+    placed = {k: v[1] for k, v in _place_fields(session, body, location).items()}
+    placed.update({k: v[1] for k, v in _workers_only_field(body, location).items()})
     session.add(location)
-    audit.record(session, _actor(), "location.create", code, name=name, district=district.code)
+    audit.record(session, _actor(), "location.create", code, name=name, district=district.code,
+                 **placed)
     _commit(session, f"a location with code {code!r} exists already")
     return jsonify(_location_response(session, location)), 201
 
@@ -340,7 +390,8 @@ def create_location():
 def update_location(code):
     session = db()
     location = location_by_code(session, code)
-    body = json_body({"code", "name", "address", "district"})
+    body = json_body({"code", "name", "address", "district", "ward", "organisation",
+                      "workers_only"})
     changes = _code_and_name(session, location, Location, body, "location")
     if "address" in body:
         address = text_field(body, "address", required=False, max_length=400) or ""
@@ -353,10 +404,55 @@ def update_location(code):
             old = session.get(District, location.district_id) if location.district_id else None
             changes["district"] = [old.code if old else None, district.code]
             location.district_id = district.id
+    changes.update(_place_fields(session, body, location))
+    changes.update(_workers_only_field(body, location))
+    reissued = ([], [])
     if changes:
         audit.record(session, _actor(), "location.update", code, **changes)
+        if {"workers_only", "organisation"} & set(changes):
+            # its kiosks' policy bundle (workers_only map) and rosters (the kiosks named)
+            reissued = _placement_changed(session, session.scalars(
+                select(Kiosk.id).where(Kiosk.location_id == location.id)).all())
         _commit(session, f"a location with code {location.code!r} exists already")
+        _hand_over(reissued)
     return jsonify(_location_response(session, location))
+
+
+def _workers_only_field(body, location: Location) -> dict:
+    """The body's "workers_only" (true: only its organisation's roster is admitted);
+    {"workers_only": [old, new]} when it changes. A workers-only place needs an
+    organisation (whose roster?)."""
+    if "workers_only" in body:
+        value = body["workers_only"]
+        if not isinstance(value, bool):
+            raise ApiError(422, "'workers_only' must be true or false")
+    else:
+        value = bool(location.workers_only)
+    if value and location.organisation_id is None:
+        raise ApiError(422, "a workers-only location must be an organisation's control point: "
+                            "name its organisation")
+    if value != bool(location.workers_only):
+        old = bool(location.workers_only)
+        location.workers_only = value
+        return {"workers_only": [old, value]}
+    return {}
+
+
+def _placement_changed(session, kiosk_ids) -> tuple[list[str], list[str]]:
+    from .. import rosters
+    from ..bundles import ListError
+    try:
+        return rosters.placement_changed(session, current_fleet().config, kiosk_ids,
+                                         actor=_actor(), at=now())
+    except ListError as exc:
+        session.rollback()
+        raise ApiError(exc.status, exc.message,
+                       "not_set_up" if exc.status == 503 else None) from None
+
+
+def _hand_over(reissued) -> str:
+    from .. import rosters
+    return rosters.hand_over(current_fleet().publisher, *reissued)
 
 
 # --- kiosks --------------------------------------------------------------------------------
@@ -513,7 +609,13 @@ def create_kiosk():
                         actor=_actor(), at=at)
     except kiosks.KioskError as exc:
         raise ApiError(exc.status, exc.message) from None
+    reissued = ([], [])
+    if location is not None and location.organisation_id:
+        # at an organisation's control point: named in its roster (and in the policy
+        # bundle's workers_only map) before its first scan
+        reissued = _placement_changed(session, [kiosk_id])
     _commit(session, f"a kiosk {kiosk_id!r} exists already")
+    _hand_over(reissued)
     return jsonify(_kiosk_response(session, kiosk_id, at)), 201
 
 
@@ -543,6 +645,8 @@ def update_kiosk(kiosk_id):
             old = session.get(Location, kiosk.location_id) if kiosk.location_id else None
             changes["location"] = [old.code if old else None, location.code if location else None]
             kiosk.location_id = new_id
+            # at or from an organisation's control point: its rosters and closures follow
+            placed = any(p is not None and p.organisation_id for p in (old, location))
     policy, resend = None, []
     if "policy" in body:
         policy = text_field(body, "policy", required=True, max_length=64, pattern=POLICY_NAME,
@@ -555,11 +659,15 @@ def update_kiosk(kiosk_id):
         resend = [kiosk_id] if isinstance(applied, str) and applied != policy else []
         if policy != kiosk.policy or resend:
             _signing_key()  # 503 now, before the location is changed, when there is none
+    reissued = ([], [])
     if changes:
         if reason:
             changes["reason"] = reason
         audit.record(session, _actor(), "kiosk.update", kiosk_id, **changes)
+        if "location" in changes and placed:
+            reissued = _placement_changed(session, [kiosk_id])
         session.commit()
+        _hand_over(reissued)
     if policy is not None and (policy != kiosk.policy or resend):
         assign_policy(session, policy, [kiosk_id], reason, resend=resend)
     return jsonify(_kiosk_response(session, kiosk_id, now()))

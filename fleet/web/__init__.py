@@ -76,3 +76,5 @@ from . import policy_views  # noqa: E402,F401
 from . import valuesets_views  # noqa: E402,F401
 from . import users_views  # noqa: E402,F401
 from . import compliance_views  # noqa: E402,F401
+from . import organisation_views  # noqa: E402,F401
+from . import roster_views  # noqa: E402,F401

@@ -34,6 +34,10 @@ REASON_LABELS = {
     "invalid_content": _l("invalid content"), "revoked": _l("revoked"),
     "suspended": _l("suspended"), "policy_failed": _l("does not meet the policy"),
     "clock_unknown": _l("kiosk clock unknown"), "out_of_service": _l("kiosk out of service"),
+    "place_closed": _l("place closed after a case"),
+    # a workers-only kiosk (docs/rosters.md)
+    "not_on_roster": _l("not on the workers' roster"),
+    "roster_missing": _l("kiosk holds no workers' roster"),
     "type_not_accepted": _l("certificate type not accepted"),
     "incomplete_vaccination": _l("vaccination incomplete"),
     "vaccination_too_recent": _l("vaccinated too recently"),

@@ -16,11 +16,15 @@ from datetime import datetime, timedelta
 
 from flask import render_template, request
 from flask_babel import gettext as _
+from sqlalchemy import select
 
+from .. import closures
+from ..api.closures import suspend
 from ..api.trace import csv_response, run_trace
-from ..app import current_fleet
+from ..app import current_fleet, db
 from ..bundles import ListError
-from ..models import HEALTH_OFFICIAL
+from ..models import APPROVED, HEALTH_OFFICIAL, Location
+from ..organisations import OrganisationError
 from . import bp, page
 from .lists_views import ZONE, local_time
 
@@ -78,5 +82,43 @@ def trace_page():
                                error=exc.message), 422 if exc.status == 400 else exc.status
     if download:
         return csv_response(result)
-    response = render_template("trace.html", fields=fields, result=result.as_dict(), error=None)
+    found = result.as_dict()
+    response = render_template("trace.html", fields=fields, result=found, error=None,
+                               workplaces=_workplaces(found))
     return response, 200, {"Cache-Control": "no-store"}
+
+
+def _workplaces(result: dict) -> list[dict]:
+    """The organisations whose control points the case's traced visits include: each may
+    be suspended from here while approved (docs/organisations.md)."""
+    codes = {v["location"]["code"] for v in result["visits"] if v["location"]}
+    if not codes:
+        return []
+    from . import organisation_views  # the organisation pages' status names
+    names = getattr(organisation_views, "STATUS_NAMES", {})
+    ids = db().scalars(select(Location.id).where(Location.code.in_(codes))).all()
+    return [{"code": org.code, "name": org.name, "status": org.status,
+             "status_name": str(names.get(org.status, org.status)), "locations": where,
+             "can_suspend": org.status == APPROVED}
+            for org, where in closures.organisations_at(db(), ids)]
+
+
+@bp.post("/trace/suspend")
+@page(HEALTH_OFFICIAL)
+def trace_suspend():
+    """Suspend an organisation the traced case visited (the case and the period as the
+    trace form named them; fleet/api/closures.suspend checks the visit again)."""
+    form = request.form
+    fields = {name: form.get(name, "").strip() if name != "certificate" else
+              form.get(name, "") for name in ("certificate", "holder", "from", "to",
+                                              "minutes", "same_holder")}
+    code = form.get("organisation", "").strip()
+    try:
+        params = {k: v for k, v in _params(fields).items() if k != "minutes"}
+        params["case_ref"] = form.get("case_ref", "")
+        done = suspend(db(), code, params)
+    except (ListError, OrganisationError) as exc:
+        return render_template("trace.html", fields=fields, result=None,
+                               error=exc.message), 422 if exc.status == 400 else exc.status
+    return render_template("trace.html", fields=fields, result=None, error=None,
+                           suspended=done), 200, {"Cache-Control": "no-store"}
