@@ -40,6 +40,7 @@ log = logging.getLogger("greengate.kiosk")
 
 LISTS_WAIT_SECONDS = 30.0  # a folder source waits this long for the first bundles
 DRAIN_SECONDS = 60.0  # a finished folder source waits this long for the fleet's confirmations
+BUNDLES_SETTLE = 0.5  # seconds without a new bundle before a heartbeat reports the arrivals
 
 
 class LiveVerifier:
@@ -140,6 +141,7 @@ class Kiosk:
     # --- the data path -----------------------------------------------------
     def _bundle_arrived(self, b) -> None:
         self.clock.raise_floor(b.issued_at)
+        self._bundle_at = time.monotonic()
         # a policy bundle may close or reopen the place: the light follows at once
         self._fault_wake.set()
 
@@ -292,7 +294,22 @@ class Kiosk:
             cpu_temp=cpu_temperature(), overflow=_safe(self.outbox.overflow, 0), seq=seq,
             confirmed=confirmed, faults=self.faults.report(),
             memory=_safe(self.outbox.memory, 0), lost=_safe(self.outbox.lost, 0),
-            policy=_safe(lambda: self.store.policy_in_use, None))
+            policy=_safe(lambda: self.store.policy_in_use, None),
+            roster=_safe(self._roster_held, None), closed=_safe(self._closed_by, None))
+
+    def _roster_held(self) -> dict | None:
+        held = self.store.roster
+        return None if held is None else {"organisation": held.organisation,
+                                          "version": held.version}
+
+    def _closed_by(self) -> str | None:
+        """The organisation whose closing closes this place ("?": the signed entry names
+        this kiosk but not readably)."""
+        closed = self.store.closed
+        if closed is None:
+            return None
+        org = closed.get("organisation")
+        return org if isinstance(org, str) and messages.ORG_CODE.match(org) else "?"
 
     def _heartbeats(self) -> None:
         # The faults are looked at every second, and at once when one starts or ends
@@ -307,6 +324,7 @@ class Kiosk:
                 self._tend_storage()
                 self._show_fault()
                 self.sealer.expire()  # an idle kiosk drops its epoch key on time too
+                self.feed.tick()  # an empty roster delta topic: the full roster
             except Exception:
                 log.exception("fault check failed")
             # also at once when a bundle kind arrives that the last heartbeat lacked: the
@@ -315,6 +333,10 @@ class Kiosk:
             held = _safe(self.store.versions, {}) or {}
             arrived = any(v is not None and getattr(self, "_beat_bundles", {}).get(kind) is None
                           for kind, v in held.items())
+            if arrived and time.monotonic() - getattr(self, "_bundle_at", 0) < BUNDLES_SETTLE:
+                # retained bundles come in a burst on connecting: one heartbeat holding
+                # them all, not one per bundle (the wake-up above is for the light)
+                continue
             if arrived or time.monotonic() - getattr(self, "_last_beat", 0) >= self.cfg.mqtt.heartbeat:
                 try:
                     if self.reporter.publish_heartbeat(self.heartbeat()):

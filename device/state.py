@@ -203,7 +203,11 @@ class BundleStore:
             if candidate.kind == "roster" and current is not None and \
                     current.version == held.version and candidate.raw != current.raw:
                 return False, f"refused: roster v{candidate.version} differs from the one held"
-            return False, "already held"
+            # the full roster of the version reached through deltas replaces the chain
+            # (the feed asks for it once the chain is long: each delta is replayed at start)
+            if not (candidate.kind == "roster" and current is not None and
+                    current.version < held.version):
+                return False, "already held"
         if candidate.kind == "roster":
             new = roster.parse_roster(candidate.body, candidate.version)
         else:
@@ -275,6 +279,10 @@ class BundleStore:
     def chain_length(self) -> int:
         """Signed deltas held on top of the status snapshot (replayed at every start)."""
         return sum(1 for _ in self.dir.glob("status-delta-*.bundle"))
+
+    def roster_chain_length(self) -> int:
+        """Signed roster deltas held on top of the stored roster (replayed at start-up)."""
+        return sum(1 for _ in self.dir.glob("roster-delta-*.bundle"))
 
     def versions(self) -> dict:
         return {k: (self.bundles[k].version if k in self.bundles else None) for k in STORED}

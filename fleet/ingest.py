@@ -81,7 +81,7 @@ from greengate import messages, sealing, watchdog
 from . import mqtt_identity
 from .mqtt_trouble import Trouble
 from . import presence as presence_db
-from . import roster_workers, sealing_keys
+from . import roster_workers, rosters, sealing_keys
 from .db import make_engine
 from .ingest_metrics import IngestMetrics
 from .ingest_store import Quarantined, ScanStore, Written
@@ -156,7 +156,7 @@ def _detail(exc: BaseException) -> str:
 # message), and nothing stored may make a page fail to render it.
 HEARTBEAT_FIELDS = ("v", "kiosk", "session", "ts", "uptime", "bundles", "outbox", "clock",
                     "lists", "cpu_temp", "overflow", "seq", "confirmed", "faults", "memory",
-                    "lost", "policy")
+                    "lost", "policy", "roster", "closed")
 PRESENCE_FIELDS = ("v", "kiosk", "session", "state", "cause")
 
 
@@ -642,7 +642,8 @@ class IngestWorker:
                         session, self.config, kiosk, identity, scanned_at=ts,
                         at=self.clock())
                     session.commit()
-                    sends = roster_workers.roster_messages(session, org_id, published) \
+                    # the full roster and the delta topics (fleet/rosters.py)
+                    sends = rosters.kiosk_messages(session, org_id, published) \
                         if published else []
             except Exception as exc:  # noqa: BLE001
                 # the enrolment stays open (a new scan tries again); linking a worker must

@@ -14,6 +14,7 @@ import time
 from sqlalchemy import select
 
 from . import audit
+from .refusals import N_, Text, status_word
 from .models import (ADMIN, APPLIED, APPROVED, CLOSED, DISTRICT_OFFICER, HEALTH_OFFICIAL,
                      ORG_KINDS, RETIRED, SUSPENDED, WARD_KINDS, WARD_OFFICER, District, Kiosk,
                      Location, Organisation, OrganisationStatusChange, Ward)
@@ -27,30 +28,44 @@ LIFTERS = (WARD_OFFICER, DISTRICT_OFFICER, HEALTH_OFFICIAL)
 
 
 class OrganisationError(Exception):
-    """A change refused; `status` is the HTTP status an API would answer."""
+    """A change refused; `status` is the HTTP status an API would answer. `message` is
+    a refusals.Text: English for the API, `refusals.translated(message)` for a page."""
 
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
         self.message, self.status = message, status
 
 
+def _not_a_tax_code(tax_code: str) -> Text:
+    return Text(N_("tax code '%(tax_code)s' is not a Vietnamese tax code (10 digits, or 10 "
+                   "digits, '-' and 3 digits)"), tax_code=tax_code)
+
+
+def _tax_code_taken(tax_code: str) -> Text:
+    return Text(N_("an organisation with tax code %(tax_code)s exists already"),
+                tax_code=tax_code)
+
+
 def by_code(session, code: str) -> Organisation:
     org = session.scalar(select(Organisation).where(Organisation.code == code))
     if org is None:
-        raise OrganisationError(f"no organisation with code {code!r}", 404)
+        raise OrganisationError(Text(N_("no organisation with code '%(code)s'"), code=code), 404)
     return org
 
 
 def create_ward(session, *, code: str, name: str, district: District, kind: str = "phuong",
                 actor: str) -> Ward:
     if not CODE.match(code or ""):
-        raise OrganisationError("a ward code is 1-64 lower-case letters, digits and '-'")
+        raise OrganisationError(Text(N_("a ward code is 1-64 lower-case letters, digits and "
+                                         "'-'")))
     if kind not in WARD_KINDS:
-        raise OrganisationError(f"a ward's kind is one of {', '.join(WARD_KINDS)}")
+        raise OrganisationError(Text(N_("a ward's kind is one of %(kinds)s"),
+                                     kinds=", ".join(WARD_KINDS)))
     if not (name or "").strip():
-        raise OrganisationError("a ward needs a name")
+        raise OrganisationError(Text(N_("a ward needs a name")))
     if session.scalar(select(Ward.id).where(Ward.code == code)) is not None:
-        raise OrganisationError(f"a ward with code {code!r} exists already", 409)
+        raise OrganisationError(Text(N_("a ward with code '%(code)s' exists already"),
+                                     code=code), 409)
     ward = Ward(code=code, name=name.strip(), kind=kind, district_id=district.id)
     session.add(ward)
     audit.record(session, actor, "ward.create", code, district=district.code, kind=kind)
@@ -64,23 +79,24 @@ def create(session, *, code: str, name: str, kind: str, district: District,
     """A new organisation, in status applied."""
     at = time.time() if at is None else at
     if not CODE.match(code or ""):
-        raise OrganisationError("an organisation code is 1-64 lower-case letters, digits "
-                                "and '-'")
+        raise OrganisationError(Text(N_("an organisation code is 1-64 lower-case letters, "
+                                         "digits and '-'")))
     if kind not in ORG_KINDS:
-        raise OrganisationError(f"an organisation's kind is one of {', '.join(ORG_KINDS)}")
+        raise OrganisationError(Text(N_("an organisation's kind is one of %(kinds)s"),
+                                     kinds=", ".join(ORG_KINDS)))
     if not (name or "").strip():
-        raise OrganisationError("an organisation needs a name")
+        raise OrganisationError(Text(N_("an organisation needs a name")))
     if tax_code is not None and not TAX_CODE.match(tax_code):
-        raise OrganisationError(f"tax code {tax_code!r} is not a Vietnamese tax code "
-                                "(10 digits, or 10 digits, '-' and 3 digits)")
+        raise OrganisationError(_not_a_tax_code(tax_code))
     if ward is not None and ward.district_id != district.id:
-        raise OrganisationError(f"ward {ward.code!r} is not in district {district.code!r}")
+        raise OrganisationError(Text(N_("ward '%(ward)s' is not in district '%(district)s'"),
+                                     ward=ward.code, district=district.code))
     if session.scalar(select(Organisation.id).where(Organisation.code == code)) is not None:
-        raise OrganisationError(f"an organisation with code {code!r} exists already", 409)
+        raise OrganisationError(Text(N_("an organisation with code '%(code)s' exists "
+                                         "already"), code=code), 409)
     if tax_code is not None and session.scalar(
             select(Organisation.id).where(Organisation.tax_code == tax_code)) is not None:
-        raise OrganisationError(f"an organisation with tax code {tax_code} exists already",
-                                409)
+        raise OrganisationError(_tax_code_taken(tax_code), 409)
     org = Organisation(code=code, name=name.strip(), kind=kind, tax_code=tax_code,
                        sector=sector, district_id=district.id,
                        ward_id=ward.id if ward is not None else None,
@@ -105,25 +121,29 @@ def set_status(session, org: Organisation, new_status: str, *, actor: str, role:
     at = time.time() if at is None else at
     old = org.status
     if new_status not in NEXT.get(old, set()):
-        raise OrganisationError(f"organisation {org.code!r} is {old}: it cannot become "
-                                f"{new_status}", 409)
+        raise OrganisationError(Text(N_("organisation '%(code)s' is %(old)s: it cannot become "
+                                         "%(new)s"), code=org.code, old=status_word(old),
+                                     new=status_word(new_status)), 409)
     reason = (reason or "").strip()
     facts = dict(detail or {})
     if new_status == APPROVED and old == APPLIED:
         if not isinstance(quota, int) or isinstance(quota, bool) or quota < 1:
-            raise OrganisationError("approving needs the worker quota (a whole number >= 1)")
+            raise OrganisationError(Text(N_("approving needs the worker quota (a whole number "
+                                         ">= 1)")))
         org.quota, org.approved_at = quota, at
         facts["quota"] = quota
     elif new_status == APPROVED:  # lifting a suspension
         if role != ADMIN and role != org.lift_by:
-            raise OrganisationError(f"this suspension is lifted by a {org.lift_by}", 403)
+            raise OrganisationError(Text(N_("this suspension is lifted by a %(role)s"),
+                                     role=Text(org.lift_by or DISTRICT_OFFICER)), 403)
         org.suspended_reason, org.lift_by = "", None
     elif new_status == SUSPENDED:
         if not reason:
-            raise OrganisationError("a suspension needs its reason")
+            raise OrganisationError(Text(N_("a suspension needs its reason")))
         lift_by = lift_by or DISTRICT_OFFICER
         if lift_by not in LIFTERS:
-            raise OrganisationError(f"a suspension is lifted by one of {', '.join(LIFTERS)}")
+            raise OrganisationError(Text(N_("a suspension is lifted by one of %(roles)s"),
+                                     roles=", ".join(LIFTERS)))
         org.suspended_reason, org.lift_by = reason[:400], lift_by
         facts["lift_by"] = lift_by
     org.status, org.status_since = new_status, at
@@ -159,29 +179,29 @@ def update(session, org: Organisation, *, actor: str, **fields) -> dict:
     their own path). `ward` is a Ward or None. Returns {field: [old, new]} (audited)."""
     unknown = set(fields) - set(EDITABLE)
     if unknown:
-        raise OrganisationError(f"cannot change {', '.join(sorted(unknown))}")
+        raise OrganisationError(Text(N_("cannot change %(fields)s"),
+                                     fields=", ".join(sorted(unknown))))
     changes = {}
     if "name" in fields:
         name = (fields["name"] or "").strip()
         if not name:
-            raise OrganisationError("an organisation needs a name")
+            raise OrganisationError(Text(N_("an organisation needs a name")))
         fields["name"] = name
     if "kind" in fields and fields["kind"] not in ORG_KINDS:
-        raise OrganisationError(f"an organisation's kind is one of {', '.join(ORG_KINDS)}")
+        raise OrganisationError(Text(N_("an organisation's kind is one of %(kinds)s"),
+                                     kinds=", ".join(ORG_KINDS)))
     if fields.get("tax_code") is not None:
         tax_code = fields["tax_code"]
         if not TAX_CODE.match(tax_code):
-            raise OrganisationError(f"tax code {tax_code!r} is not a Vietnamese tax code "
-                                    "(10 digits, or 10 digits, '-' and 3 digits)")
+            raise OrganisationError(_not_a_tax_code(tax_code))
         if tax_code != org.tax_code and session.scalar(
                 select(Organisation.id).where(Organisation.tax_code == tax_code)) is not None:
-            raise OrganisationError(f"an organisation with tax code {tax_code} exists "
-                                    "already", 409)
+            raise OrganisationError(_tax_code_taken(tax_code), 409)
     if "ward" in fields:
         ward = fields.pop("ward")
         if ward is not None and ward.district_id != org.district_id:
-            raise OrganisationError(f"ward {ward.code!r} is not in the organisation's "
-                                    "district")
+            raise OrganisationError(Text(N_("ward '%(ward)s' is not in the organisation's "
+                                             "district"), ward=ward.code))
         new_id = ward.id if ward is not None else None
         if new_id != org.ward_id:
             old = session.get(Ward, org.ward_id) if org.ward_id else None
@@ -203,13 +223,14 @@ def update_ward(session, ward: Ward, *, actor: str, name: str | None = None,
     changes = {}
     if name is not None:
         if not name.strip():
-            raise OrganisationError("a ward needs a name")
+            raise OrganisationError(Text(N_("a ward needs a name")))
         if name.strip() != ward.name:
             changes["name"] = [ward.name, name.strip()]
             ward.name = name.strip()
     if kind is not None:
         if kind not in WARD_KINDS:
-            raise OrganisationError(f"a ward's kind is one of {', '.join(WARD_KINDS)}")
+            raise OrganisationError(Text(N_("a ward's kind is one of %(kinds)s"),
+                                     kinds=", ".join(WARD_KINDS)))
         if kind != ward.kind:
             changes["kind"] = [ward.kind, kind]
             ward.kind = kind

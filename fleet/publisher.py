@@ -7,7 +7,9 @@ Topics (greengate/messages.py):
   current one, for each base in the window.
 - `gg/v1/roster/{kiosk}`: the current roster bundle of the kiosk's organisation, for each
   kiosk its organisation's newest roster names (fleet/rosters.py), readable by that kiosk
-  alone.
+  alone; `gg/v1/roster/{kiosk}/delta`: the roster-delta from the organisation's previous
+  roster to it, or an empty payload (clears it) when the previous roster did not name
+  the kiosk.
 
 Order for a new status version: the deltas and the snapshot first, then the
 retained deltas that fell out of the window are cleared (an empty retained
@@ -325,14 +327,18 @@ class Publisher:
             # plain values: the session closes before the network work
             current = {k: (b.version, b.raw) for k, b in current.items() if b is not None}
             delta_list = [(d.base, d.raw) for d in delta_rows]
-            roster_list = sorted(rosters.current(session, deployment).items()) \
+            roster_list = sorted(rosters.current_with_deltas(session, deployment).items()) \
                 if "roster" in kinds else []
         with self._cond:
             known = dict(self._rosters_sent.get(deployment, {}))
-        roster_list = [(k, v, raw) for k, (v, raw) in roster_list if known.get(k) != v]
+        roster_list = [(k, v, raw, delta) for k, (v, raw, delta) in roster_list
+                       if known.get(k) != v]
         sent = []
-        for kiosk_id, _version, raw in roster_list:
+        # the full roster before the delta: a kiosk the delta does not fit turns to the
+        # full topic, and must find the new roster there
+        for kiosk_id, _version, raw, delta in roster_list:
             sent.append(self._send(messages.roster_topic(kiosk_id), raw))
+            sent.append(self._send(messages.roster_delta_topic(kiosk_id), delta))
         for kind in WHOLE:
             if kind in kinds and kind in current:
                 sent.append(self._send(messages.bundle_topic(deployment, kind), current[kind][1]))
@@ -356,7 +362,7 @@ class Publisher:
             published += 1
         with self._cond:
             self._rosters_sent.setdefault(deployment, {}).update(
-                (kiosk_id, version) for kiosk_id, version, _ in roster_list)
+                (kiosk_id, version) for kiosk_id, version, _, _ in roster_list)
             retained = self._retained.setdefault(deployment, set())
             retained -= stale
             if "status" in kinds:

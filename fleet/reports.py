@@ -63,6 +63,9 @@ LABELS = {
     "subject": N_("[GreenGate] Weekly report {week}: {scope}"),
     "body": N_("The compliance report of {scope} for the week of {week} is attached "
                "(PDF and CSV)."),
+    # the organisation page's status names (fleet/web/organisation_views.py STATUS_NAMES)
+    "status_applied": N_("Applied"), "status_approved": N_("Approved"),
+    "status_suspended": N_("Suspended"), "status_closed": N_("Closed"),
 }
 
 _catalogues: dict = {}
@@ -487,7 +490,8 @@ def _draw_pdf(fig: dict, t: dict, font: str) -> bytes:
                    "organisations_flagged", "scans_week"))] for r in fig["wards"]],
                (3, 1, 1, 1, 1, 1, 1, 1, 1))
     _table(pdf, t["flagged"], [t["code"], t["name"], t["status"], t["reminders"]],
-           [[f["code"], f["name"], f["status"], str(f["reminders"])] for f in fig["flagged"]]
+           [[f["code"], f["name"], t.get(f"status_{f['status']}", f["status"]),
+             str(f["reminders"])] for f in fig["flagged"]]
            or [[t["none"], "", "", ""]], (1, 3, 1, 1))
     _table(pdf, t["silent"], [t["code"], t["name"], t["why"]],
            [[s["code"], s["name"], t.get(s["why"], s["why"])] for s in fig["silent"]]

@@ -35,6 +35,7 @@ from greengate.content import check_plausibility, parse_claims
 from greengate.trust import TrustError, TrustList, load_signer
 
 from . import audit, bundles, organisations, rosters
+from .refusals import N_, Text, status_word
 from .models import APPROVED, SUSPENDED, Organisation, RosterEnrolment, TrustEntry, Worker
 
 MAX_NAME = 200
@@ -71,7 +72,8 @@ def list_workers(session, org: Organisation, include_removed: bool = False) -> l
 def worker_of(session, org: Organisation, worker_id) -> Worker:
     worker = session.get(Worker, worker_id) if isinstance(worker_id, int) else None
     if worker is None or worker.organisation_id != org.id or worker.removed_at is not None:
-        raise WorkerError(f"no worker {worker_id!r} on the roster of {org.code}", 404)
+        raise WorkerError(Text(N_("no worker %(worker)s on the roster of %(code)s"),
+                               worker=repr(worker_id)[:40], code=org.code), 404)
     return worker
 
 
@@ -93,40 +95,44 @@ def _clean(value, name: str, *, required: bool, limit: int = MAX_NAME) -> str:
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise WorkerError(f"{name} must be text")
+        raise WorkerError(Text(N_("%(field)s must be text"), field=name))
     # one line (tabs and newlines become spaces), composed: a name typed on one system
     # and pasted from another compares equal
     value = unicodedata.normalize("NFC", " ".join(value.split()))
     if required and not value:
-        raise WorkerError(f"{name} must not be empty")
+        raise WorkerError(Text(N_("%(field)s must not be empty"), field=name))
     if len(value) > limit:
-        raise WorkerError(f"{name} is {len(value)} characters; at most {limit}")
+        raise WorkerError(Text(N_("%(field)s is %(n)s characters; at most %(limit)s"),
+                               field=name, n=len(value), limit=limit))
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in value):
-        raise WorkerError(f"{name} holds a control or unassigned character")
+        raise WorkerError(Text(N_("%(field)s holds a control or unassigned character"),
+                               field=name))
     return value
 
 
 def check_ci(ci) -> str:
     if not isinstance(ci, str):
-        raise WorkerError("a certificate identifier (ci) must be text")
+        raise WorkerError(Text(N_("a certificate identifier (ci) must be text")))
     ci = ci.strip()
     if not ci or len(ci) > MAX_CI or not ci.isprintable() or any(c.isspace() for c in ci):
-        raise WorkerError(f"{ci[:40]!r} is not a certificate identifier (1-{MAX_CI} printable "
-                          "characters without spaces, like URN:UVCI:01:VN:...)")
+        raise WorkerError(Text(N_("%(ci)s is not a certificate identifier (1-%(max)s "
+                                  "printable characters without spaces, like "
+                                  "URN:UVCI:01:VN:...)"), ci=repr(ci[:40]), max=MAX_CI))
     return ci
 
 
 def _open_for_roster(org: Organisation, what: str) -> None:
     if org.status != APPROVED:
-        raise WorkerError(f"organisation {org.code} is {org.status}: only an approved "
-                          f"organisation has a roster, so {what} is refused", 409)
+        raise WorkerError(Text(N_("organisation %(code)s is %(status)s: only an approved "
+                                  "organisation has a roster, so %(what)s is refused"),
+                               code=org.code, status=status_word(org.status), what=what), 409)
 
 
 def _changeable(org: Organisation) -> None:
     """Renaming and removing also while suspended (a roster kept for the reopening)."""
     if org.status not in (APPROVED, SUSPENDED):
-        raise WorkerError(f"organisation {org.code} is {org.status}: its roster cannot "
-                          "change", 409)
+        raise WorkerError(Text(N_("organisation %(code)s is %(status)s: its roster cannot "
+                                  "change"), code=org.code, status=status_word(org.status)), 409)
 
 
 def _lock(session, org: Organisation) -> None:
@@ -169,15 +175,17 @@ class Linker:
         WorkerError otherwise. An expired certificate is accepted: it still names its
         holder, and every later certificate of that holder matches the same key."""
         if not isinstance(text, str) or not text.strip():
-            raise WorkerError("the QR text is empty")
+            raise WorkerError(Text(N_("the QR text is empty")))
         try:
             sign1 = cose.parse(hc1.decode(text.strip()))
             kid = sign1.kid
         except Exception as exc:  # any bytes: a clear refusal, never a crash
-            raise WorkerError(f"the QR text is not a readable health certificate "
-                              f"({getattr(exc, 'detail', None) or exc.__class__.__name__})") from None
+            raise WorkerError(Text(N_("the QR text is not a readable health certificate "
+                                      "(%(why)s)"),
+                                   why=getattr(exc, 'detail', None) or exc.__class__.__name__)
+                              ) from None
         if not isinstance(kid, bytes) or len(kid) != cose.KID_LENGTH:
-            raise WorkerError("the QR's certificate names no signer key (kid)")
+            raise WorkerError(Text(N_("the QR's certificate names no signer key (kid)")))
         for signer in self.trust().candidates(kid):
             try:
                 sign1.verify(signer.public_key)
@@ -185,24 +193,27 @@ class Linker:
             except Exception:
                 continue
         else:
-            raise WorkerError(f"the QR's certificate is not signed by an issuer in the trust "
-                              f"list (kid {kid.hex()}): forged, or of an issuer not trusted here")
+            raise WorkerError(Text(N_("the QR's certificate is not signed by an issuer in the "
+                                      "trust list (kid %(kid)s): forged, or of an issuer not "
+                                      "trusted here"), kid=kid.hex()))
         try:
             cert = parse_claims(cose.loads(sign1.payload))
             check_plausibility(cert)
         except Exception as exc:
-            raise WorkerError(f"the QR's certificate content is invalid "
-                              f"({getattr(exc, 'detail', None) or exc.__class__.__name__})") from None
+            raise WorkerError(Text(N_("the QR's certificate content is invalid (%(why)s)"),
+                                   why=getattr(exc, 'detail', None) or exc.__class__.__name__)
+                              ) from None
         if not (cert.family or cert.given):
-            raise WorkerError("the QR's certificate has no standardised name to recognise its "
-                              "holder by")
+            raise WorkerError(Text(N_("the QR's certificate has no standardised name to "
+                                      "recognise its holder by")))
         # exactly the tuple the kiosk's Verifier seals (greengate/verifier.py: holder)
         return (cert.family, cert.given, cert.dob), cert.ci
 
     def keys(self, qr=None, ci=None) -> tuple[str | None, str | None]:
         """(holder_key, cert_key) for a QR text or a ci (exactly one)."""
         if qr is not None and ci is not None:
-            raise WorkerError("link by a QR text or by a certificate identifier, not both")
+            raise WorkerError(Text(N_("link by a QR text or by a certificate identifier, not "
+                                      "both")))
         if qr is not None:
             holder, _ci = self.holder_of_qr(qr)
             if self._key is None:
@@ -235,8 +246,9 @@ def _taken(session, org: Organisation, holder_key, cert_key, but: int | None = N
 
 def _refuse_taken(other: Worker | None) -> None:
     if other is not None:
-        raise WorkerError(f"this person or certificate is on the roster already, as worker "
-                          f"{other.id} ({other.display_name})", 409)
+        raise WorkerError(Text(N_("this person or certificate is on the roster already, as "
+                                  "worker %(id)s (%(name)s)"), id=other.id,
+                               name=other.display_name), 409)
 
 
 # --- changes ---------------------------------------------------------------------------
@@ -252,13 +264,14 @@ def add_worker(session, config, org: Organisation, *, display_name, job="", acto
                ) -> tuple[Worker, list]:
     """A new worker (linked by `qr` or `ci`, or not yet); (worker, what to notify)."""
     at = time.time() if at is None else at
-    _open_for_roster(org, "adding a worker")
+    _open_for_roster(org, Text(N_("adding a worker")))
     name = _clean(display_name, "display_name", required=True)
     job = _clean(job, "job", required=False)
     _lock(session, org)
     if _quota_left(session, org) < 1:
-        raise WorkerError(f"the roster of {org.code} is full: {org.quota} workers, the "
-                          "quota the district allowed", 409)
+        raise WorkerError(Text(N_("the roster of %(code)s is full: %(quota)s workers, the "
+                                  "quota the district allowed"), code=org.code,
+                               quota=org.quota), 409)
     holder_key, cert_key = Linker(session, config, org).keys(qr, ci)
     _refuse_taken(_taken(session, org, holder_key, cert_key))
     linked = holder_key is not None or cert_key is not None
@@ -286,7 +299,7 @@ def update_worker(session, config, org: Organisation, worker: Worker, *, actor: 
         worker.job = changes["job"] = _clean(job, "job", required=False)
     published: list = []
     if qr is not None or ci is not None:
-        _open_for_roster(org, "linking a worker")
+        _open_for_roster(org, Text(N_("linking a worker")))
         _lock(session, org)
         holder_key, cert_key = Linker(session, config, org).keys(qr, ci)
         _refuse_taken(_taken(session, org, holder_key, cert_key, but=worker.id))
@@ -295,7 +308,7 @@ def update_worker(session, config, org: Organisation, worker: Worker, *, actor: 
         changes["linked"] = link_kind(worker)
         changes["via"] = via
     if not changes:
-        raise WorkerError("nothing to change: send display_name, job, qr or ci")
+        raise WorkerError(Text(N_("nothing to change: send display_name, job, qr or ci")))
     audit.record(session, actor, "roster.update", org.code, worker=worker.id, **changes)
     if "linked" in changes:
         published = _publish(session, config, org, actor, at)
@@ -368,20 +381,21 @@ def parse_csv(data) -> tuple[list[CsvRow], list[tuple[int, str]]]:
     skipped. Line numbers are the file's (a quoted field spanning lines counts them)."""
     errors: list[tuple[int, str]] = []
     if not isinstance(data, (bytes, bytearray)):
-        return [], [(0, "send the CSV file's bytes")]
+        return [], [(0, Text(N_("send the CSV file's bytes")))]
     if len(data) > MAX_CSV_BYTES:
-        return [], [(0, f"the file is {len(data)} bytes; at most {MAX_CSV_BYTES} are taken")]
+        return [], [(0, Text(N_("the file is %(n)s bytes; at most %(max)s are taken"),
+                                n=len(data), max=MAX_CSV_BYTES))]
     try:
         text = bytes(data).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = bytes(data)[:exc.start].count(b"\n") + 1
-        return [], [(line, "the file is not UTF-8 text (save it as CSV UTF-8)")]
+        return [], [(line, Text(N_("the file is not UTF-8 text (save it as CSV UTF-8)")))]
     if "\x00" in text:
         line = text[:text.index("\x00")].count("\n") + 1
-        return [], [(line, "the file holds a NUL byte: it is not a CSV text file")]
+        return [], [(line, Text(N_("the file holds a NUL byte: it is not a CSV text file")))]
     if not text.strip():
-        return [], [(0, "the file is empty: it needs a header row (display_name, job, qr, "
-                        "ci) and a row per worker")]
+        return [], [(0, Text(N_("the file is empty: it needs a header row (display_name, job, "
+                                "qr, ci) and a row per worker")))]
     first = text.lstrip("\r\n").split("\n", 1)[0]
     delimiter = ";" if first.count(";") > first.count(",") else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
@@ -393,8 +407,8 @@ def parse_csv(data) -> tuple[list[CsvRow], list[tuple[int, str]]]:
         except StopIteration:
             break
         except csv.Error as exc:
-            errors.append((reader.line_num, f"not valid CSV here ({exc}); nothing after it "
-                                            "was read"))
+            errors.append((reader.line_num, Text(N_("not valid CSV here (%(why)s); nothing after "
+                                                    "it was read"), why=str(exc))))
             break
         line = reader.line_num
         if not any(f.strip() for f in fields):
@@ -403,22 +417,26 @@ def parse_csv(data) -> tuple[list[CsvRow], list[tuple[int, str]]]:
             header = [f.strip().lower().lstrip("\ufeff") for f in fields]
             unknown = [h for h in header if h not in CSV_COLUMNS]
             if unknown:
-                errors.append((line, f"unknown column {unknown[0][:40]!r}: the columns are "
-                                     f"{', '.join(CSV_COLUMNS)}"))
+                errors.append((line, Text(N_("unknown column %(column)s: the columns are "
+                                               "%(columns)s"), column=repr(unknown[0][:40]),
+                                            columns=", ".join(CSV_COLUMNS))))
                 return [], errors
             if len(set(header)) != len(header):
-                errors.append((line, "a column is named twice in the header"))
+                errors.append((line, Text(N_("a column is named twice in the header"))))
                 return [], errors
             if "display_name" not in header:
-                errors.append((line, "the header has no display_name column (the first row "
-                                     "names the columns: display_name, job, qr, ci)"))
+                errors.append((line, Text(N_("the header has no display_name column (the first "
+                                               "row names the columns: display_name, job, qr, "
+                                               "ci)"))))
                 return [], errors
             continue
         if len(rows) + len(errors) >= MAX_CSV_ROWS:
-            errors.append((line, f"more than {MAX_CSV_ROWS} rows: split the file"))
+            errors.append((line, Text(N_("more than %(max)s rows: split the file"),
+                                        max=MAX_CSV_ROWS)))
             break
         if len(fields) != len(header):
-            errors.append((line, f"{len(fields)} fields; the header has {len(header)}"))
+            errors.append((line, Text(N_("%(n)s fields; the header has %(columns)s"),
+                                        n=len(fields), columns=len(header))))
             continue
         values = dict(zip(header, fields))
         try:
@@ -427,10 +445,10 @@ def parse_csv(data) -> tuple[list[CsvRow], list[tuple[int, str]]]:
             qr = (values.get("qr") or "").strip() or None
             ci = (values.get("ci") or "").strip() or None
             if qr is not None and ci is not None:
-                raise WorkerError("give a QR text or a certificate identifier, not both")
+                raise WorkerError(Text(N_("give a QR text or a certificate identifier, not both")))
             if qr is not None and len(qr) > hc1.MAX_TEXT:
-                raise WorkerError(f"the QR text is {len(qr)} characters, more than any QR "
-                                  "code holds")
+                raise WorkerError(Text(N_("the QR text is %(n)s characters, more than any QR "
+                                          "code holds"), n=len(qr)))
             if ci is not None:
                 ci = check_ci(ci)
         except WorkerError as exc:
@@ -438,9 +456,9 @@ def parse_csv(data) -> tuple[list[CsvRow], list[tuple[int, str]]]:
             continue
         rows.append(CsvRow(line, name, job, qr, ci))
     if header is None and not errors:
-        errors.append((0, "the file has no header row"))
+        errors.append((0, Text(N_("the file has no header row"))))
     elif not rows and not errors:
-        errors.append((0, "the file has a header but no worker"))
+        errors.append((0, Text(N_("the file has a header but no worker"))))
     return rows, errors
 
 
@@ -452,8 +470,9 @@ def import_csv(session, config, org: Organisation, data, *, actor: str,
     at = time.time() if at is None else at
     out = Import(roster=active_count(session, org), quota=org.quota or 0)
     if org.status != APPROVED:
-        out.errors.append((0, f"organisation {org.code} is {org.status}: only an approved "
-                              "organisation has a roster"))
+        out.errors.append((0, Text(N_("organisation %(code)s is %(status)s: only an approved "
+                                        "organisation has a roster"), code=org.code,
+                                     status=status_word(org.status))))
         out.status = 409
         return out
     rows, errors = parse_csv(data)
@@ -481,22 +500,24 @@ def import_csv(session, config, org: Organisation, data, *, actor: str,
             if key is None:
                 continue
             if key in seen:
-                out.errors.append((row.line, f"the same person or certificate as line "
-                                             f"{seen[key]}"))
+                out.errors.append((row.line, Text(N_("the same person or certificate as line "
+                                                       "%(line)s"), line=seen[key])))
                 break
             seen[key] = row.line
             other = on_roster.get(key)
             if other is not None:
-                out.errors.append((row.line, f"on the roster already, as worker {other.id} "
-                                             f"({other.display_name})"))
+                out.errors.append((row.line, Text(N_("on the roster already, as worker %(id)s "
+                                                       "(%(name)s)"), id=other.id,
+                                                    name=other.display_name)))
                 break
     if out.errors:
         out.status = 422
         return out
     if out.roster + len(rows) > out.quota:
-        out.errors.append((0, f"{len(rows)} workers and the {out.roster} on the roster make "
-                              f"{out.roster + len(rows)}, more than the quota of {out.quota}: "
-                              "nothing was added"))
+        out.errors.append((0, Text(N_("%(rows)s workers and the %(roster)s on the roster make "
+                                        "%(total)s, more than the quota of %(quota)s: nothing "
+                                        "was added"), rows=len(rows), roster=out.roster,
+                                     total=out.roster + len(rows), quota=out.quota)))
         out.status = 409
         return out
     if dry_run:
@@ -527,16 +548,17 @@ def open_enrolment(session, config, org: Organisation, *, kiosk_id: str, actor: 
     unlinked, counted in the quota). One open enrolment per kiosk: a new one replaces
     it. (enrolment, what to notify: a new worker re-issues nothing yet, so [])."""
     at = time.time() if at is None else at
-    _open_for_roster(org, "enrolment")
+    _open_for_roster(org, Text(N_("enrolment")))
     if type(minutes) is not int or not ENROL_MINUTES[0] <= minutes <= ENROL_MINUTES[1]:
-        raise WorkerError(f"an enrolment stays open {ENROL_MINUTES[0]} to {ENROL_MINUTES[1]} "
-                          "minutes")
+        raise WorkerError(Text(N_("an enrolment stays open %(min)s to %(max)s minutes"),
+                               min=ENROL_MINUTES[0], max=ENROL_MINUTES[1]))
     kiosk = next((k for k in organisations.kiosks_of(session, org) if k.id == kiosk_id), None)
     if kiosk is None:
-        raise WorkerError(f"kiosk {str(kiosk_id)[:63]!r} is not at a control point of "
-                          f"{org.code}", 422)
+        raise WorkerError(Text(N_("kiosk %(kiosk)s is not at a control point of %(code)s"),
+                               kiosk=repr(str(kiosk_id)[:63]), code=org.code), 422)
     if (worker_id is None) == (display_name is None):
-        raise WorkerError("name the worker to link (worker) or the new worker's display_name")
+        raise WorkerError(Text(N_("name the worker to link (worker) or the new worker's "
+                                  "display_name")))
     published: list = []
     if worker_id is not None:
         worker = worker_of(session, org, worker_id)
@@ -625,7 +647,7 @@ def link_enrolment(session, config, kiosk: str, identity: bytes, *,
     window of its open enrolment, whose sealed holder opened to `identity`. Links the
     enrolment's worker (linked_via "kiosk"), closes the enrolment, re-issues the roster.
     Returns (outcome, organisation id, deployments whose roster was re-issued: for
-    roster_messages after the commit). The outcome: linked; duplicate:<id> (the person
+    rosters.kiosk_messages after the commit). The outcome: linked; duplicate:<id> (the person
     is that other worker already; the enrolment closes); none (no enrolment open for
     that scan: closed or replaced since the ingest's last look); not_approved, removed
     (the enrolment closes). The window is the scan's time, not the commit's: a batch
@@ -658,25 +680,6 @@ def link_enrolment(session, config, kiosk: str, identity: bytes, *,
     audit.record(session, f"kiosk:{kiosk}", "roster.enrolled", org.code if org else "",
                  enrolment=enrolment.id, worker=enrolment.worker_id, outcome=outcome)
     return outcome, enrolment.organisation_id, published
-
-
-def roster_messages(session, organisation_id: int, deployments) -> list[tuple[str, bytes]]:
-    """(topic, bundle) of the organisation's newest roster for each of its kiosks, in
-    `deployments`: what the ingest publishes itself after linking a worker by a scan
-    (it runs no Publisher; the ACL lets it write the roster topics)."""
-    from greengate import messages
-
-    from .models import PublishedBundle
-    out = []
-    for deployment in deployments:
-        raw = session.scalars(
-            select(PublishedBundle.raw).where(
-                PublishedBundle.deployment == deployment, PublishedBundle.kind == rosters.KIND,
-                PublishedBundle.base == organisation_id)
-            .order_by(PublishedBundle.version.desc()).limit(1)).first()
-        if raw is not None:
-            out += [(messages.roster_topic(k), bytes(raw)) for k in rosters.kiosks_in(bytes(raw))]
-    return out
 
 
 # --- after the commit ------------------------------------------------------------------

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import delete, func, select
 
 from greengate import bundle as bundle_format
-from greengate import cose
+from greengate import cose, messages
 from greengate import roster as roster_format
 from greengate.sealing import identity_bytes
 
@@ -45,6 +45,7 @@ from .models import RETIRED, Kiosk, Location, Organisation, PublishedBundle, Wor
 log = logging.getLogger(__name__)
 
 KIND = "roster"
+DELTA_KIND = "roster-delta"
 KEEP = 2  # roster bundles kept per organisation and deployment: the current one, the last
 _INFO = b"greengate roster key\x00"
 
@@ -200,7 +201,14 @@ def publish(session, config, org, *, actor: str, at: float | None = None, key=No
                                          content["certs"])
         issued = int(at)
         raw = bundle_format.seal(KIND, row.version, issued, body, signer, deployment)
+        previous = _newest(session, deployment, org.id)
         bundles._store(session, deployment, KIND, row.version, issued, raw, base=org.id)
+        if previous is not None:
+            delta = _delta_body(previous, org.code, kiosks, content)
+            if delta is not None:
+                bundles._store(session, deployment, DELTA_KIND, row.version, issued,
+                               bundle_format.seal(DELTA_KIND, row.version, issued, delta,
+                                                  signer, deployment), base=org.id)
         session.flush()
         old = session.scalars(
             select(PublishedBundle.version)
@@ -209,12 +217,47 @@ def publish(session, config, org, *, actor: str, at: float | None = None, key=No
             .order_by(PublishedBundle.version.desc()).offset(KEEP).limit(1)).first()
         if old is not None:
             session.execute(delete(PublishedBundle).where(
-                PublishedBundle.deployment == deployment, PublishedBundle.kind == KIND,
+                PublishedBundle.deployment == deployment,
+                PublishedBundle.kind.in_((KIND, DELTA_KIND)),
                 PublishedBundle.base == org.id, PublishedBundle.version <= old))
         done.append(deployment)
     audit.record(session, actor, "roster.publish", org.code, deployments=done,
                  holders=len(content["holders"]), certs=len(content["certs"]))
     return done
+
+
+def _newest(session, deployment: str, org_id: int) -> PublishedBundle | None:
+    return session.scalars(
+        select(PublishedBundle)
+        .where(PublishedBundle.deployment == deployment, PublishedBundle.kind == KIND,
+               PublishedBundle.base == org_id)
+        .order_by(PublishedBundle.version.desc()).limit(1)).first()
+
+
+def _body(raw: bytes):
+    """The body of a roster bundle the fleet stored (signed by it: read unverified)."""
+    try:
+        return cbor2.loads(cose.parse(raw).payload).get("body")
+    except Exception:
+        return None
+
+
+def _delta_body(previous: PublishedBundle, code: str, kiosks, content) -> dict | None:
+    """The roster-delta from the previous roster to `content` (None if the previous one
+    cannot be read: its kiosks then take the full roster)."""
+    try:
+        old = roster_format.parse_roster(_body(bytes(previous.raw)), previous.version)
+    except ValueError:
+        log.warning("roster v%d of %s unreadable: no delta from it", previous.version, code)
+        return None
+    if old.organisation != code:
+        return None
+    holders = {int(e) for e in roster_format._ints(content["holders"]).tolist()}
+    certs = {int(e) for e in roster_format._ints(content["certs"]).tolist()}
+    return roster_format.delta_body(
+        previous.version, code, kiosks, add_holders=holders - old.holders,
+        remove_holders=old.holders - holders, add_certs=certs - old.certs,
+        remove_certs=old.certs - certs)
 
 
 def notify(publisher, deployments) -> str:
@@ -228,11 +271,49 @@ def kiosks_in(raw: bytes) -> list[str]:
     """The kiosk ids a stored roster bundle names (signed by the fleet: read unverified);
     [] for anything unreadable."""
     try:
-        body = cbor2.loads(cose.parse(raw).payload).get("body")
-        kiosks = body.get("kiosks")
+        kiosks = _body(raw).get("kiosks")
         return [k for k in kiosks if isinstance(k, str)]
     except Exception:
         return []
+
+
+def _delta_for(session, deployment: str, org_id: int, version: int, raw: bytes) -> dict:
+    """kiosk id -> what its delta topic holds beside roster `version` of the organisation
+    (its full bundle `raw`): the delta to it, for the kiosks its base named too (a kiosk
+    can hold that base), else b"" (an empty retained payload clears the topic: a kiosk
+    holding any other roster takes the full one)."""
+    delta = session.scalars(
+        select(PublishedBundle.raw)
+        .where(PublishedBundle.deployment == deployment, PublishedBundle.kind == DELTA_KIND,
+               PublishedBundle.base == org_id, PublishedBundle.version == version)
+        .limit(1)).first()
+    named = set()
+    if delta is not None:
+        base = (_body(bytes(delta)) or {}).get("from")
+        prior = session.scalars(
+            select(PublishedBundle.raw)
+            .where(PublishedBundle.deployment == deployment, PublishedBundle.kind == KIND,
+                   PublishedBundle.base == org_id, PublishedBundle.version == base)
+            .limit(1)).first() if type(base) is int else None
+        named = set(kiosks_in(bytes(prior))) if prior is not None else set()
+    return {k: (bytes(delta) if k in named else b"") for k in kiosks_in(raw)}
+
+
+def kiosk_messages(session, organisation_id: int, deployments) -> list[tuple[str, bytes]]:
+    """(topic, payload) for each kiosk the organisation's newest roster names, in
+    `deployments`: the full roster, then its delta topic's (the delta, or b"" to clear
+    it). What the ingest publishes itself after linking a worker by a scan."""
+    out = []
+    for deployment in deployments:
+        newest = _newest(session, deployment, organisation_id)
+        if newest is None:
+            continue
+        raw = bytes(newest.raw)
+        deltas = _delta_for(session, deployment, organisation_id, newest.version, raw)
+        for kiosk_id in kiosks_in(raw):
+            out += [(messages.roster_topic(kiosk_id), raw),
+                    (messages.roster_delta_topic(kiosk_id), deltas[kiosk_id])]
+    return out
 
 
 def current(session, deployment: str) -> dict[str, tuple[int, bytes]]:
@@ -252,15 +333,33 @@ def current(session, deployment: str) -> dict[str, tuple[int, bytes]]:
     if not newest:
         return {}
     out = {}
-    for kiosk_id, org_id in session.execute(
-            select(Kiosk.id, Location.organisation_id)
-            .join(Location, Kiosk.location_id == Location.id)
-            .where(Kiosk.deployment == deployment, Kiosk.state != RETIRED,
-                   Location.organisation_id.is_not(None))):
+    for kiosk_id, org_id in _placed(session, deployment):
         held = newest.get(org_id)
         if held is not None and kiosk_id in kiosks_in(held[1]):
             out[kiosk_id] = held
     return out
+
+
+def _placed(session, deployment: str):
+    return session.execute(
+            select(Kiosk.id, Location.organisation_id)
+            .join(Location, Kiosk.location_id == Location.id)
+            .where(Kiosk.deployment == deployment, Kiosk.state != RETIRED,
+                   Location.organisation_id.is_not(None))).all()
+
+
+def current_with_deltas(session, deployment: str) -> dict[str, tuple[int, bytes, bytes]]:
+    """As current(), with what each kiosk's delta topic holds beside it: kiosk id ->
+    (version, full roster, delta or b"")."""
+    full = current(session, deployment)
+    by_org: dict[int, tuple[int, bytes]] = {}
+    org_of = dict(_placed(session, deployment))
+    for kiosk_id, held in full.items():
+        by_org.setdefault(org_of[kiosk_id], held)
+    deltas: dict[str, bytes] = {}
+    for org_id, (version, raw) in by_org.items():
+        deltas.update(_delta_for(session, deployment, org_id, version, raw))
+    return {k: (v, raw, deltas.get(k, b"")) for k, (v, raw) in full.items()}
 
 
 def publish_for_kiosks(session, config, kiosk_ids, *, actor: str, at: float | None = None

@@ -20,6 +20,8 @@ KIOSK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DECISIONS = ("green", "red")
 CLOCK_STATES = ("synced", "floor", "unknown")
 POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # fleet/policies.py NAME
+# an organisation code as a roster bundle carries it (greengate/roster.py)
+ORG_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SCAN_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 SUMMARY_ID = re.compile(r"^s[0-9a-f]{16}$")
 # A confirmation names at most this many ids, so that it stays well under MAX_MESSAGE
@@ -80,6 +82,13 @@ def roster_topic(kiosk: str) -> str:
     return f"{ROOT}/roster/{kiosk}"
 
 
+def roster_delta_topic(kiosk: str) -> str:
+    """Fleet -> one kiosk, retained, QoS 1: the roster-delta from its organisation's
+    previous roster to the current one, or empty (no delta a kiosk could hold the base
+    of: take the full roster). Only that kiosk may read it."""
+    return f"{ROOT}/roster/{kiosk}/delta"
+
+
 def kiosk_of(topic: str) -> tuple[str, str]:
     """(kiosk id, message kind) of a kiosk topic, or MessageError."""
     parts = topic.split("/")
@@ -118,7 +127,8 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
               overflow: int = 0, seq: int | None = None,
               confirmed: int | None = None, faults: list[dict] | None = None,
               memory: int | None = None, lost: int | None = None,
-              policy: str | None = None) -> dict:
+              policy: str | None = None, roster: dict | None = None,
+              closed: str | None = None) -> dict:
     """seq: the highest sequence number the kiosk has given a decision; confirmed: every
     decision with a sequence number up to this one has been confirmed by the fleet (the
     outbox holds none of them). Together they let the fleet find gaps.
@@ -126,7 +136,10 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
     MAX_FAULTS are sent); memory: decisions held only in memory because the storage
     fails; lost: decisions the kiosk could keep only as a count (storage failing and
     memory full); policy: the name of the policy the kiosk applies (the fleet compares
-    it with the one it assigned). None: not sent (kiosks older than the fields)."""
+    it with the one it assigned); roster: {"organisation", "version"} of the roster the
+    kiosk holds; closed: the organisation whose closing closes the place ("?": named in
+    the policy bundle unreadably). None: not sent (kiosks older than the fields, or no
+    roster / not closed: the fleet reads an absent field as null)."""
     doc = {"v": VERSION, "kiosk": kiosk, "session": session, "ts": round(ts, 3),
            "uptime": round(uptime, 1), "bundles": bundles, "outbox": outbox,
            "clock": clock, "lists": lists, "cpu_temp": cpu_temp, "overflow": overflow}
@@ -143,6 +156,10 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
         doc["lost"] = lost
     if policy is not None:
         doc["policy"] = policy
+    if roster is not None:
+        doc["roster"] = {"organisation": roster["organisation"], "version": roster["version"]}
+    if closed is not None:
+        doc["closed"] = closed
     return doc
 
 
@@ -319,6 +336,16 @@ def parse_heartbeat(payload: bytes, kiosk: str) -> dict:
     if policy is not None and not POLICY_NAME.match(policy):
         raise MessageError("field 'policy' is not a policy name (letters, digits, '_', '.', "
                            "'-', at most 64)")
+    held = _field(doc, "roster", dict, optional=True)
+    if held is not None:
+        if set(held) != {"organisation", "version"}:
+            raise MessageError("field 'roster' must be {organisation, version} or null")
+        if not ORG_CODE.match(_field(held, "organisation", str, max_len=64)):
+            raise MessageError("field 'roster': organisation is not an organisation code")
+        _field(held, "version", int, low=0, high=MAX_SEQ)
+    closed = _field(doc, "closed", str, optional=True, max_len=64)
+    if closed is not None and closed != "?" and not ORG_CODE.match(closed):
+        raise MessageError("field 'closed' must be an organisation code, '?' or null")
     return doc
 
 

@@ -19,7 +19,8 @@ the fleet identities in the PKI's clients/ (their certificates' OU names the rol
     web (bundles)    read and write gg/v1/bundle/# and gg/v1/roster/#
     greengate-fleet  the old shared certificate: all of the above
     kiosks (%u)      write gg/v1/kiosk/<own id>/{scan,summary,heartbeat,presence},
-                     read gg/v1/bundle/#, gg/v1/confirm/<own id> and gg/v1/roster/<own id>
+                     read gg/v1/bundle/#, gg/v1/confirm/<own id>, gg/v1/roster/<own id>
+                     and gg/v1/roster/<own id>/delta
 
 Mosquitto applies the kiosk patterns to every client, so each fleet identity is also
 denied what a pattern would give it beyond its role. It checks a will's topic when
@@ -94,7 +95,7 @@ def acl_text(fleet_identity: str | None = FLEET_IDENTITY,
               "# and the fleet's confirmations and its organisation's roster meant for it alone."]
     lines += [f"pattern write {root}/kiosk/%u/{kind}" for kind in KIOSK_TOPICS]
     lines += [f"pattern read {root}/bundle/#", f"pattern read {root}/confirm/%u",
-              f"pattern read {root}/roster/%u"]
+              f"pattern read {root}/roster/%u", f"pattern read {root}/roster/%u/delta"]
     return "\n".join(lines) + "\n"
 
 

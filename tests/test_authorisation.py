@@ -125,6 +125,9 @@ RULES = [
     Rule("POST", r"^/organisations/<code>/status/(preview|apply)$",
          roles(ADMIN, OPERATOR, OFFICER, WARD, HEALTH)),
     Rule("POST", r"^/organisations/<code>/remind$", roles(ADMIN, OPERATOR, OFFICER, WARD)),
+    # the record (PATCH's deciders) and the control points (the locations API's roles)
+    Rule("POST", r"^/organisations/<code>/edit$", roles(ADMIN, OPERATOR, OFFICER)),
+    Rule("POST", r"^/organisations/<code>/places/(preview|apply)$", roles(ADMIN, OPERATOR)),
     Rule("GET", r"^/wards$", EVERYONE),
     Rule("POST", r"^/wards$", roles(ADMIN, OPERATOR, OFFICER)),
     Rule("GET", r"^/audit$", roles(ADMIN)),

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -215,11 +216,12 @@ def test_a_suspension_after_a_case_reaches_a_running_kiosk_and_lifting_restores_
         tmp_path, make_broker, es256):
     from sqlalchemy import select
 
-    from fleet import auth, kiosks, organisations
+    from fleet import auth, kiosks, organisations, rosters
     from fleet.app import create_app
-    from fleet.models import District, Location, Scan
+    from fleet.models import District, Location, Scan, Worker
     from greengate.status import cert_hash
     from tests.drillkit import Fleet, KioskProc, mint
+    from tests.ingestkit import Workers
 
     broker = make_broker()
     fleet = Fleet(tmp_path, broker, es256)
@@ -245,6 +247,11 @@ def test_a_suspension_after_a_case_reaches_a_running_kiosk_and_lifting_restores_
         s.flush()
         kiosks.register(s, fleet.config, kiosk_id="xm-gate-1", deployment="drill",
                         policy="hcmc-2021", location=gate, actor="t", at=1.0)
+        # its roster (the gate is not workers-only: the kiosk holds it all the same)
+        s.add(Worker(organisation_id=org.id, display_name="An", created_at=1.0,
+                     created_by="t", holder_key="00" * 16))
+        s.flush()
+        placed = rosters.publish(s, fleet.config, org, actor="t")
         # the case was scanned at the gate yesterday (as the ingest would have stored it)
         s.add(Scan(kiosk_id="xm-gate-1", scan_id="case", ts=time.time() - 86400,
                    received=time.time(), decision="green", reason="ok",
@@ -252,18 +259,32 @@ def test_a_suspension_after_a_case_reaches_a_running_kiosk_and_lifting_restores_
                    location_id=gate.id, district_id=q7.id))
         tokens = {}
         for name, role, extra in (("health", "health_official", {}),
-                                  ("ward", "ward_officer", {"ward_id": ward.id})):
+                                  ("ward", "ward_officer", {"ward_id": ward.id}),
+                                  ("op", "operator", {})):
             user = auth.create_user(s, name, "correct horse battery", role, **extra)
             s.flush()
             tokens[name] = {"Authorization": f"Bearer {auth.create_token(s, user, 't')}"}
         s.commit()
+        roster_version = rosters.current(s, "drill")["xm-gate-1"][0]
+    rosters.notify(fleet.publisher, placed)
     app = create_app(fleet.config, publisher=fleet.publisher)
     app.testing = True
     client = app.test_client()
+    workers = Workers(tmp_path)
+
+    def seen():  # the kiosk as the API shows it, from its heartbeats through the ingest
+        r = client.get("/api/v1/kiosks/xm-gate-1", headers=tokens["op"])
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()
+
     try:
+        workers.start(fleet.config, seen_flush=0.3)
         kiosk.start()
         kiosk.wait_ready()
         assert kiosk.decide(worker_text)[1:] == ("green", "ok")
+        wait_until(lambda: seen()["roster"] is not None, 20, "the roster in a heartbeat")
+        assert (seen()["roster"], seen()["closed"]) == (
+            {"organisation": "xuong-may", "version": roster_version}, None)
 
         r = client.post("/api/v1/organisations/xuong-may/suspend-for-case",
                         json={"qr": case_text, "case_ref": "BN-1"}, headers=tokens["health"])
@@ -277,6 +298,22 @@ def test_a_suspension_after_a_case_reaches_a_running_kiosk_and_lifting_restores_
         wait_until(lambda: "place closed (organisation xuong-may" in kiosk.log(), 10,
                    "the place-closed light")
         print(f"suspension applied by the kiosk {applied:.2f} s after the API answered")
+        wait_until(lambda: seen()["closed"] == "xuong-may", 20, "closed in a heartbeat")
+        assert seen()["roster"] == {"organisation": "xuong-may", "version": roster_version}
+        # the kiosk page says both (English, and Vietnamese: the default)
+        page = app.test_client()
+        form = page.get("/login").get_data(as_text=True)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+        assert page.post("/login", data={"csrf_token": csrf, "username": "op",
+                                         "password": "correct horse battery"}).status_code == 302
+        html = page.get("/kiosks/xm-gate-1?lang=en").get_data(as_text=True)
+        assert re.search(r'<dd id="roster">(.*?)</dd>', html, re.S).group(1) == \
+            f"roster xuong-may v{roster_version}"
+        assert "place closed (xuong-may)" in re.search(r'<dd id="closed">(.*?)</dd>', html,
+                                                       re.S).group(1)
+        html = page.get("/kiosks/xm-gate-1?lang=vi").get_data(as_text=True)
+        assert "cơ sở tạm đóng (xuong-may)" in html
+        assert f"danh sách của xuong-may, phiên bản {roster_version}" in html
 
         # a restart keeps the place closed (the stored bundle)
         assert kiosk.stop() == 0, kiosk.log()
@@ -293,8 +330,10 @@ def test_a_suspension_after_a_case_reaches_a_running_kiosk_and_lifting_restores_
         wait_until(lambda: "place open again" in kiosk.log(), 10, "the light back to normal")
         with fleet.sessions() as s:
             assert s.scalar(select(Scan.id).where(Scan.scan_id == "case")) is not None
+        wait_until(lambda: seen()["closed"] is None, 20, "open again in a heartbeat")
         assert kiosk.stop() == 0, kiosk.log()
     finally:
         kiosk.close()
+        workers.close()
         app.extensions["greengate"].engine.dispose()
         fleet.close()

@@ -164,7 +164,7 @@ def test_weekly_report_reports_what_the_database_holds(api, city):
         assert f"{d} {v['green']} {v['red']} {v['green'] + v['red']}" in words, d
     assert f"Lượt quét trong tuần {fig['summary']['scans_week']}" in words
     assert "Phường Bến Nghé" in words
-    assert "org-b Công ty ORG-B approved 4" in words  # flagged, listed
+    assert "org-b Công ty ORG-B Đã duyệt 4" in words  # flagged, listed, its status in words
     # made once: asked again, the kept one comes back
     again = api.client.post("/api/v1/reports/weekly", json={"district": "q1", "week": "2021-09-12"},
                             headers=api.admin).get_json()
@@ -383,6 +383,6 @@ def test_long_names_are_cut_and_long_tables_go_on_with_their_heading(api, city):
     assert all(heading in p for p in holding)  # the heading again on each
     for i in range(120):
         assert f"org-{i:03d} " in words, i
-    cut = words.split("org-000 ", 1)[1].split(" approved", 1)[0]
+    cut = words.split("org-000 ", 1)[1].split(f" {t['status_approved']}", 1)[0]
     assert cut.endswith("…") and long_name.startswith(cut[:-1].rstrip())
     assert len(cut) < len(long_name.strip()) / 2

@@ -49,6 +49,43 @@ def test_built_messages_parse_back():
     assert messages.parse_presence(raw(presence), K)["state"] == "offline"
 
 
+def test_a_heartbeat_says_the_roster_held_and_the_closing_optionally():
+    doc = messages.heartbeat(kiosk=K, session=4, ts=1633420800.0, uptime=1.0, bundles={},
+                             outbox=0, clock="floor", lists="fresh", cpu_temp=None,
+                             roster={"organisation": "acme", "version": 12}, closed="acme")
+    parsed = messages.parse_heartbeat(raw(doc), K)
+    assert (parsed["roster"], parsed["closed"]) == ({"organisation": "acme", "version": 12},
+                                                    "acme")
+    # older firmware omits them; null is "none held" / "open"; "?" an unreadable closing
+    assert "roster" not in heartbeat() and "closed" not in heartbeat()
+    assert messages.parse_heartbeat(raw(heartbeat(roster=None, closed=None)), K)["roster"] is None
+    assert messages.parse_heartbeat(raw(heartbeat(closed="?")), K)["closed"] == "?"
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"roster": "acme v12"}, "wrong type"),
+    ({"roster": {"organisation": "acme"}}, "organisation, version"),
+    ({"roster": {"organisation": "acme", "version": 1, "key": "x"}}, "organisation, version"),
+    ({"roster": {"organisation": "acme", "version": -1}}, "out of range"),
+    ({"roster": {"organisation": "acme", "version": True}}, "wrong type"),
+    ({"roster": {"organisation": "acme", "version": 2 ** 60}}, "out of range"),
+    ({"roster": {"organisation": "ac me", "version": 1}}, "organisation code"),
+    ({"roster": {"organisation": "a" * 65, "version": 1}}, "too long"),
+    ({"roster": {"organisation": "acme\u0007", "version": 1}}, "not printable"),
+    ({"roster": {"organisation": 7, "version": 1}}, "wrong type"),
+    ({"closed": 1}, "wrong type"),
+    ({"closed": ""}, "organisation code"),
+    ({"closed": "<script>"}, "organisation code"),
+    ({"closed": "x" * 65}, "too long"),
+    ({"closed": {"organisation": "acme"}}, "wrong type"),
+])
+def test_a_heartbeat_roster_or_closed_field_out_of_form_is_refused(changes, words):
+    doc = heartbeat()
+    doc.update(changes)
+    with pytest.raises(MessageError, match=words):
+        messages.parse_heartbeat(raw(doc), K)
+
+
 def test_topics_name_the_kiosk_and_kind():
     assert messages.kiosk_of(messages.summary_topic(K)) == (K, "summary")
     assert messages.kiosk_of(messages.scan_topic(K)) == (K, "scan")
@@ -91,7 +128,8 @@ def test_oversized_and_non_json_are_refused():
 @given(st.one_of(st.binary(max_size=300),
                  st.dictionaries(st.sampled_from(["v", "id", "kiosk", "ts", "decision", "reason",
                                                   "hour", "count", "first", "last", "session",
-                                                  "state", "bundles", "clock", "lists"]),
+                                                  "state", "bundles", "clock", "lists",
+                                                  "roster", "closed"]),
                                  st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
                                            st.text(max_size=20),
                                            st.dictionaries(st.text(max_size=5), st.integers())))

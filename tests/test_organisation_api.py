@@ -249,7 +249,8 @@ def test_detail_shows_places_kiosks_roster_and_reminders(city):
     detail = call(city, "GET", "/api/v1/organisations/an-phat", "manager")
     assert detail["locations"] == [{"code": "an-phat-gate", "name": "Cổng An Phát",
                                     "address": "", "ward": {"code": "tan-phong",
-                                                            "name": "Tân Phong"}, "kiosks": 1}]
+                                                            "name": "Tân Phong"}, "kiosks": 1,
+                                     "workers_only": False}]
     assert [(k["id"], k["location"], k["state"]) for k in detail["kiosks"]] == [
         ("k-gate", "an-phat-gate", "online")]
     assert detail["roster"] == {"size": 2, "quota": None, "room": None}  # one was removed

@@ -139,7 +139,8 @@ def test_new_organisation_and_ward(site):
     assert 'name="district"' not in form  # its own district, implied
     html = text(post(officer, "/organisations/new", code="dong-a", name="Công ty Đông Á",
                      kind="business", ward="tan-quy", tax_code="123"), 422)
-    assert "is not a Vietnamese tax code" in html and 'value="Công ty Đông Á"' in html
+    # the service's refusal, in the page's language
+    assert "không phải mã số thuế Việt Nam" in html and 'value="Công ty Đông Á"' in html
     response = post(officer, "/organisations/new", code="dong-a", name="Công ty Đông Á",
                     kind="business", ward="tan-quy", tax_code="0312345678")
     assert response.status_code == 302
@@ -152,7 +153,8 @@ def test_new_organisation_and_ward(site):
     response = post(officer, "/wards", code="tan-hung", name="Tân Hưng", kind="phuong")
     assert response.status_code == 302
     assert "tan-hung" in rows(text(officer.get(response.headers["Location"])), "data-ward")
-    assert "exists already" in text(post(officer, "/wards", code="tan-hung", name="X"), 409)
+    assert "đã có phường/xã với mã &#39;tan-hung&#39;" in text(
+        post(officer, "/wards", code="tan-hung", name="X"), 409)
     assert rows(text(login(site, "ward").get("/wards")), "data-ward") == ["tan-quy"]
     text(post(login(site, "ward"), "/wards", code="x", name="X"), 403)
 

@@ -1,7 +1,8 @@
 """A workers-only kiosk with its roster, end to end: a real `greengate-kiosk run` process,
 a real Mosquitto (TLS, the ACL `greengate-provision mosquitto-config` writes), the
-fleet's publisher and database. The roster reaches the kiosk retained on its own topic;
-another kiosk can neither read it nor forge one. Nothing is mocked but the lights."""
+fleet's publisher and database. The roster reaches the kiosk retained on its own topic,
+a change as a delta on its delta topic; another kiosk can neither read them nor forge
+one. Nothing is mocked but the lights."""
 
 from __future__ import annotations
 
@@ -96,31 +97,37 @@ def test_a_workers_only_kiosk_gets_its_roster_on_its_own_topic(tmp_path, make_br
             s.commit()
             version = rosters.current(s, DEP)["rk-k1"][0]
         rosters.notify(fleet.publisher, [DEP])
-        wait_until(lambda: f"applied roster bundle v{version}" in kiosk.log(), 15,
+        # as a delta on the roster it holds (its delta topic), not the full roster
+        wait_until(lambda: f"applied roster-delta bundle v{version}" in kiosk.log(), 15,
                    "the new roster")
+        assert f"applied roster bundle v{version}" not in kiosk.log()
         assert decide(kiosk, member) == ("red", "policy_failed", "not_on_roster")
         time.sleep(0.5)
         assert len(watch.snapshot()) == 1
         watch.close()
 
         # another kiosk (its own certificate, the ACL's %u) reads no one else's roster ...
-        spy = Subscriber(broker, [messages.roster_topic("rk-k1"), "gg/v1/roster/#"],
+        spy = Subscriber(broker, [messages.roster_topic("rk-k1"),
+                                  messages.roster_delta_topic("rk-k1"), "gg/v1/roster/#"],
                          client_id="rk-k2", persistent=False).start()
         wait_until(lambda: spy.connects >= 1, 10, "the spy connected")
         # ... but its own (retained): the subscription itself works
-        wait_until(lambda: any(m.topic == messages.roster_topic("rk-k2")
-                               for m in spy.snapshot()), 10, "rk-k2's own roster")
+        own = {messages.roster_topic("rk-k2"), messages.roster_delta_topic("rk-k2")}
+        wait_until(lambda: {m.topic for m in spy.snapshot()} == own, 10, "rk-k2's own roster")
         # nor forges one for rk-k1 (the broker drops it; the kiosk would refuse it anyway)
-        spy.client.publish(messages.roster_topic("rk-k1"), b"forged", qos=1,
-                           retain=True).wait_for_publish(5)
+        for topic in (messages.roster_topic("rk-k1"), messages.roster_delta_topic("rk-k1")):
+            spy.client.publish(topic, b"forged", qos=1, retain=True).wait_for_publish(5)
         time.sleep(1.0)
-        assert {m.topic for m in spy.snapshot()} == {messages.roster_topic("rk-k2")}
-        reader = Subscriber(broker, [messages.roster_topic("rk-k1")], client_id="fleet",
+        assert {m.topic for m in spy.snapshot()} == own
+        reader = Subscriber(broker, [messages.roster_topic("rk-k1"),
+                                     messages.roster_delta_topic("rk-k1")], client_id="fleet",
                             persistent=False).start()
         try:
-            wait_until(lambda: reader.snapshot(), 10, "the retained roster")
-            held = reader.snapshot()[-1].payload
-            assert bundle.open_bundle(held, fleet.key.public_key(), DEP).version == version
+            wait_until(lambda: len(reader.snapshot()) == 2, 10, "the retained roster")
+            held = {m.topic: bundle.open_bundle(m.payload, fleet.key.public_key(), DEP)
+                    for m in reader.snapshot()}
+            assert {(b.kind, b.version) for b in held.values()} == {
+                ("roster", version), ("roster-delta", version)}
         finally:
             reader.close()
         assert "refused bundle" not in kiosk.log()

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import audit, kiosks, quarantine
 from ..app import current_fleet, db
 from ..auth import require
+from ..refusals import N_, Text
 from ..models import (ADMIN, DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, OPERATOR, RETIRED, ROLES,
                       STATES, District, Kiosk, Location, Organisation, Outage, PresenceEvent,
                       PublishedBundle, Scan, Ward)
@@ -88,6 +89,15 @@ def _faults(value) -> list[dict] | None:
             if isinstance(f, dict)]
 
 
+def _roster_held(value) -> dict | None:
+    if not isinstance(value, dict):
+        return None
+    org, version = value.get("organisation"), value.get("version")
+    if not isinstance(org, str) or type(version) is not int:
+        return None
+    return {"organisation": org, "version": version}
+
+
 def kiosk_json(k: Kiosk, loc: Location | None, district: District | None, versions: dict,
                at: float, quarantined: int = 0) -> dict:
     """A kiosk object. quarantined: its messages in the quarantine table (the caller
@@ -120,6 +130,10 @@ def kiosk_json(k: Kiosk, loc: Location | None, district: District | None, versio
         # the policy the kiosk says it applies (None: never reported, or a kiosk older
         # than the field); a lasting difference makes it degraded (fleet/presence.py)
         "policy_applied": hb.get("policy") if isinstance(hb.get("policy"), str) else None,
+        # what the kiosk said it holds (None: nothing, or a kiosk older than the fields):
+        # its organisation's roster, and the organisation whose closing closes the place
+        "roster": _roster_held(hb.get("roster")),
+        "closed": hb.get("closed") if isinstance(hb.get("closed"), str) else None,
         "state": k.state,
         "state_since": iso(k.state_since),
         "detail": k.detail,
@@ -332,12 +346,14 @@ def _place_fields(session, body, location: Location) -> dict:
     # a move to another district must take (or drop) its ward and organisation with it
     for what, row in (("ward", ward), ("organisation", org)):
         if row is not None and row.district_id != location.district_id:
-            raise ApiError(422, f"{what} {row.code!r} is not in the location's district: "
-                                f"name one of that district, or null for none")
+            raise ApiError(422, Text(N_("%(what)s '%(code)s' is not in the location's "
+                                        "district: name one of that district, or null for "
+                                        "none"), what=what, code=row.code))
     if ward is not None and org is not None and org.ward_id is not None \
             and org.ward_id != ward.id:
-        raise ApiError(422, f"organisation {org.code!r} is in another ward than {ward.code!r}: "
-                            "a control point is in its organisation's ward")
+        raise ApiError(422, Text(N_("organisation '%(code)s' is in another ward than "
+                                    "'%(ward)s': a control point is in its organisation's "
+                                    "ward"), code=org.code, ward=ward.code))
     return changes
 
 
@@ -404,18 +420,33 @@ def update_location(code):
             old = session.get(District, location.district_id) if location.district_id else None
             changes["district"] = [old.code if old else None, district.code]
             location.district_id = district.id
-    changes.update(_place_fields(session, body, location))
-    changes.update(_workers_only_field(body, location))
+    changes.update(place_location(session, location, body))
     reissued = ([], [])
     if changes:
         audit.record(session, _actor(), "location.update", code, **changes)
-        if {"workers_only", "organisation"} & set(changes):
-            # its kiosks' policy bundle (workers_only map) and rosters (the kiosks named)
-            reissued = _placement_changed(session, session.scalars(
-                select(Kiosk.id).where(Kiosk.location_id == location.id)).all())
+        reissued = replaced(session, location, changes)
         _commit(session, f"a location with code {location.code!r} exists already")
         _hand_over(reissued)
     return jsonify(_location_response(session, location))
+
+
+def place_location(session, location: Location, body: dict) -> dict:
+    """The body's "ward", "organisation" and "workers_only" applied to `location` by the
+    rules of a control point (no commit, no bundle): {field: [old, new]}. ApiError on a
+    refusal. Shared with the organisation page's control points."""
+    changes = _place_fields(session, body, location)
+    changes.update(_workers_only_field(body, location))
+    return changes
+
+
+def replaced(session, location: Location, changes: dict) -> tuple[list[str], list[str]]:
+    """After place_location's `changes`: its kiosks' policy bundle (workers_only map) and
+    rosters (the kiosks they name) re-signed when they need it, for _hand_over after the
+    commit."""
+    if not {"workers_only", "organisation"} & set(changes):
+        return [], []
+    return _placement_changed(session, session.scalars(
+        select(Kiosk.id).where(Kiosk.location_id == location.id)).all())
 
 
 def _workers_only_field(body, location: Location) -> dict:
@@ -429,8 +460,8 @@ def _workers_only_field(body, location: Location) -> dict:
     else:
         value = bool(location.workers_only)
     if value and location.organisation_id is None:
-        raise ApiError(422, "a workers-only location must be an organisation's control point: "
-                            "name its organisation")
+        raise ApiError(422, Text(N_("a workers-only location must be an organisation's "
+                                    "control point: name its organisation")))
     if value != bool(location.workers_only):
         old = bool(location.workers_only)
         location.workers_only = value

@@ -32,6 +32,7 @@ from ..models import (ADMIN, APPLIED, APPROVED, CLOSED, DISTRICT_OFFICER, HEALTH
                       OPERATOR, ORG_STATUSES, RETIRED, ROLES, SUSPENDED, WARD_OFFICER, District,
                       Kiosk, Location, Organisation, Ward, Worker)
 from ..organisations import OrganisationError
+from ..refusals import N_, Text
 from . import ApiError, bp
 from .common import (CODE, CODE_RULE, caller, choice_arg, iso, json_body, keyset_page, now,
                      org_scope, page_args, pattern_arg, scope, text_field, ward_scope)
@@ -114,10 +115,10 @@ def _district_of_body(session, body) -> District:
     district = session.scalar(select(District).where(District.code == code))
     limited = scope()
     if limited is not None and (district is None or district.id != limited):
-        raise ApiError(404, f"no district with code {code!r}")
+        raise ApiError(404, Text(N_("no district with code '%(code)s'"), code=code))
     if district is None:
-        raise ApiError(422, f"no district with code {code!r}: create it first "
-                            "(POST /api/v1/districts)")
+        raise ApiError(422, Text(N_("no district with code '%(code)s': create it first "
+                                    "(POST /api/v1/districts)"), code=code))
     return district
 
 
@@ -127,9 +128,10 @@ def _ward_of_body(session, body, district_id: int) -> Ward | None:
     code = text_field(body, "ward", required=True, max_length=64)
     ward = session.scalar(select(Ward).where(Ward.code == code))
     if ward is None or not ward_visible(ward):
-        raise ApiError(422, f"no ward with code {code!r}: create it first (POST /api/v1/wards)")
+        raise ApiError(422, Text(N_("no ward with code '%(code)s': create it first "
+                                    "(POST /api/v1/wards)"), code=code))
     if ward.district_id != district_id:
-        raise ApiError(422, f"ward {code!r} is in another district")
+        raise ApiError(422, Text(N_("ward '%(code)s' is in another district"), code=code))
     return ward
 
 
@@ -176,7 +178,8 @@ def organisation_detail(session, org: Organisation) -> dict:
         select(Location, Ward, kiosk_count).outerjoin(Ward, Location.ward_id == Ward.id)
         .where(Location.organisation_id == org.id).order_by(Location.code)).all()
     out["locations"] = [{"code": loc.code, "name": loc.name, "address": loc.address,
-                         "ward": _place(ward), "kiosks": n} for loc, ward, n in rows]
+                         "ward": _place(ward), "kiosks": n,
+                         "workers_only": bool(loc.workers_only)} for loc, ward, n in rows]
     codes = {loc.id: loc.code for loc, _w, _n in rows}
     out["kiosks"] = [{"id": k.id, "location": codes.get(k.location_id), "state": k.state,
                       "last_seen": iso(k.last_seen), "deployment": k.deployment,
@@ -382,7 +385,13 @@ def get_organisation(code):
 def patch_organisation(code):
     session = db()
     org = organisation_by_code(session, code)
-    body = json_body(ORG_FIELDS - {"code", "district"})
+    update_organisation(session, org, json_body(ORG_FIELDS - {"code", "district"}))
+    return jsonify(organisation_detail(session, org))
+
+
+def update_organisation(session, org: Organisation, body: dict) -> dict:
+    """PATCH /organisations/<code>'s work, shared with the organisation page's edit form:
+    committed; returns {field: [old, new]}."""
     fields = {}
     for name in body:
         if name == "ward":
@@ -393,11 +402,12 @@ def patch_organisation(code):
             fields[name] = text_field(body, name, required=name in ("name", "kind"),
                                       max_length=300 if name == "name" else 200)
     try:
-        organisations.update(session, org, actor=g.actor, **fields)
+        changes = organisations.update(session, org, actor=g.actor, **fields)
     except OrganisationError as exc:
+        session.rollback()
         raise _error(exc) from None
     _commit(session, "an organisation with that tax code exists already")
-    return jsonify(organisation_detail(session, org))
+    return changes
 
 
 def change_status(session, org: Organisation, body: dict) -> tuple[dict, str]:

@@ -59,7 +59,16 @@ def page(*roles: str):
 
 @bp.errorhandler(AuthError)
 def _auth_error(exc: AuthError):
-    return render_template("error.html", status=exc.status, message=exc.message), exc.status
+    from ..refusals import translated
+    return render_template("error.html", status=exc.status,
+                           message=translated(exc.message)), exc.status
+
+
+@bp.app_template_filter("said")
+def _said(message):
+    """A service's refusal (fleet/refusals.py) in the page's language."""
+    from ..refusals import translated
+    return translated(message)
 
 
 # Page modules, one per line (each registers its routes on bp).

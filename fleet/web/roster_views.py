@@ -23,6 +23,7 @@ from ..api.rosters import KEEPERS, READERS, organisation_for
 from ..app import current_fleet, db
 from ..auth import AuthError
 from ..models import MANAGER, Organisation
+from ..refusals import translated
 from ..roster_workers import WorkerError
 from . import bp, page
 from .confirmation import confirmed, remember
@@ -52,7 +53,7 @@ def _render(session, org, *, error: str | None = None, status: int = 200, done=N
     return render_template(
         "roster.html", org=org, workers=workers, count=len(workers), kiosks=kiosks,
         enrolments=enrolments, outcomes=outcomes, names=names, may_keep=_may_keep(),
-        error=error, done=done, minutes=roster_workers.ENROL_DEFAULT,
+        error=translated(error), done=done, minutes=roster_workers.ENROL_DEFAULT,
         enrol_minutes=roster_workers.ENROL_MINUTES,
         any_open=any(o == "open" for o in outcomes.values()),
         columns=", ".join(roster_workers.CSV_COLUMNS)), status
