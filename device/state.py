@@ -68,26 +68,16 @@ class BundleStore:
                                  persist=False)
                 except (BundleError, ValueError) as exc:
                     log.error("stored %s bundle %s is invalid (%s); ignoring it", kind, path, exc)
-        deltas = self.dir.glob("status-delta-*.bundle") if fleet_key is not None else ()
-        for path in sorted(deltas, key=_delta_version):
-            try:
-                accepted, why = self._accept(bundle.open_bundle(path.read_bytes(), fleet_key,
-                                                                deployment), persist=False)
-            except (BundleError, ValueError) as exc:
-                accepted, why = False, str(exc)
-            if not accepted:
-                log.info("stored delta %s not replayed (%s); removing it", path.name, why)
-                path.unlink(missing_ok=True)
-        roster_deltas = self.dir.glob("roster-delta-*.bundle") if fleet_key is not None else ()
-        for path in sorted(roster_deltas, key=_delta_version):
-            try:
-                accepted, why = self._accept(bundle.open_bundle(path.read_bytes(), fleet_key,
-                                                                deployment), persist=False)
-            except (BundleError, ValueError) as exc:
-                accepted, why = False, str(exc)
-            if not accepted:
-                log.info("stored roster delta %s not replayed (%s); removing it", path.name, why)
-                path.unlink(missing_ok=True)
+        for kind in ("status-delta", "roster-delta") if fleet_key is not None else ():
+            for path in sorted(self.dir.glob(f"{kind}-*.bundle"), key=_delta_version):
+                try:
+                    accepted, why = self._accept(bundle.open_bundle(
+                        path.read_bytes(), fleet_key, deployment), persist=False)
+                except (BundleError, ValueError) as exc:
+                    accepted, why = False, str(exc)
+                if not accepted:
+                    log.info("stored %s %s not replayed (%s); removing it", kind, path.name, why)
+                    path.unlink(missing_ok=True)
         self._rebuild()
         if fleet_key is None:
             self.problem = "the pinned fleet key cannot be used: no list can be trusted"

@@ -25,7 +25,6 @@ then notify() the app's publisher.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from pathlib import Path
 
@@ -60,28 +59,11 @@ def secret_path(config) -> Path:
 
 
 def roster_secret(config) -> bytes:
-    path = secret_path(config)
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        from .sealing_keys import _write  # 0600 from the first byte, fsynced
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = secrets.token_hex(32)
-        try:
-            _write(path, (text + "\n").encode(), exclusive=True)
-            log.warning("created the fleet's roster secret %s: back it up with the PKI "
-                        "(workers' stored holder keys are made with it)", path)
-        except FileExistsError:  # another process made it meanwhile
-            text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RosterError(f"{path}: cannot read the roster secret: {exc}") from None
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise RosterError(f"{path}: the roster secret must be 64 hex digits")
-    return key
+    from .sealing_keys import hex_secret
+    return hex_secret(secret_path(config), what="roster secret", error=RosterError,
+                      sizes=range(32, 33), rule="64", make=True,
+                      made="created the fleet's roster secret %s: back it up with the PKI "
+                           "(workers' stored holder keys are made with it)")
 
 
 _KEYS: dict[tuple, bytes] = {}  # (secret file, its mtime, code) -> key: a CSV of 1,000 rows

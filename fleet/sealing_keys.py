@@ -58,32 +58,41 @@ def pseudonym_secret(config, create: bool = True) -> bytes:
     """The pseudonym secret's bytes. Made on first use only where none exists (a fleet
     without a PKI: development and tests); `greengate-provision init` makes the real one."""
     path = secret_path(config)
+    if create and not path.exists() and (config.resolve(config.pki.dir) / "ca.pem").exists():
+        # a PKI without its secret is damaged: a new secret would silently stop every
+        # new pseudonym from linking with the stored ones
+        raise KeyError_(f"{path}: the pseudonym secret is missing from the fleet PKI: "
+                        "restore it from the PKI's backup")
+    return hex_secret(path, what="pseudonym secret", error=KeyError_, sizes=range(16, 65),
+                      rule="32-128", make=create,
+                      made="created a NEW pseudonym secret %s: pseudonyms made with any "
+                           "other key will not link with the new ones")
+
+
+def hex_secret(path: Path, *, what: str, error, sizes: range, rule: str, make: bool,
+               made: str) -> bytes:
+    """A secret kept as hex in a file of its own (0600). Missing: made (32 random bytes)
+    when `make`, with the warning `made` (%s: the path), else `error`."""
     try:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        if not create:
-            raise KeyError_(f"{path}: the pseudonym secret does not exist") from None
-        if (config.resolve(config.pki.dir) / "ca.pem").exists():
-            # a PKI without its secret is damaged: a new secret would silently stop every
-            # new pseudonym from linking with the stored ones
-            raise KeyError_(f"{path}: the pseudonym secret is missing from the fleet PKI: "
-                            "restore it from the PKI's backup") from None
+        if not make:
+            raise error(f"{path}: the {what} does not exist") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         text = secrets.token_hex(32)
         try:
             _write(path, (text + "\n").encode(), exclusive=True)
-            log.warning("created a NEW pseudonym secret %s: pseudonyms made with any other "
-                        "key will not link with the new ones", path)
+            log.warning(made, path)
         except FileExistsError:  # another process made it meanwhile
             text = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeyError_(f"{path}: cannot read the pseudonym secret: {exc}") from None
+        raise error(f"{path}: cannot read the {what}: {exc}") from None
     try:
         key = bytes.fromhex(text)
     except ValueError:
         key = b""
-    if not 16 <= len(key) <= 64:
-        raise KeyError_(f"{path}: the pseudonym secret must be 32-128 hex digits")
+    if len(key) not in sizes:
+        raise error(f"{path}: the {what} must be {rule} hex digits")
     return key
 
 

@@ -22,7 +22,8 @@ from ..bundles import ListError
 from ..models import HEALTH_OFFICIAL
 from ..organisations import OrganisationError
 from . import ApiError, bp
-from .common import caller, now, parse_time
+from .common import caller, now
+from .trace import period_fields
 
 CASE_FIELDS = {"ci", "qr", "key", "holder"}
 FIELDS = CASE_FIELDS | {"from", "to", "same_holder", "case_ref", "reason"}
@@ -41,16 +42,7 @@ def suspend(session, code: str, params: dict) -> dict:
     case = tracing.name_case(session, config.fleet.deployments,
                              **{k: params.get(k) for k in CASE_FIELDS})
     at = now()
-    times = {}
-    for name in ("from", "to"):
-        text = params.get(name)
-        if text is None or str(text).strip() == "":
-            times[name] = None
-            continue
-        try:
-            times[name] = parse_time(str(text), name)
-        except ApiError as exc:
-            raise ListError(exc.message, 400) from None
+    times = period_fields(params)
     until = times["to"] if times["to"] is not None else at
     since = times["from"] if times["from"] is not None else until - DEFAULT_DAYS * 86400
     tracing.check_period(since, until)

@@ -34,6 +34,21 @@ def _params() -> dict:
     return request.form.to_dict()
 
 
+def period_fields(params: dict) -> dict[str, float | None]:
+    """"from" and "to" of a form or body (blank: None); ListError naming a bad one."""
+    times = {}
+    for name in ("from", "to"):
+        text = params.get(name)
+        if text is None or str(text).strip() == "":
+            times[name] = None
+            continue
+        try:
+            times[name] = parse_time(str(text), name)
+        except ApiError as exc:
+            raise ListError(exc.message, 400) from None
+    return times
+
+
 def run_trace(params: dict, how: str) -> tracing.Trace:
     """Read the fields, trace, audit (committed). Shared with the dashboard page; raises
     ListError (status, message) for anything a person must fix."""
@@ -46,16 +61,7 @@ def run_trace(params: dict, how: str) -> tracing.Trace:
     case = tracing.name_case(session, config.fleet.deployments, ci=params.get("ci"),
                              qr=params.get("qr"), key=params.get("key"),
                              holder=params.get("holder"))
-    times = {}
-    for name in ("from", "to"):
-        text = params.get(name)
-        if text is None or str(text).strip() == "":
-            times[name] = None
-            continue
-        try:
-            times[name] = parse_time(str(text), name)
-        except ApiError as exc:
-            raise ListError(exc.message, 400) from None
+    times = period_fields(params)
     if times["from"] is None:
         raise ListError("give the start of the period: from=2021-09-21T00:00:00+07:00 (ISO "
                         "8601 with a time zone, or epoch seconds)", 400)
