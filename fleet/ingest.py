@@ -599,7 +599,8 @@ class IngestWorker:
                 outcomes["legacy"] = outcomes.get("legacy", 0) + 1
             return
         try:
-            doc["holder"] = self.unsealer.pseudonym(text, kiosk, doc["id"])
+            identity = self.unsealer.identity(text, kiosk, doc["id"])
+            doc["holder"] = self.unsealer.pseudonym_of(identity)
         except sealing.SealError as exc:
             doc["holder"] = None
             outcomes[exc.reason] = outcomes.get(exc.reason, 0) + 1
@@ -616,10 +617,6 @@ class IngestWorker:
         if enrolments is not None and enrolments.open:  # a kiosk in enrolment mode somewhere
             enrolment = enrolments.get(kiosk, doc["ts"])
             if enrolment is not None:
-                try:  # opened a moment ago: the epoch's AEAD key is in the opener's cache
-                    identity = self.unsealer.opener.open(text, kiosk=kiosk, scan_id=doc["id"])
-                except sealing.SealError:
-                    return
                 enrolments.forget(kiosk)  # the first such scan links; later ones are scans
                 self._enrol_hits.append((enrolment, kiosk, identity, doc["ts"]))
 

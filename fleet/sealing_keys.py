@@ -387,6 +387,15 @@ class Unsealer:
     def pseudonym(self, text, kiosk: str, scan_id: str) -> str:
         """The pseudonym of the identity sealed in `text` for the scan (kiosk, scan_id),
         or sealing.SealError (why: malformed, unknown_key, invalid)."""
+        return self._pseudonym(self.identity(text, kiosk, scan_id))
+
+    def pseudonym_of(self, identity: bytes) -> str:
+        """The pseudonym of an identity `identity()` opened."""
+        return self._pseudonym(identity)
+
+    def identity(self, text, kiosk: str, scan_id: str) -> bytes:
+        """The identity bytes sealed in `text` for the scan (kiosk, scan_id), or
+        sealing.SealError (why: malformed, unknown_key, invalid)."""
         now = self.clock()
         if now - self._loaded >= RELOAD_EVERY:
             self._reload(now)
@@ -397,4 +406,4 @@ class Unsealer:
                 raise
             self._reload(now)
             identity = self._ring.opener.open(text, kiosk=kiosk, scan_id=scan_id)
-        return self._pseudonym(identity)
+        return identity

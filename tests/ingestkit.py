@@ -252,3 +252,37 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition", interval
 def settle(seconds: float = 0.3) -> None:
     """A short pause to show that something does NOT happen (no event, no redelivery)."""
     time.sleep(seconds)
+
+
+class SealingKiosk:
+    """A kiosk's real parts for sealed holders: the trust bundle the fleet signed, taken in
+    by the kiosk's BundleStore, and the Sealer reading its key, as device/kiosk.py does."""
+
+    def __init__(self, config, fleet_db, tmp_path, kiosk):
+        from datetime import timedelta
+
+        from device.privacy import Sealer
+        from device.state import BundleStore
+        from fleet import bundles
+
+        self.kiosk = kiosk
+        signer = bundles.ensure_signing_key(config)
+        with fleet_db() as s:
+            bundles.ensure_issued(s, config, "test", key=signer)
+            raw = bundles.latest(s, "test", "trust").raw
+        self.store = BundleStore(tmp_path / f"kiosk-{kiosk}", signer.public_key(), "test",
+                                 "hcmc-2021", timedelta(hours=72), kiosk_id=kiosk)
+        assert self.store.offer(raw)[0]
+        self.sealer = Sealer(lambda: self.store.sealing_key)
+
+    def scan(self, holder, ts=TS, scan_id=None) -> dict:
+        """A green scan message of `holder`, sealed as the kiosk seals it."""
+        import hashlib
+        import uuid
+
+        scan_id = scan_id or uuid.uuid4().hex
+        return messages.scan(scan_id=scan_id, kiosk=self.kiosk, ts=ts, decision="green",
+                             reason="ok", sub_reason=None, cert_type="v",
+                             cert_hash=hashlib.sha256(repr(holder).encode()).hexdigest()[:32],
+                             policy="hcmc-2021", seq=1,
+                             sealed=self.sealer(holder, kiosk=self.kiosk, scan_id=scan_id))

@@ -10,16 +10,11 @@ publisher, and no other organisation's kiosk."""
 
 from __future__ import annotations
 
-import hashlib
 import time
-import uuid
-from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
-from device.privacy import Sealer
-from device.state import BundleStore
 from fleet import bundles, organisations, roster_workers, rosters
 from fleet.models import RosterEnrolment, Worker
 from greengate import bundle as bundle_format
@@ -28,7 +23,7 @@ from greengate import roster as roster_format
 from greengate.sealing import identity_bytes
 from provisioning.mosquitto_config import acl_text
 from tests.broker import Subscriber
-from tests.ingestkit import KioskClient, Workers, ingest_config, wait_for
+from tests.ingestkit import KioskClient, SealingKiosk, Workers, ingest_config, wait_for
 from tests.rosterkit import AN, BINH, holder, seed
 
 PERSON, OTHER = holder(AN), holder(BINH)
@@ -50,29 +45,15 @@ def workers(tmp_path):
     w.close()
 
 
-class KioskSide:
-    """A kiosk's real parts for this: the trust bundle the fleet signed (its sealing key)
-    taken in by the kiosk's BundleStore, and the Sealer reading it, as device/kiosk.py."""
+class KioskSide(SealingKiosk):
+    """The kiosk's sealing parts (tests/ingestkit.py) with an MQTT client that sends."""
 
     def __init__(self, broker, config, fleet_db, tmp_path, kiosk):
-        self.kiosk = kiosk
-        signer = bundles.ensure_signing_key(config)
-        with fleet_db() as s:
-            bundles.ensure_issued(s, config, "test", key=signer)
-            raw = bundles.latest(s, "test", "trust").raw
-        self.store = BundleStore(tmp_path / f"kiosk-{kiosk}", signer.public_key(), "test",
-                                 "hcmc-2021", timedelta(hours=72), kiosk_id=kiosk)
-        assert self.store.offer(raw)[0]
-        self.sealer = Sealer(lambda: self.store.sealing_key)
+        super().__init__(config, fleet_db, tmp_path, kiosk)
         self.client = KioskClient(broker, kiosk)
 
     def scan(self, person, ts=None) -> dict:
-        scan_id = uuid.uuid4().hex
-        doc = messages.scan(scan_id=scan_id, kiosk=self.kiosk, ts=ts or time.time(),
-                            decision="green", reason="ok", sub_reason=None, cert_type="v",
-                            cert_hash=hashlib.sha256(repr(person).encode()).hexdigest()[:32],
-                            policy="hcmc-2021", seq=1,
-                            sealed=self.sealer(person, kiosk=self.kiosk, scan_id=scan_id))
+        doc = super().scan(person, ts=ts or time.time())
         self.client.publish(messages.scan_topic(self.kiosk), doc)
         return doc
 

@@ -18,7 +18,6 @@ import logging
 import os
 import stat
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from fleet import bundles, sealing_keys, tracing
 from fleet.models import Scan
 from greengate import messages, sealing
 from tests.ingestkit import (TS, KioskClient, Workers, ingest_config, quarantined, wait_for)
+from tests.ingestkit import SealingKiosk as KioskSide
 
 OLD_KEY = "00112233445566778899aabbccddeeff"  # pseudonym.key of a fleet being upgraded
 PERSON = ("TRAN<PHAM", "THI<XUAN<HONG", "1987-06-05")
@@ -258,30 +258,6 @@ def clients(broker):
     yield get
     for client in made.values():
         client.close()
-
-
-class KioskSide:
-    """A kiosk's real parts for this: the trust bundle the fleet signed, taken in by the
-    kiosk's BundleStore, and the Sealer reading its key, as device/kiosk.py does."""
-
-    def __init__(self, config, fleet_db, tmp_path, kiosk):
-        self.kiosk = kiosk
-        signer = bundles.ensure_signing_key(config)
-        with fleet_db() as s:
-            bundles.ensure_issued(s, config, "test", key=signer)
-            raw = bundles.latest(s, "test", "trust").raw
-        self.store = BundleStore(tmp_path / f"kiosk-{kiosk}", signer.public_key(), "test",
-                                 "hcmc-2021", timedelta(hours=72), kiosk_id=kiosk)
-        assert self.store.offer(raw)[0]
-        self.sealer = Sealer(lambda: self.store.sealing_key)
-
-    def scan(self, holder, ts=TS, scan_id=None) -> dict:
-        scan_id = scan_id or uuid.uuid4().hex
-        return messages.scan(scan_id=scan_id, kiosk=self.kiosk, ts=ts, decision="green",
-                             reason="ok", sub_reason=None, cert_type="v",
-                             cert_hash=hashlib.sha256(repr(holder).encode()).hexdigest()[:32],
-                             policy="hcmc-2021", seq=1,
-                             sealed=self.sealer(holder, kiosk=self.kiosk, scan_id=scan_id))
 
 
 def legacy_holder(holder) -> str:
