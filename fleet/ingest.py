@@ -156,8 +156,8 @@ def _detail(exc: BaseException) -> str:
 # message), and nothing stored may make a page fail to render it.
 HEARTBEAT_FIELDS = ("v", "kiosk", "session", "ts", "uptime", "bundles", "outbox", "clock",
                     "lists", "cpu_temp", "overflow", "seq", "confirmed", "faults", "memory",
-                    "lost", "policy", "roster", "closed")
-PRESENCE_FIELDS = ("v", "kiosk", "session", "state", "cause")
+                    "lost", "policy", "roster", "closed", "broker")
+PRESENCE_FIELDS = ("v", "kiosk", "session", "state", "cause", "broker")
 
 
 def _known(doc: dict, fields: tuple) -> dict:

@@ -24,6 +24,10 @@ POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # fleet/policies
 ORG_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SCAN_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 SUMMARY_ID = re.compile(r"^s[0-9a-f]{16}$")
+# A broker as a kiosk names the one it is connected to: "host:port" (docs/protocol.md)
+BROKER = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9.:\[\]_-]{0,252}:[0-9]{1,5}$")
+# A bridge's name: the district (or site) broker it joins to the core (docs/tiers.md)
+BRIDGE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 # A confirmation names at most this many ids, so that it stays well under MAX_MESSAGE
 # (a scan id is at most 64 characters; the kiosk's are 32).
 CONFIRM_IDS = 50
@@ -89,6 +93,30 @@ def roster_delta_topic(kiosk: str) -> str:
     return f"{ROOT}/roster/{kiosk}/delta"
 
 
+def bridge_state_topic(name: str) -> str:
+    """Retained, on the core broker: "1" while bridge `name` is connected, "0" once it
+    is not (Mosquitto's bridge notifications; the "0" is the bridge's last will)."""
+    return f"{ROOT}/bridge/{name}/state"
+
+
+def bridge_of(topic: str) -> str:
+    """The bridge name of a bridge_state_topic, or MessageError."""
+    parts = topic.split("/")
+    if (len(parts) != 5 or f"{parts[0]}/{parts[1]}" != ROOT or parts[2] != "bridge"
+            or parts[4] != "state" or not BRIDGE_NAME.match(parts[3])):
+        raise MessageError(f"not a bridge state topic: {topic[:100]!r}")
+    return parts[3]
+
+
+def parse_bridge_state(payload: bytes) -> bool:
+    """True (connected) or False; anything but b"1" / b"0" is a MessageError."""
+    if payload == b"1":
+        return True
+    if payload == b"0":
+        return False
+    raise MessageError("bridge state must be '1' or '0'")
+
+
 def kiosk_of(topic: str) -> tuple[str, str]:
     """(kiosk id, message kind) of a kiosk topic, or MessageError."""
     parts = topic.split("/")
@@ -128,7 +156,7 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
               confirmed: int | None = None, faults: list[dict] | None = None,
               memory: int | None = None, lost: int | None = None,
               policy: str | None = None, roster: dict | None = None,
-              closed: str | None = None) -> dict:
+              closed: str | None = None, broker: str | None = None) -> dict:
     """seq: the highest sequence number the kiosk has given a decision; confirmed: every
     decision with a sequence number up to this one has been confirmed by the fleet (the
     outbox holds none of them). Together they let the fleet find gaps.
@@ -138,7 +166,8 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
     memory full); policy: the name of the policy the kiosk applies (the fleet compares
     it with the one it assigned); roster: {"organisation", "version"} of the roster the
     kiosk holds; closed: the organisation whose closing closes the place ("?": named in
-    the policy bundle unreadably). None: not sent (kiosks older than the fields, or no
+    the policy bundle unreadably); broker: "host:port" of the broker this connection
+    goes through (a kiosk may list several). None: not sent (kiosks older than the fields, or no
     roster / not closed: the fleet reads an absent field as null)."""
     doc = {"v": VERSION, "kiosk": kiosk, "session": session, "ts": round(ts, 3),
            "uptime": round(uptime, 1), "bundles": bundles, "outbox": outbox,
@@ -160,6 +189,8 @@ def heartbeat(*, kiosk: str, session: int, ts: float, uptime: float, bundles: di
         doc["roster"] = {"organisation": roster["organisation"], "version": roster["version"]}
     if closed is not None:
         doc["closed"] = closed
+    if broker is not None:
+        doc["broker"] = broker
     return doc
 
 
@@ -188,14 +219,23 @@ def summary(*, summary_id: str, kiosk: str, hour: int, decision: str, reason: st
             "first": round(first, 3), "last": round(last, 3)}
 
 
-def presence(*, kiosk: str, session: int, state: str, cause: str | None = None) -> dict:
+def presence(*, kiosk: str, session: int, state: str, cause: str | None = None,
+             broker: str | None = None) -> dict:
     """cause: only on the kiosk's own `offline` at a graceful stop ("stopped"). The last
     will carries none, which is how the fleet tells a stop from a lost connection: the
-    two are otherwise the same message (docs/protocol.md)."""
+    two are otherwise the same message (docs/protocol.md). broker: as in heartbeat()."""
     doc = {"v": VERSION, "kiosk": kiosk, "session": session, "state": state}
     if cause is not None:
         doc["cause"] = cause
+    if broker is not None:
+        doc["broker"] = broker
     return doc
+
+
+def _broker_field(doc: dict) -> None:
+    broker = _field(doc, "broker", str, optional=True, max_len=260)
+    if broker is not None and not BROKER.match(broker):
+        raise MessageError("field 'broker' must be host:port")
 
 
 # --- parsing ---------------------------------------------------------------
@@ -346,6 +386,7 @@ def parse_heartbeat(payload: bytes, kiosk: str) -> dict:
     closed = _field(doc, "closed", str, optional=True, max_len=64)
     if closed is not None and closed != "?" and not ORG_CODE.match(closed):
         raise MessageError("field 'closed' must be an organisation code, '?' or null")
+    _broker_field(doc)
     return doc
 
 
@@ -356,6 +397,7 @@ def parse_presence(payload: bytes, kiosk: str) -> dict:
     if _field(doc, "state", str) not in ("online", "offline"):
         raise MessageError("field 'state' must be online or offline")
     _field(doc, "cause", str, optional=True, max_len=40)
+    _broker_field(doc)
     return doc
 
 
