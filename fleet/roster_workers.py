@@ -218,7 +218,7 @@ class Linker:
             holder, _ci = self.holder_of_qr(qr)
             if self._key is None:
                 try:
-                    self._key = rosters.org_key(self.config, self.org.code)
+                    self._key = rosters.org_key(self.config, self.org.code, self.session)
                 except rosters.RosterError as exc:
                     raise WorkerError(str(exc), 503) from None
             # = rosters.holder_entry_hex, without deriving the key again for every row
@@ -668,7 +668,7 @@ def link_enrolment(session, config, kiosk: str, identity: bytes, *,
     elif worker is None or worker.removed_at is not None:
         outcome = "removed"
     else:
-        holder_key = rosters.identity_entry_hex(config, org.code, identity)
+        holder_key = rosters.identity_entry_hex(config, org.code, identity, session)
         other = _taken(session, org, holder_key, None, but=worker.id)
         if other is not None:
             outcome = f"duplicate:{other.id}"

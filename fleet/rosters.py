@@ -10,7 +10,9 @@ key to hash whoever it scans, learns nothing about any other organisation's rost
 On disk, `roster.secret` in the PKI directory: 64 hex digits, mode 0600, made on first
 use (no fleet PKI predates rosters, so none is "missing" one). Back it up with the PKI:
 without it the stored holder keys no longer match what kiosks compute, and every worker
-would have to be linked again. Rotation is not built (nothing needs it yet: a new secret
+would have to be linked again. So once a worker is linked by holder, a missing secret is
+refused, never made anew: a new one would make every workers-only kiosk turn every worker
+away. Rotation is not built (nothing needs it yet: a new secret
 means re-linking every worker, see docs/rosters.md).
 
 Versions: one counter per deployment for kind "roster" (bundles.claim_version), so a
@@ -58,8 +60,16 @@ def secret_path(config) -> Path:
     return config.resolve(config.pki.dir) / "roster.secret"
 
 
-def roster_secret(config) -> bytes:
+def roster_secret(config, session=None) -> bytes:
+    """session: where to look for workers already linked with the secret (None: trust the
+    caller that a missing secret may be made)."""
     from .sealing_keys import hex_secret
+    path = secret_path(config)
+    if session is not None and not path.exists() and session.scalars(
+            select(Worker.id).where(Worker.holder_key.is_not(None)).limit(1)).first():
+        raise RosterError(f"{path}: the roster secret is missing, but workers are linked with "
+                          "it: restore it from the PKI's backup (a new secret would make "
+                          "workers-only kiosks turn every worker away)")
     return hex_secret(secret_path(config), what="roster secret", error=RosterError,
                       sizes=range(32, 33), rule="64", make=True,
                       made="created the fleet's roster secret %s: back it up with the PKI "
@@ -69,8 +79,9 @@ def roster_secret(config) -> bytes:
 _KEYS: dict[tuple, bytes] = {}  # (secret file, its mtime, code) -> key: a CSV of 1,000 rows
 
 
-def org_key(config, org_code: str) -> bytes:
-    """The organisation's roster key (32 bytes): in its kiosks' roster bundles."""
+def org_key(config, org_code: str, session=None) -> bytes:
+    """The organisation's roster key (32 bytes): in its kiosks' roster bundles. session:
+    as for roster_secret."""
     path = secret_path(config)
     try:
         stamp = path.stat().st_mtime_ns
@@ -80,7 +91,7 @@ def org_key(config, org_code: str) -> bytes:
     if cached is not None:
         return cached
     key = HKDF(hashes.SHA256(), 32, None, _INFO + org_code.encode("utf-8")).derive(
-        roster_secret(config))
+        roster_secret(config, session))
     if stamp is not None:
         if len(_KEYS) > 4096:
             _KEYS.clear()
@@ -88,16 +99,16 @@ def org_key(config, org_code: str) -> bytes:
     return key
 
 
-def holder_entry_hex(config, org_code: str, holder_tuple) -> str:
+def holder_entry_hex(config, org_code: str, holder_tuple, session=None) -> str:
     """Worker.holder_key of a holder (family, given, dob as the DCC's fnt, gnt, dob):
     32 hex digits, what the organisation's kiosks compute of that holder's certificates."""
-    return identity_entry_hex(config, org_code, identity_bytes(tuple(holder_tuple)))
+    return identity_entry_hex(config, org_code, identity_bytes(tuple(holder_tuple)), session)
 
 
-def identity_entry_hex(config, org_code: str, identity: bytes) -> str:
+def identity_entry_hex(config, org_code: str, identity: bytes, session=None) -> str:
     """As holder_entry_hex, from the identity bytes (what the ingest's Unsealer opens
     from a scan's sealed holder)."""
-    return roster_format.entry(org_key(config, org_code), identity).hex()
+    return roster_format.entry(org_key(config, org_code, session), identity).hex()
 
 
 def cert_entry_hex(ci: str) -> str:
@@ -170,7 +181,7 @@ def publish(session, config, org, *, actor: str, at: float | None = None, key=No
     signer = key or bundles.load_signing_key(config)
     content = body_of(session, config, org)
     try:
-        secret_key = org_key(config, org.code)
+        secret_key = org_key(config, org.code, session)
     except RosterError as exc:
         raise bundles.ListError(str(exc), 503) from None
     done = []

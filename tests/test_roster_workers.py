@@ -341,3 +341,29 @@ def test_enrolment_is_opened_on_a_kiosk_of_the_organisation_only(api, city):
     with api.sessions() as s:
         assert s.scalar(select(func.count()).select_from(AuditLog).where(
             AuditLog.action == "roster.enrol")) == 2
+
+
+def test_a_lost_roster_secret_is_refused_once_workers_are_linked_not_made_anew(
+        api, city, es256, fleet_config):
+    """A new secret would silently make every workers-only kiosk turn every linked worker
+    away; the fleet refuses until the secret is restored from the backup."""
+    manager = city["token:manager-a"]
+    assert api.client.post(URL.format("org-a"), headers=manager, json={
+        "display_name": "An", "qr": qr(es256, AN)}).status_code == 201
+    path = rosters.secret_path(fleet_config)
+    kept = path.read_bytes()
+    path.unlink()
+    answer = api.client.post(URL.format("org-a"), headers=manager, json={
+        "display_name": "Bình", "qr": qr(es256, BINH)})
+    assert answer.status_code == 503, answer.get_json()
+    assert "roster secret is missing" in answer.get_json()["message"]
+    # a change that only re-signs the roster is refused the same way
+    [an] = workers(api)
+    assert api.client.delete(f"{URL.format('org-a')}/{an.id}",
+                             headers=manager).status_code == 503
+    assert not path.exists() and [w.display_name for w in workers(api)] == ["An"]
+    path.write_bytes(kept)
+    assert api.client.post(URL.format("org-a"), headers=manager, json={
+        "display_name": "Bình", "qr": qr(es256, BINH)}).status_code == 201
+    assert workers(api)[1].holder_key == rosters.holder_entry_hex(fleet_config, "org-a",
+                                                                  holder(BINH))
