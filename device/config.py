@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from greengate import messages
+
 
 class ConfigError(ValueError):
     pass
@@ -74,6 +76,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "mqtt": {
         "host": Key(str, "localhost", "the broker"),
         "port": Key(int, 8883, "the broker's port"),
+        "brokers": Key(list, [], "several brokers, in order of preference: "
+                                 "`[\"district.example:8883\", \"core.example:8883\"]` "
+                                 "(its district's first, the core's as fallback; "
+                                 "docs/scaling.md). Set: `host` and `port` are not"),
+        "primary_retry": Key(float, 300.0, "with `brokers`: while on another broker, seconds "
+                                           "between tries of the first"),
+        "failover_after": Key(float, 120.0, "with `brokers`: seconds without any "
+                                            "confirmation from the fleet, scans waiting, "
+                                            "before the kiosk moves to the next broker (a "
+                                            "district cut off from the core)"),
         "tls": Key(bool, True, "TLS with the kiosk's client certificate; false only for demos"),
         "ca": Key(str, "", "PEM of the CA that signed the broker's certificate"),
         "cert": Key(str, "", "the kiosk's client certificate (PEM)"),
@@ -215,7 +227,31 @@ def parse(text: str, path: Path = Path("<config>"), overrides: dict[str, dict] |
     return config
 
 
-_KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}
+_KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
+               list: "a list"}
+
+
+def broker_address(text) -> tuple[str, int]:
+    """"host:port" or "[v6 address]:port" -> (host, port); ValueError says what is wrong."""
+    if not isinstance(text, str) or not messages.BROKER.match(text):
+        raise ValueError(f"{str(text)[:80]!r} is not host:port")
+    host, _, port = text.rpartition(":")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"{text[:80]!r} is not host:port")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text[:80]!r}: write an IPv6 address in brackets, [addr]:port")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text[:80]!r}: the port must be 1-65535")
+    return host, int(port)
+
+
+def brokers(config) -> list[tuple[str, int]]:
+    """The brokers to try, in order (checked by _check)."""
+    if config.mqtt.brokers:
+        return [broker_address(b) for b in config.mqtt.brokers]
+    return [(config.mqtt.host, config.mqtt.port)]
 
 
 def _check(config: Config, text: str) -> None:
@@ -251,6 +287,21 @@ def _check(config: Config, text: str) -> None:
         fail("mqtt", "heartbeat", "'heartbeat' and 'keepalive' must be positive")
     if config.mqtt.confirm_timeout < 1:
         fail("mqtt", "confirm_timeout", "'confirm_timeout' must be at least 1 second")
+    if config.mqtt.brokers:
+        table = tomllib.loads(text).get("mqtt", {}) if text else {}
+        if "host" in table or "port" in table:
+            fail("mqtt", "brokers", "give either 'brokers' or 'host' and 'port', not both")
+        if len(config.mqtt.brokers) > 8:
+            fail("mqtt", "brokers", "'brokers' names at most 8 brokers")
+        for entry in config.mqtt.brokers:
+            try:
+                broker_address(entry)
+            except ValueError as exc:
+                fail("mqtt", "brokers", f"'brokers': {exc}")
+    if config.mqtt.primary_retry < 10:
+        fail("mqtt", "primary_retry", "'primary_retry' must be at least 10 s")
+    if config.mqtt.failover_after < 5:
+        fail("mqtt", "failover_after", "'failover_after' must be at least 5 s")
     if config.bundles.offline_budget_hours <= 0:
         fail("bundles", "offline_budget_hours", "'offline_budget_hours' must be positive")
     # an old file's pseudonym key is accepted (the kiosk must start) and never kept: the
@@ -482,6 +533,8 @@ def _toml(value) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return str(value)
 
 

@@ -125,12 +125,15 @@ class Kiosk:
         if cfg.mqtt.tls:
             tls = (str(cfg.resolve(cfg.mqtt.ca)), str(cfg.resolve(cfg.mqtt.cert)),
                    str(cfg.resolve(cfg.mqtt.key)))
-        self.reporter = Reporter(self.outbox, self.id, cfg.mqtt.host, cfg.mqtt.port, tls=tls,
+        self.reporter = Reporter(self.outbox, self.id, tls=tls,
+                                 brokers=config_module.brokers(cfg),
                                  keepalive=cfg.mqtt.keepalive, replay_rate=cfg.mqtt.replay_rate,
                                  session_source=SessionCounter(
                                      data / "session",
                                      on_write=lambda exc: self._storage("session", exc)),
-                                 confirm_timeout=cfg.mqtt.confirm_timeout)
+                                 confirm_timeout=cfg.mqtt.confirm_timeout,
+                                 failover_after=cfg.mqtt.failover_after,
+                                 primary_retry=cfg.mqtt.primary_retry)
         self.feed = StatusFeed(self.store, self.reporter, cfg.kiosk.deployment)
         self.feed.start()
         self.pipeline = None  # built in run(): the decoder may be slow to load

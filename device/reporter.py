@@ -34,6 +34,15 @@ reconnect is not used), so that every connection gets a NEW last will:
     until the fleet confirms them;
   * a lost connection is retried with jittered exponential backoff (1 s doubling
     to 30 s by default; reset by a successful CONNACK);
+  * several brokers (``brokers``, in order of preference; docs/scaling.md): a failed
+    attempt moves on to the next at once, the backoff applies after a whole round
+    failed; a connection whose fleet stays silent (rows waiting, no confirmation for
+    ``failover_after`` s: the district is cut off from the core) moves to the next
+    broker too, and after a round of silent brokers the kiosk stays where it is and
+    waits twice as long before the next move (the fleet itself may be down). While not
+    on the first broker it goes back to it every ``primary_retry`` s (and straight to
+    the one that worked if the first still fails). Heartbeats and presence name the
+    broker (``broker``: "host:port"), so the fleet knows which bridge a kiosk is behind;
   * stop(): presence ``offline`` (retained, QoS 1), wait for its PUBACK (which
     also means every earlier message was acknowledged), then DISCONNECT, so
     the broker does not publish the will and the fleet sees a graceful stop.
@@ -70,6 +79,9 @@ Callback = Callable[[str, bytes], None]
 
 REJECT_HOLD = 30.0  # seconds scan publishing pauses after the broker rejected one
 SUMMARY_POLL = 30.0  # seconds between looks at the overflow table while connected
+FAILOVER_AFTER = 120.0  # seconds of fleet silence (rows waiting) before the next broker
+PRIMARY_RETRY = 300.0  # seconds on another broker before the first is tried again
+SILENCE_CAP = 1800.0  # the longest wait before a silence move, after rounds of silence
 STOP_WAIT = 3.0  # seconds stop() waits for the PUBACK of presence offline
 CONFIRM_TIMEOUT = 30.0  # seconds a sent row waits for the fleet's confirmation
 MAX_AWAITING = 1000  # rows sent and not yet confirmed before the backlog waits
@@ -146,7 +158,7 @@ class Reporter:
     summary_poll: seconds between sends of the unconfirmed overflow summaries.
     """
 
-    def __init__(self, outbox: Outbox, kiosk_id: str, host: str, port: int = 8883,
+    def __init__(self, outbox: Outbox, kiosk_id: str, host: str = "localhost", port: int = 8883,
                  tls: Sequence[str] | None = None, keepalive: int = 30,
                  replay_rate: float = 50.0,
                  session_source: Callable[[], int] | None = None,
@@ -154,14 +166,20 @@ class Reporter:
                  window: int = 20, backoff: tuple[float, float] = (1.0, 30.0),
                  connect_timeout: float = 5.0, client_id: str | None = None,
                  confirm_timeout: float = CONFIRM_TIMEOUT, max_awaiting: int = MAX_AWAITING,
-                 summary_poll: float = SUMMARY_POLL):
+                 summary_poll: float = SUMMARY_POLL,
+                 brokers: Sequence[tuple[str, int]] | None = None,
+                 failover_after: float = FAILOVER_AFTER, primary_retry: float = PRIMARY_RETRY):
         if not messages.KIOSK_ID.match(kiosk_id):
             raise ValueError(f"bad kiosk id {kiosk_id!r}")
         self.outbox = outbox
         self.kiosk_id = kiosk_id
         self.client_id = client_id or kiosk_id
-        self.host = host
-        self.port = int(port)
+        self.brokers = [(h, int(p)) for h, p in brokers] if brokers else [(host, int(port))]
+        self._at = 0  # the broker of this (or the next) connection
+        self._switch: tuple[int, str] | None = None  # (broker index, why): move after this one
+        self._silent_moves = 0  # moves for silence since the last confirmation
+        self.failover_after = max(0.1, float(failover_after))
+        self.primary_retry = max(0.1, float(primary_retry))
         self.tls = TLSFiles(*tls) if tls else None
         self.keepalive = int(keepalive)
         self.replay_rate = float(replay_rate)
@@ -210,9 +228,24 @@ class Reporter:
         # again after the confirmation timeout; confirm_invalid: confirmations ignored
         self.stats = {"connects": 0, "attempts": 0, "published": 0, "acked": 0, "rejected": 0,
                       "heartbeats": 0, "summaries": 0, "confirmations": 0, "confirmed": 0,
-                      "confirmed_summaries": 0, "confirm_invalid": 0, "resent": 0}
+                      "confirmed_summaries": 0, "confirm_invalid": 0, "resent": 0,
+                      "moves": 0}
 
     # --- public API (any thread) -------------------------------------------
+    @property
+    def host(self) -> str:
+        return self.brokers[self._at][0]
+
+    @property
+    def port(self) -> int:
+        return self.brokers[self._at][1]
+
+    @property
+    def broker(self) -> str:
+        """"host:port" of the current (or next) broker, as heartbeats name it."""
+        host, port = self.brokers[self._at]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     @property
     def connected(self) -> bool:
         return self._connected
@@ -328,6 +361,7 @@ class Reporter:
 
     def _run(self) -> None:
         delay = self.backoff[0]
+        failed = 0  # attempts in a row that did not connect
         while not self._stop.is_set():
             try:
                 up = self._connection()
@@ -337,8 +371,21 @@ class Reporter:
             self._connected = False
             if self._stop.is_set():
                 break
+            if self._switch is not None:  # this connection ended to move on: at once
+                (self._at, why), self._switch = self._switch, None
+                log.warning("moving to MQTT broker %s: %s", self.broker, why)
+                failed = 0
+                continue
             if up:
                 delay = self.backoff[0]
+                failed = 0
+            else:
+                failed += 1
+                if len(self.brokers) > 1:
+                    self._at = (self._at + 1) % len(self.brokers)
+                    if failed % len(self.brokers):  # not a whole round yet: the next at once
+                        log.info("trying MQTT broker %s", self.broker)
+                        continue
             wait = min(self.backoff[1], delay * random.uniform(1.0, 1.25))
             delay = min(self.backoff[1], delay * 2)
             log.debug("reconnecting in %.1f s", wait)
@@ -350,7 +397,8 @@ class Reporter:
                              protocol=mqtt.MQTTv5)
         client.connect_timeout = self.connect_timeout
         client.max_inflight_messages = self.window + 10  # + presence, heartbeats, summaries
-        will = messages.presence(kiosk=self.kiosk_id, session=conn.session, state="offline")
+        will = messages.presence(kiosk=self.kiosk_id, session=conn.session, state="offline",
+                                 broker=self.broker)
         client.will_set(messages.presence_topic(self.kiosk_id), messages.encode(will), qos=1,
                         retain=True)
         if self.tls:
@@ -502,7 +550,8 @@ class Reporter:
         return True
 
     def _serve(self, client: mqtt.Client, conn: _Conn) -> None:
-        online = messages.presence(kiosk=self.kiosk_id, session=conn.session, state="online")
+        online = messages.presence(kiosk=self.kiosk_id, session=conn.session, state="online",
+                                   broker=self.broker)
         client.publish(messages.presence_topic(self.kiosk_id), messages.encode(online), qos=1,
                        retain=True)
         # queued subscribe() calls are covered by subscribing to everything now
@@ -525,6 +574,7 @@ class Reporter:
         next_summaries = 0.0
         next_poll = 0.0
         stopping_until = None
+        connected_at = time.monotonic()
 
         while True:
             now = time.monotonic()
@@ -537,7 +587,8 @@ class Reporter:
             if self._stop.is_set():
                 if stopping_until is None:
                     offline = messages.presence(kiosk=self.kiosk_id, session=conn.session,
-                                                state="offline", cause="stopped")
+                                                state="offline", cause="stopped",
+                                                broker=self.broker)
                     info = client.publish(messages.presence_topic(self.kiosk_id),
                                           messages.encode(offline), qos=1, retain=True)
                     conn.offline_mid = info.mid
@@ -555,6 +606,15 @@ class Reporter:
                 self._pump(client, conn, 0.05)
                 continue
 
+            move = self._move(now, connected_at)
+            if move is not None:
+                self._switch = move
+                client.disconnect()  # DISCONNECT: no will, the new session supersedes
+                end = time.monotonic() + 1.0
+                while client.socket() is not None and time.monotonic() < end:
+                    self._pump(client, conn, 0.05)
+                self._settle(conn)
+                return
             self._commands_run(client, conn)
             if now >= next_summaries:
                 next_summaries = now + self.summary_poll
@@ -572,6 +632,26 @@ class Reporter:
             if now < self._hold_until:
                 timeout = min(timeout, self._hold_until - now)
             self._pump(client, conn, timeout)
+
+    def _move(self, now: float, connected_at: float) -> tuple[int, str] | None:
+        """(broker index, why) when this connection should end for another broker."""
+        count = len(self.brokers)
+        if count < 2:
+            return None
+        if self._at != 0 and now - connected_at >= self.primary_retry:
+            self.stats["moves"] += 1
+            return 0, f"back to the first broker after {self.primary_retry:g} s"
+        # a round of silent brokers: the fleet may be down, not a bridge: wait longer
+        rounds = self._silent_moves // count
+        patience = min(SILENCE_CAP, self.failover_after * (2 ** rounds))
+        if self._awaiting and now - self._progress >= patience and \
+                now - connected_at >= patience:
+            self._silent_moves += 1
+            self.stats["moves"] += 1
+            return ((self._at + 1) % count,
+                    f"no confirmation from the fleet for {now - self._progress:.0f} s "
+                    f"through {self.broker} with {len(self._awaiting)} row(s) waiting")
+        return None
 
     def _settle(self, conn: _Conn) -> None:
         """Delete the rows the fleet confirmed (one transaction per batch)."""
@@ -613,6 +693,7 @@ class Reporter:
         self.stats["confirmations"] += 1
         self._confirmed_scans += doc["scans"]
         self._confirmed_summaries += doc["summaries"]
+        self._silent_moves = 0
         self._progress = time.monotonic()
         self._silence_warned = False
 
@@ -634,6 +715,7 @@ class Reporter:
                 client.unsubscribe(arg)
             elif kind == "heartbeat":
                 arg["session"] = conn.session
+                arg["broker"] = self.broker
                 arg.setdefault("kiosk", self.kiosk_id)
                 arg.setdefault("outbox", self.outbox.depth())
                 arg.setdefault("overflow", self.outbox.overflow())

@@ -135,19 +135,25 @@ def _tls_files(cfg) -> list[str]:
 
 
 def _broker(cfg, report):
-    host, port = cfg.mqtt.host, cfg.mqtt.port
     if cfg.mqtt.tls:
         problems = _tls_files(cfg)
         if problems:
             report(False, "broker", "; ".join(problems) + ": re-enrol the kiosk, or put the "
                                     "files from its enrolment back")
             return
+    brokers = config_module.brokers(cfg)
+    for host, port in brokers:
+        # several brokers: each is checked (a fallback nobody can reach is no fallback)
+        _one_broker(cfg, report, host, port,
+                    "broker" if len(brokers) == 1 else f"broker {host}:{port}")
 
+
+def _one_broker(cfg, report, host: str, port: int, part: str):
     try:
         sock = socket.create_connection((host, port), timeout=5)
     except OSError as exc:
-        report(False, "broker", f"cannot reach the broker at {host}:{port} ({exc.strerror or exc}); "
-                                "check the network cable/Wi-Fi and the broker address")
+        report(False, part, f"cannot reach the broker at {host}:{port} ({exc.strerror or exc}); "
+                            "check the network cable/Wi-Fi and the broker address")
         return
     try:
         if cfg.mqtt.tls:
@@ -155,10 +161,10 @@ def _broker(cfg, report):
             context.load_cert_chain(str(cfg.resolve(cfg.mqtt.cert)), str(cfg.resolve(cfg.mqtt.key)))
             with context.wrap_socket(sock, server_hostname=host) as tls:
                 tls.do_handshake()
-        report(True, "broker", f"{host}:{port} reachable" + (" with TLS" if cfg.mqtt.tls else ""))
+        report(True, part, f"{host}:{port} reachable" + (" with TLS" if cfg.mqtt.tls else ""))
     except (ssl.SSLError, OSError) as exc:
-        report(False, "broker", f"TLS with the broker failed ({exc}); the kiosk certificate may be "
-                                "expired, retired, or from another fleet: re-enrol the kiosk")
+        report(False, part, f"TLS with the broker failed ({exc}); the kiosk certificate may be "
+                            "expired, retired, or from another fleet: re-enrol the kiosk")
     finally:
         sock.close()
 

@@ -12,6 +12,8 @@ down. Subscriptions, renewed on every connection:
     $share/<share_group>/gg/v1/kiosk/+/summary   QoS 1
     gg/v1/kiosk/+/presence, gg/v1/kiosk/+/heartbeat   QoS 0, not shared, only the
         presence worker (exactly one per fleet; `--no-presence` for the others)
+    gg/v1/bridge/+/state   QoS 0, the presence worker: district bridges' state on the
+        core (docs/scaling.md), which tells an unreachable kiosk from an offline one
 
 Presence and heartbeats are QoS 0 on purpose: a heartbeat queued while the worker was
 down is no sign of life now, and the retained presence of every kiosk arrives afresh on
@@ -160,6 +162,9 @@ HEARTBEAT_FIELDS = ("v", "kiosk", "session", "ts", "uptime", "bundles", "outbox"
 PRESENCE_FIELDS = ("v", "kiosk", "session", "state", "cause", "broker")
 
 
+_BRIDGES = f"{messages.ROOT}/bridge/"
+
+
 def _known(doc: dict, fields: tuple) -> dict:
     return {name: doc[name] for name in fields if name in doc}
 
@@ -238,7 +243,8 @@ class IngestWorker:
 
     @staticmethod
     def presence_filters() -> list[str]:
-        return [f"{messages.ROOT}/kiosk/+/{kind}" for kind in ("presence", "heartbeat")]
+        return [f"{messages.ROOT}/kiosk/+/{kind}" for kind in ("presence", "heartbeat")] + \
+            [messages.bridge_state_topic("+")]
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> "IngestWorker":
@@ -266,6 +272,7 @@ class IngestWorker:
                 with self.engine.connect() as connection:
                     self.tracker.load(presence_db.load_rows(connection))
                     self.tracker.assign(presence_db.load_assignments(connection))
+                    self.tracker.known_bridges(presence_db.load_bridges(connection))
             self._retry_db(load, "load kiosk presence")
             self._gauges()
         self.client = self._make_client()
@@ -529,6 +536,14 @@ class IngestWorker:
                 continue
             if qos:
                 acks.append((mid, qos, gen))
+            if topic.startswith(_BRIDGES):
+                if self.tracker is not None:
+                    try:
+                        self.tracker.bridge(messages.bridge_of(topic),
+                                            messages.parse_bridge_state(payload), wall)
+                    except messages.MessageError as exc:
+                        refused.append(self._bad("bridge", None, topic, payload, exc))
+                continue
             try:
                 kiosk, kind = messages.kiosk_of(topic)
             except messages.MessageError as exc:
@@ -899,15 +914,18 @@ class IngestWorker:
         tracker = self.tracker
         changes = tracker.take_changes()
         seen = tracker.take_seen() if flush_seen else []
-        if not changes and not seen:
+        bridges = tracker.take_bridge_changes()
+        if not changes and not seen and not bridges:
             return
         try:
             with self.engine.begin() as connection:
                 retired = presence_db.write(connection, changes, self.store.deployment)
                 presence_db.write_seen(connection, seen)
+                presence_db.write_bridges(connection, bridges)
         except SQLAlchemyError as exc:
             tracker.give_back(changes)
             tracker.give_back_seen(seen)
+            tracker.give_back_bridges(bridges)
             self.metrics.db_errors.inc()
             log.warning("presence: %d changes not written (%s: %s); retrying", len(changes),
                         exc.__class__.__name__, str(exc)[:200])
@@ -938,6 +956,7 @@ class IngestWorker:
             try:  # policy assignments, for the applied-vs-assigned check (fleet/presence.py)
                 with self.engine.connect() as connection:
                     self.tracker.assign(presence_db.load_assignments(connection))
+                    self.tracker.known_bridges(presence_db.load_bridges(connection))
             except SQLAlchemyError as exc:
                 log.warning("policy assignments not reloaded (%s); keeping the old ones", exc)
 

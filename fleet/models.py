@@ -12,9 +12,11 @@ from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Int
 from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Kiosk presence states (docs/fleet.md).
+# Kiosk presence states (docs/fleet.md). Unreachable: connected to a district broker whose
+# bridge to the core is down (docs/scaling.md): not heard, but not known to be offline.
 NEVER_SEEN, ONLINE, DEGRADED, OFFLINE, RETIRED = "never_seen", "online", "degraded", "offline", "retired"
-STATES = (NEVER_SEEN, ONLINE, DEGRADED, OFFLINE, RETIRED)
+UNREACHABLE = "unreachable"
+STATES = (NEVER_SEEN, ONLINE, DEGRADED, UNREACHABLE, OFFLINE, RETIRED)
 
 # Status-list entry kinds and changes.
 REVOKED, SUSPENDED, REINSTATED = "revoked", "suspended", "reinstated"
@@ -100,6 +102,20 @@ class Kiosk(Base):
     seq_missing: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
+class Bridge(Base):
+    """A district broker's bridge to the core (docs/scaling.md): registered by
+    `greengate-provision bridge`, its state written by the presence tracker from the
+    core's retained gg/v1/bridge/<name>/state."""
+    __tablename__ = "bridge"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # host:port of the district broker as its kiosks name it (their heartbeats' "broker");
+    # None: heard of on the core, never registered
+    address: Mapped[str | None] = mapped_column(String(260))
+    connected: Mapped[bool | None] = mapped_column(Boolean)  # None: never heard
+    since: Mapped[float | None] = mapped_column(Float)
+    registered_at: Mapped[float | None] = mapped_column(Float)
+
+
 class Scan(Base):
     """One decision of one kiosk. (kiosk_id, scan_id) is the idempotency key:
     QoS 1 and outbox replays deliver some scans twice; they are stored once."""
@@ -154,7 +170,7 @@ class ScanSummary(Base):
                       Index("ix_summary_hour", "hour"))
 
 
-QUARANTINE_KINDS = ("scan", "summary", "heartbeat", "presence", "unknown")
+QUARANTINE_KINDS = ("scan", "summary", "heartbeat", "presence", "bridge", "unknown")
 
 
 class QuarantinedMessage(Base):

@@ -1,13 +1,14 @@
 """Kiosk presence: the state machine (pure logic, no MQTT, no clock of its own) and
 the writer that puts its changes into the database.
 
-States (fleet/models.py): never_seen, online, degraded, offline, retired.
+States (fleet/models.py): never_seen, online, degraded, unreachable, offline, retired.
 
     Tracker.load(rows)              the kiosks as the database has them (at start)
     Tracker.resume(now)             we hear the broker (again): start the silence clocks
     Tracker.suspend()               we lost the broker: stop judging silence
     Tracker.presence(k, doc, now, retained=...)   a parsed presence message
     Tracker.heartbeat(k, doc, now)  a parsed heartbeat
+    Tracker.bridge(name, up, now)   a district bridge's state on the core (docs/scaling.md)
     Tracker.sweep(now)              offline ("silent") whoever said nothing for too long
     Tracker.take_changes()          what to write (the writer puts it back on failure)
     Tracker.take_seen()             last_seen/heartbeat to flush (periodically)
@@ -36,6 +37,15 @@ Rules (docs/fleet.md#presence):
   reported): degraded, "policy X assigned, Y applied". The assignments are what the
   ingest loaded last (Tracker.assign, every REFRESH s); a kiosk holding a newer policy
   bundle than that knows more than the tracker and is not judged;
+* bridges (docs/scaling.md): a kiosk names in its heartbeats and presence the broker it
+  is connected through. When the bridge of that broker to the core is down (its "0" on
+  gg/v1/bridge/<name>/state), the kiosk is `unreachable` ("through bridge NAME"), not
+  offline: the fleet cannot hear it, and does not know it is gone; nor does the silence
+  sweep make it offline while the bridge is down. Once the bridge is back, the kiosk gets
+  one full timeout to be heard (its district queued what it said meanwhile), else it is
+  offline ("silent"), the outage starting at the last message heard. A kiosk heard
+  through another broker (it failed over) is judged as any other. Kiosks that do not name
+  their broker (older firmware) are judged by silence alone;
 * retired kiosks stay retired whatever they send (the API retires them);
 * only changes are written: state, detail or session. last_seen and the last
   heartbeat are flushed in bulk every `seen_flush` seconds, not per heartbeat, but
@@ -65,14 +75,15 @@ from sqlalchemy import JSON, bindparam, func, null, select, update
 from sqlalchemy.engine import Connection
 
 from . import gaps
-from .models import (DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, RETIRED, STATES, Kiosk, Outage,
-                     PresenceEvent, PublishedBundle)
+from .models import (DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, RETIRED, STATES, UNREACHABLE,
+                     Bridge, Kiosk, Outage, PresenceEvent, PublishedBundle)
 from .sqlinsert import insert_ignore
 
 log = logging.getLogger("greengate.fleet.presence")
 
 CONNECTED = (ONLINE, DEGRADED)
 STOPPED, LOST, SILENT = "stopped", "connection lost", "silent"
+BRIDGE_DETAIL = "through bridge "  # + its name: an unreachable kiosk's detail
 TIMEOUT_FACTOR = 1.5  # x keepalive: MQTT's own keepalive rule, applied to heartbeats
 # x keepalive (the kiosks' heartbeat interval): the bundle arrives within seconds, and
 # the heartbeat that reports it at most one interval later; one more is slack
@@ -91,6 +102,15 @@ class KioskPresence:
     deadline: float | None = None  # connected: offline ("silent") if nothing heard by then
     heard: bool = False  # heard live since the tracker (re)started listening
     in_db: bool = True  # False: the row must be created before it is updated
+    broker: str | None = None  # "host:port" it last said it is connected through
+
+
+@dataclass
+class BridgeState:
+    name: str
+    address: str | None = None  # its district broker, as kiosks name it
+    up: bool | None = None  # None: not heard of yet
+    since: float | None = None
 
 
 @dataclass
@@ -156,10 +176,12 @@ class Tracker:
     # that bundle's issued_at): see assign()
     assigned: dict[str, tuple[str, int | None, float | None]] = field(default_factory=dict)
     policy_grace: float | None = None  # seconds; None: POLICY_GRACE_FACTOR x keepalive
+    bridges: dict[str, BridgeState] = field(default_factory=dict)
 
     def __post_init__(self):
         self._changes: list[Change] = []
         self._seen: set[str] = set()
+        self._bridge_changes: dict[str, BridgeState] = {}
 
     @property
     def timeout(self) -> float:
@@ -198,9 +220,52 @@ class Tracker:
     def load(self, rows) -> None:
         """rows: (id, state, state_since, detail, session, last_seen, heartbeat)."""
         for kid, state, since, detail, session, last_seen, heartbeat in rows:
+            broker = heartbeat.get("broker") if isinstance(heartbeat, dict) else None
             self.kiosks[kid] = KioskPresence(kid, state if state in STATES else NEVER_SEEN,
                                              since, detail or "", int(session or 0), last_seen,
-                                             heartbeat)
+                                             heartbeat,
+                                             broker=broker if isinstance(broker, str) else None)
+
+    def known_bridges(self, rows) -> None:
+        """rows: (name, address, connected, since) of the bridge table (load_bridges): the
+        addresses registered (also while we run); a state heard already is kept."""
+        for name, address, connected, since in rows:
+            b = self.bridges.get(name)
+            if b is None:
+                self.bridges[name] = BridgeState(name, address, connected, since)
+            else:
+                b.address = address
+
+    def _bridge_down(self, broker: str | None) -> BridgeState | None:
+        if broker is None:
+            return None
+        for b in self.bridges.values():
+            if b.address == broker and b.up is False:
+                return b
+        return None
+
+    def _unreachable(self, k: KioskPresence, now: float, b: BridgeState) -> None:
+        k.deadline = None
+        self._transition(k, now, UNREACHABLE, BRIDGE_DETAIL + b.name)
+
+    def bridge(self, name: str, up: bool, now: float) -> None:
+        """The core's word on bridge `name` (retained or live: the same news)."""
+        b = self.bridges.get(name)
+        if b is None:
+            b = self.bridges[name] = BridgeState(name)
+        if b.up is not up:
+            b.up, b.since = up, now
+            self._bridge_changes[name] = BridgeState(name, b.address, up, now)
+        if b.address is None:
+            return  # not registered: no kiosk can be told apart by it
+        for k in self.kiosks.values():
+            if k.broker != b.address:
+                continue
+            if not up and k.state in CONNECTED:
+                self._unreachable(k, now, b)
+            elif up and k.state == UNREACHABLE and k.deadline is None:
+                # what it said meanwhile is on its way up: one timeout to be heard
+                k.heard, k.deadline = False, now + self.timeout
 
     def resume(self, now: float) -> None:
         """We hear the broker (first connection or a reconnect): every connected kiosk
@@ -208,7 +273,9 @@ class Tracker:
         self.listening = True
         for k in self.kiosks.values():
             k.heard = False
-            k.deadline = now + self.timeout if k.state in CONNECTED else None
+            waits = k.state in CONNECTED or (k.state == UNREACHABLE
+                                             and self._bridge_down(k.broker) is None)
+            k.deadline = now + self.timeout if waits else None
 
     def suspend(self) -> None:
         """No broker, no news: silence means nothing until resume()."""
@@ -257,6 +324,10 @@ class Tracker:
         if doc["state"] == "online":
             if not new_session and k.state == OFFLINE:
                 return  # the online of a session that is over already (a retained copy)
+            if retained and not new_session and k.state == UNREACHABLE:
+                return  # a stored copy says nothing of a kiosk behind a bridge that is down
+            if isinstance(doc.get("broker"), str):
+                k.broker = doc["broker"]
             if not retained:
                 self._heard(k, now)
             if k.deadline is None or not retained:
@@ -268,6 +339,11 @@ class Tracker:
                 return
             if new_session:
                 k.session, k.heartbeat = session, None
+            down = self._bridge_down(k.broker) if retained else None
+            if down is not None:  # a fleet restart: known online, behind a bridge that is down
+                k.deadline = None
+                self._transition(k, now, UNREACHABLE, BRIDGE_DETAIL + down.name)
+                return
             self._transition(k, now, ONLINE, "")
             return
         # offline
@@ -296,6 +372,8 @@ class Tracker:
         # heartbeat, though the kiosk had applied them within a second of connecting.
         news = k.heartbeat is None or _bundles_arrived(k.heartbeat, doc)
         k.session, k.heartbeat = session, doc
+        if isinstance(doc.get("broker"), str):
+            k.broker = doc["broker"]
         k.deadline = now + self.timeout
         why = "; ".join(filter(None, (degradation(doc, self.backlog),
                                       self.policy_mismatch(kid, doc, now))))
@@ -307,7 +385,12 @@ class Tracker:
             return []
         silent = []
         for k in self.kiosks.values():
-            if k.state in CONNECTED and k.deadline is not None and now >= k.deadline:
+            if (k.state in CONNECTED or k.state == UNREACHABLE) and k.deadline is not None \
+                    and now >= k.deadline:
+                down = self._bridge_down(k.broker)
+                if down is not None:  # not heard because its bridge is down: not offline
+                    self._unreachable(k, now, down)
+                    continue
                 k.deadline = None
                 quiet = f"nothing heard for {self.timeout:g} s"
                 if not k.heard:
@@ -337,6 +420,14 @@ class Tracker:
         k.in_db = True
         self._changes.append(change)
         self._seen.discard(k.id)  # the change carries last_seen and heartbeat
+
+    def take_bridge_changes(self) -> list[BridgeState]:
+        changes, self._bridge_changes = list(self._bridge_changes.values()), {}
+        return changes
+
+    def give_back_bridges(self, changes: list[BridgeState]) -> None:
+        for c in changes:
+            self._bridge_changes.setdefault(c.name, c)
 
     def take_changes(self) -> list[Change]:
         changes, self._changes = self._changes, []
@@ -371,6 +462,26 @@ def load_rows(connection: Connection):
     return connection.execute(select(KIOSK.c.id, KIOSK.c.state, KIOSK.c.state_since,
                                      KIOSK.c.detail, KIOSK.c.session, KIOSK.c.last_seen,
                                      KIOSK.c.heartbeat)).all()
+
+
+BRIDGE = Bridge.__table__
+
+
+def load_bridges(connection: Connection):
+    return connection.execute(select(BRIDGE.c.name, BRIDGE.c.address, BRIDGE.c.connected,
+                                     BRIDGE.c.since)).all()
+
+
+def write_bridges(connection: Connection, changes: list[BridgeState]) -> None:
+    """Each bridge's state as the tracker last heard it; a bridge heard of before anyone
+    registered it gets a row without an address."""
+    for c in changes:
+        done = connection.execute(update(BRIDGE).where(BRIDGE.c.name == c.name)
+                                  .values(connected=c.up, since=c.since))
+        if done.rowcount == 0:
+            connection.execute(insert_ignore(connection, BRIDGE, ["name"]),
+                               [{"name": c.name, "address": None, "connected": c.up,
+                                 "since": c.since, "registered_at": None}])
 
 
 def load_assignments(connection: Connection) -> list[tuple[str, str, int | None, float | None]]:

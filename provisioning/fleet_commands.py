@@ -74,7 +74,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("identity", help="the fleet processes' own MQTT identities: list "
                                         "them, or add one (then the broker ACL is rewritten)")
     p.add_argument("action", choices=("add", "list"))
-    p.add_argument("role", nargs="?", choices=tuple(ROLES),
+    p.add_argument("role", nargs="?", choices=("ingest", "web"),
                    help="add: ingest (name it: the worker's --worker NAME) or web")
     p.add_argument("name", nargs="?", metavar="NAME",
                    help="ingest: the worker name; web: a number (default: the next one)")
@@ -85,6 +85,31 @@ def add_parsers(sub) -> None:
                         "directory of [pki] broker_crl, as mosquitto-config wrote them)")
     fleet_option(p)
     p.set_defaults(handler=_identity)
+
+    p = sub.add_parser("bridge", help="a district broker bridged to the core: its "
+                                      "configuration, certificates and the bridge identity; "
+                                      "the core's ACL learns the bridge")
+    p.add_argument("name", metavar="NAME", help="the bridge (its district or site): 1-32 "
+                                                "lowercase letters, digits or '-'")
+    p.add_argument("--address", required=True, metavar="HOST:PORT",
+                   help="the district broker as its kiosks reach it (its certificate's name "
+                        "and its port)")
+    p.add_argument("--core", required=True, metavar="HOST:PORT",
+                   help="the core broker as the district broker reaches it")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="where the district broker's files go (copy them to its host)")
+    p.add_argument("--pki", type=Path, metavar="DIR",
+                   help="the fleet PKI (default: the fleet config's [pki] dir)")
+    p.add_argument("--port", type=int, help="listen on this port (default: --address's)")
+    p.add_argument("--bind", metavar="ADDR", help="listen on this address only")
+    p.add_argument("--persistence-dir", metavar="DIR",
+                   help="greengate.conf is the main file, its store here (default: a file "
+                        "for Debian's conf.d)")
+    p.add_argument("--acl", type=Path, metavar="FILE",
+                   help="the CORE broker's ACL to rewrite (default: greengate.acl beside the "
+                        "directory of [pki] broker_crl)")
+    fleet_option(p)
+    p.set_defaults(handler=_bridge)
 
     p = sub.add_parser("enrol", help="register a kiosk with the fleet and make its bundle "
                                      "(tar or SD card) or a one-time enrolment token")
@@ -384,6 +409,53 @@ def _mosquitto(args) -> int:
     return 0
 
 
+def _core_acl(args, config, pki, name: str) -> int:
+    """Rewrite the core broker's ACL from the PKI's identities and have it re-read."""
+    acl = args.acl
+    if acl is None and config is not None and config.pki.broker_crl:
+        acl = config.resolve(config.pki.broker_crl).parent.parent / "greengate.acl"
+    if acl is None or not acl.exists():
+        print(f"greengate-provision: the broker's ACL was not rewritten ({acl or 'no --acl'}"
+              f" and no [pki] broker_crl): run `greengate-provision mosquitto-config` again "
+              f"and reload the broker, or {name} may do nothing", file=sys.stderr)
+        return 1
+    mosquitto_config.write_acl(pki, acl)
+    _say(f"ACL rewritten: {acl}")
+    trouble = retiring.reload_broker(config.pki.broker_reload if config else "")
+    if trouble:
+        print(f"greengate-provision: the broker has not re-read its ACL ({trouble}): run "
+              f"`systemctl reload mosquitto` on the broker host, or {name} may do nothing",
+              file=sys.stderr)
+        return 1
+    _say("the broker re-read its ACL")
+    return 0
+
+
+def _bridge(args) -> int:
+    from . import bridge_config
+    config = _fleet_config(args) if args.fleet_config else None
+    try:
+        pki = PKI(args.pki or _pki_dir(args))
+        if not pki.path("ca.key").exists():
+            return _error(f"no fleet PKI in {pki.dir}: run `greengate-provision init` first")
+        made = bridge_config.write(pki, args.out, args.name, address=args.address,
+                                   core=args.core, port=args.port, bind=args.bind,
+                                   persistence_dir=args.persistence_dir)
+    except (PKIError, OSError) as exc:
+        return _error(str(exc))
+    _say(f"wrote {made['conf']} and {made['acl']} for the district broker {args.name}; its "
+         f"certificates and the bridge's are in {made['files']}: copy the directory to its "
+         "host")
+    if config is not None:
+        from fleet import bridges
+        with _fleet_session(config) as session:
+            bridges.register(session, args.name, args.address)
+            session.commit()
+        _say(f"the fleet knows bridge {args.name}: kiosks on {args.address} are shown "
+             "unreachable through it while it is down")
+    return _core_acl(args, config, pki, bridge_config.identity(args.name))
+
+
 def _identity(args) -> int:
     config = None
     try:
@@ -410,21 +482,4 @@ def _identity(args) -> int:
         return _error(str(exc))
     _say(f"{name} ({ROLES[args.role]}): {cert} and its key beside it; copy both to the host "
          "that runs it")
-    acl = args.acl
-    if acl is None and config is not None and config.pki.broker_crl:
-        acl = config.resolve(config.pki.broker_crl).parent.parent / "greengate.acl"
-    if acl is None or not acl.exists():
-        print(f"greengate-provision: the broker's ACL was not rewritten ({acl or 'no --acl'}"
-              f" and no [pki] broker_crl): run `greengate-provision mosquitto-config` again "
-              f"and reload the broker, or {name} may do nothing", file=sys.stderr)
-        return 1
-    mosquitto_config.write_acl(pki, acl)
-    _say(f"ACL rewritten: {acl}")
-    trouble = retiring.reload_broker(config.pki.broker_reload if config else "")
-    if trouble:
-        print(f"greengate-provision: the broker has not re-read its ACL ({trouble}): run "
-              f"`systemctl reload mosquitto` on the broker host, or {name} may do nothing",
-              file=sys.stderr)
-        return 1
-    _say("the broker re-read its ACL")
-    return 0
+    return _core_acl(args, config, pki, name)

@@ -15,9 +15,14 @@ name, so no kiosk can push another kiosk or a fleet process off the broker.
 The ACL (topics in greengate/messages.py; docs/provisioning.md#the-broker-acl) follows
 the fleet identities in the PKI's clients/ (their certificates' OU names the role):
 
-    ingest workers   read gg/v1/kiosk/#, write gg/v1/confirm/# and gg/v1/roster/#
+    ingest workers   read gg/v1/kiosk/# and gg/v1/bridge/# (bridges' state), write
+                     gg/v1/confirm/# and gg/v1/roster/#
     web (bundles)    read and write gg/v1/bundle/# and gg/v1/roster/#
     greengate-fleet  the old shared certificate: all of the above
+    bridges          a district broker's bridge (bridge-<name>, docs/scaling.md): write
+                     gg/v1/kiosk/# (its kiosks' messages go up) and its own
+                     gg/v1/bridge/<name>/state; read gg/v1/bundle/#, gg/v1/confirm/# and
+                     gg/v1/roster/# (what comes down)
     kiosks (%u)      write gg/v1/kiosk/<own id>/{scan,summary,heartbeat,presence},
                      read gg/v1/bundle/#, gg/v1/confirm/<own id>, gg/v1/roster/<own id>
                      and gg/v1/roster/<own id>/delta
@@ -46,11 +51,16 @@ def _role_lines(name: str, roles: tuple[str, ...]) -> list[str]:
     # rosters: the web server publishes them, and the ingest (a worker linked by a scan in
     # enrolment mode changes the roster)
     grants = {"ingest": [f"topic read {root}/kiosk/#", f"topic write {root}/confirm/#",
-                         f"topic write {root}/roster/#"],
-              "web": [f"topic readwrite {root}/bundle/#", f"topic readwrite {root}/roster/#"]}
+                         f"topic write {root}/roster/#", f"topic read {root}/bridge/#"],
+              "web": [f"topic readwrite {root}/bundle/#", f"topic readwrite {root}/roster/#"],
+              "bridge": [f"topic write {root}/kiosk/#", f"topic read {root}/bundle/#",
+                         f"topic read {root}/confirm/#", f"topic read {root}/roster/#",
+                         f"topic write {root}/bridge/{bridge_name(name)}/state"]}
     lines = [f"user {name}"]
     for role in roles:
         lines += grants[role]
+    if "bridge" in roles:  # everything it needs is granted above; the patterns add nothing
+        return lines + [""]
     # what the kiosk patterns below would give this name, and its roles do not need
     if "ingest" in roles:
         lines += [f"topic deny {root}/kiosk/{name}/#"]
@@ -61,6 +71,13 @@ def _role_lines(name: str, roles: tuple[str, ...]) -> list[str]:
     if "web" not in roles and "ingest" not in roles:
         lines += [f"topic deny {root}/roster/#"]
     return lines + [""]
+
+
+BRIDGE_PREFIX = "bridge-"  # a bridge identity's name: bridge-<bridge name>
+
+
+def bridge_name(identity: str) -> str:
+    return identity[len(BRIDGE_PREFIX):] if identity.startswith(BRIDGE_PREFIX) else identity
 
 
 def acl_text(fleet_identity: str | None = FLEET_IDENTITY,
@@ -87,6 +104,11 @@ def acl_text(fleet_identity: str | None = FLEET_IDENTITY,
                   "# signed bundles, retained; they read them back to clear stale deltas.", ""]
         for name in by_role["web"]:
             lines += _role_lines(name, ("web",))
+    if by_role.get("bridge"):
+        lines += ["# District brokers' bridges: their kiosks' messages up, bundles, rosters and",
+                  "# confirmations down, and their own connection state (docs/scaling.md).", ""]
+        for name in by_role["bridge"]:
+            lines += _role_lines(name, ("bridge",))
     if fleet_identity and fleet_identity not in (identities or {}):
         lines += ["# The old shared certificate (fleet.pem), for configs from before one",
                   "# identity per process: every fleet right.", ""]
@@ -143,34 +165,57 @@ def conf_text(*, port: int, files: Path, acl: Path, persistence_dir: str | None,
     ])
 
 
+def _group_id(group: str | None) -> int | None:
+    if not group:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+
+
+def share(path: Path, group: str | None, mode: int) -> None:
+    """A file the broker reads: `mode`, owned by root and the broker's group when that
+    group exists (a key then 0640), else private to its owner (a key 0600)."""
+    gid = _group_id(group)
+    if gid is None and mode & 0o040 and not mode & 0o004:
+        mode = 0o600
+    os.chmod(path, mode)
+    if gid is not None and os.geteuid() == 0:
+        os.chown(path, 0, gid)
+
+
 def write(pki: PKI, out: Path, *, port: int = 8883, persistence_dir: str | None = None,
-          bind: str | None = None, group: str | None = "mosquitto") -> dict[str, Path]:
+          bind: str | None = None, group: str | None = "mosquitto",
+          server: tuple[Path, Path] | None = None,
+          acl_identities: dict[str, str] | None = None) -> dict[str, Path]:
     """Write greengate.conf, greengate.acl and the broker's copies of the PKI files.
     The key is readable by `group` (the broker's) when that group exists.
-    persistence_dir None: greengate.conf goes into an include_dir (conf_text)."""
+    persistence_dir None: greengate.conf goes into an include_dir (conf_text).
+    server: (certificate, key) of this broker when not the PKI's server.pem (a district
+    broker's); acl_identities: the fleet identities the ACL names ({} for none: a
+    district broker, where only kiosks connect), None: the PKI's."""
     for name in ("ca.pem", "server.pem", "server.key", "crl.pem"):
         if not pki.path(name).exists():
             raise PKIError(f"{pki.path(name)} is missing: run `greengate-provision init` first")
     out = Path(out)
     files = out / "greengate"
     files.mkdir(parents=True, exist_ok=True)
-    gid = None
-    if group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            gid = None
-    os.chmod(files, 0o750 if gid is not None else 0o700)
-    if gid is not None and os.geteuid() == 0:
-        os.chown(files, 0, gid)
+    share(files, group, 0o750)
+    if _group_id(group) is None:
+        os.chmod(files, 0o700)
+    sources = {"ca.pem": pki.path("ca.pem"), "crl.pem": pki.path("crl.pem"),
+               "server.pem": server[0] if server else pki.path("server.pem"),
+               "server.key": server[1] if server else pki.path("server.key")}
     for name, mode in (("ca.pem", 0o644), ("server.pem", 0o644), ("crl.pem", 0o644),
-                       ("server.key", 0o640 if gid is not None else 0o600)):
+                       ("server.key", 0o640)):
         target = files / name
-        shutil.copyfile(pki.path(name), target)
-        os.chmod(target, mode)
-        if gid is not None and os.geteuid() == 0:
-            os.chown(target, 0, gid)
-    acl = write_acl(pki, out / "greengate.acl")
+        shutil.copyfile(sources[name], target)
+        share(target, group, mode)
+    if acl_identities is None:
+        acl = write_acl(pki, out / "greengate.acl")
+    else:
+        acl = _write_atomic(out / "greengate.acl", acl_text(None, acl_identities))
     conf = out / "greengate.conf"
     conf.write_text(conf_text(port=port, files=files.resolve(), acl=acl.resolve(),
                               persistence_dir=persistence_dir, bind=bind))
@@ -180,9 +225,12 @@ def write(pki: PKI, out: Path, *, port: int = 8883, persistence_dir: str | None 
 def write_acl(pki: PKI, path: Path) -> Path:
     """(Re)write the ACL from the PKI's fleet identities, atomically: Mosquitto re-reads
     it on SIGHUP and must never find half a file."""
-    path = Path(path)
+    return _write_atomic(Path(path), acl_text(FLEET_IDENTITY, pki.identities()))
+
+
+def _write_atomic(path: Path, text: str) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(acl_text(FLEET_IDENTITY, pki.identities()))
+    tmp.write_text(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path

@@ -15,6 +15,8 @@
                                    derives them; no kiosk has it (docs/privacy.md). The
                                    holder-sealing keys kiosks seal to are made by the fleet
                                    on first use, in sealing/ (fleet/sealing_keys.py)
+    brokers/NAME/server.pem, .key  a district broker's own TLS certificate (its host names),
+                                   `greengate-provision bridge` (docs/scaling.md)
     crl.pem                        revoked kiosk certificates, for Mosquitto's crlfile
     fleet.json                     the hosts init was given (broker host and port, web URL
                                    as kiosks reach them): what `enrol` writes into kiosk.toml
@@ -45,7 +47,9 @@ FLEET_IDENTITY = "greengate-fleet"  # CN of the old shared certificate; the defa
 CLIENTS = "clients"  # one certificate per fleet process
 # role -> what its processes are; the ACL (mosquitto_config.py) gives each role its topics
 ROLES = {"ingest": "an ingest worker", "web": "a bundle publisher (a web server worker, "
-                                              "`greengate-fleet bundles`)"}
+                                              "`greengate-fleet bundles`)",
+         "bridge": "a district broker's bridge to the core broker"}
+BROKERS = "brokers"  # district brokers' server certificates
 ROLE_OU = "fleet-"  # OU of a fleet identity's certificate: fleet-<role>
 # gunicorn runs 4 workers with a publisher each; a reload briefly doubles them; the
 # hourly `bundles refresh` and an admin's run need one each
@@ -210,6 +214,39 @@ class PKI:
         return key, self.issue_client(cn, key.public_key(),
                                       lifetime=dt.timedelta(minutes=minutes))
 
+    def issue_server(self, subject: str, hosts: list[str], public_key,
+                     days: int = SERVER_DAYS) -> x509.Certificate:
+        """A broker's TLS server certificate for `hosts` (DNS names or IP addresses)."""
+        now = _now()
+        return self._sign(
+            x509.CertificateBuilder()
+            .subject_name(_name(subject)).public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False))
+
+    def broker_paths(self, name: str) -> tuple[Path, Path]:
+        return (self.path(BROKERS) / name / "server.pem",
+                self.path(BROKERS) / name / "server.key")
+
+    def issue_broker(self, name: str, hosts: list[str]) -> tuple[Path, Path]:
+        """brokers/NAME/server.pem and .key: a district broker's certificate for the host
+        names its kiosks reach it by (made anew each time: the host list may change)."""
+        if not hosts:
+            raise PKIError("a broker's certificate needs at least one host name")
+        cert_path, key_path = self.broker_paths(name)
+        cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(key_path, _key_pem(key), 0o600)
+        _write(cert_path, _cert_pem(self.issue_server(hosts[0], hosts, key.public_key())),
+               0o644)
+        return cert_path, key_path
+
     # --- fleet identities (one per process) ------------------------------------------
     def identity_paths(self, name: str) -> tuple[Path, Path]:
         return self.path(CLIENTS) / f"{name}.pem", self.path(CLIENTS) / f"{name}.key"
@@ -362,16 +399,7 @@ def init(directory: Path, hosts: list[str], *, force: bool = False,
     _write(pki.path("ca.pem"), _cert_pem(ca), 0o644)
 
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server = pki._sign(
-        x509.CertificateBuilder()
-        .subject_name(_name(hosts[0])).public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                       critical=False))
+    server = pki.issue_server(hosts[0], hosts, server_key.public_key())
     _write(pki.path("server.key"), _key_pem(server_key), 0o600)
     _write(pki.path("server.pem"), _cert_pem(server), 0o644)
 

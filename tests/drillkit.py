@@ -42,10 +42,13 @@ class Fleet:
     """The fleet's side: config (SQLite), database, signing key, the issuer in the trust
     list, a publisher on the broker under `identity`."""
 
-    def __init__(self, tmp: Path, broker, issuer, *, identity: str = "fleet", deltas: int = 8):
+    def __init__(self, tmp: Path, broker, issuer, *, identity: str = "fleet", deltas: int = 8,
+                 tls=None):
+        """tls: TLSFiles whose cert and key may hold {identity} (one certificate per fleet
+        process, as a provisioned broker needs); default: the broker's for `identity`."""
         self.tmp, self.broker = tmp, broker
         self.identity = identity
-        files = broker.client_tls(identity)
+        files = tls or broker.client_tls(identity)
         self.url = f"sqlite:///{tmp / 'fleet.sqlite'}"
         self.config = load(None, env={}, fleet={"data_dir": str(tmp / "fleet"),
                                                 "database_url": self.url, "deployments": [DEP]},

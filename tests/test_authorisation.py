@@ -104,7 +104,7 @@ RULES = [
     Rule("GET", r"^/api/v1/organisations(/<code>)?$", EVERYONE | {MANAGER}),
     Rule("GET", r"^/api/v1/wards(/<code>)?$", EVERYONE),
     Rule("GET", r"^/api/v1/kiosks(/<kiosk_id>)?$", EVERYONE | {MANAGER}),  # its own kiosks
-    Rule("GET", r"^/api/v1/(districts|locations|kiosks|presence|outages|scans|stats|status|"
+    Rule("GET", r"^/api/v1/(districts|locations|kiosks|presence|bridges|outages|scans|stats|status|"
                 r"trust|policies|valuesets)(/|$)", EVERYONE),
     # the dashboard
     Rule("GET", r"^/live/home$", EVERYONE | {MANAGER}, anon="401"),  # a script: no redirect

@@ -35,29 +35,12 @@ from fleet.db import make_engine, make_sessions
 from fleet.models import RETIRED, AuditLog, EnrolmentToken, Kiosk, KioskCertificate, Scan
 from greengate import enrolment, messages
 from provisioning.cli import main as provision
-from tests.broker import Broker, free_port, wait_until
+from tests.broker import free_port, wait_until
 from tests.ingestkit import Workers, scan
+from tests.tiers import ProvisionedBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-
-
-class ProvisionedBroker(Broker):
-    """Mosquitto on exactly the configuration provisioning wrote (plus a log file, and
-    running as the test's user)."""
-
-    def __init__(self, directory: Path, generated: Path, port: int):
-        self.generated = generated
-        super().__init__(directory, None, port=port)
-        self.host = "127.0.0.1"
-
-    def _write_conf(self) -> None:
-        lines = [self.generated.read_text()]
-        if os.getuid() == 0:
-            lines.append("user root")
-        lines += [f"log_dest file {self.log_path}", "log_type all",
-                  "connection_messages true"]
-        self.conf_path.write_text("\n".join(lines) + "\n")
 
 
 class Fleet:

@@ -13,13 +13,14 @@ from flask import g, jsonify, request
 from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from .. import audit, kiosks, quarantine
+from .. import audit, bridges, kiosks, quarantine
+from ..presence import BRIDGE_DETAIL
 from ..app import current_fleet, db
 from ..auth import require
 from ..refusals import N_, Text
 from ..models import (ADMIN, DEGRADED, NEVER_SEEN, OFFLINE, ONLINE, OPERATOR, RETIRED, ROLES,
-                      STATES, District, Kiosk, Location, Organisation, Outage, PresenceEvent,
-                      PublishedBundle, Scan, Ward)
+                      STATES, UNREACHABLE, District, Kiosk, Location, Organisation, Outage,
+                      PresenceEvent, PublishedBundle, Scan, Ward)
 from . import ApiError, bp
 from .common import (CODE, CODE_RULE, bool_arg, choice_arg, district_by_code, int_arg, iso,
                      json_body, keyset_page, location_by_code, location_clause, now, page_args,
@@ -34,7 +35,7 @@ POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BUNDLE_KINDS = ("trust", "policy", "status", "valuesets")
 REQUIRED_KINDS = ("trust", "policy", "status")
 # order=attention: outages first, then problems, then the quiet ones.
-ATTENTION = (OFFLINE, DEGRADED, NEVER_SEEN, ONLINE, RETIRED)
+ATTENTION = (OFFLINE, UNREACHABLE, DEGRADED, NEVER_SEEN, ONLINE, RETIRED)
 KIOSK_PAGE = 500
 CONNECTED = (ONLINE, DEGRADED)
 
@@ -838,6 +839,39 @@ def presence():
     districts.sort(key=lambda e: (e["district"] is None,
                                   e["district"]["code"] if e["district"] else ""))
     return jsonify(at=iso(now()), states=totals, total=sum(totals.values()), districts=districts)
+
+
+@bp.get("/bridges")
+@require()
+def list_bridges():
+    """District brokers' bridges to the core (docs/scaling.md): state, since, and how many
+    of the caller's kiosks are unreachable through each."""
+    return jsonify(at=iso(now()), bridges=bridge_rows(db()))
+
+
+def bridge_rows(session) -> list[dict]:
+    """The district bridges (docs/scaling.md) with their kiosks unreachable through them,
+    in the caller's scope (an officer counts its district's kiosks)."""
+    rows = [bridges.as_json(b) for b in bridges.listed(session)]
+    if not rows:
+        return []
+    counts = unreachable_by_bridge(session)
+    for row in rows:
+        row["since"] = iso(row["since"]) if row["since"] is not None else None
+        row["unreachable"] = counts.get(row["name"], 0)
+    return rows
+
+
+def unreachable_by_bridge(session) -> dict[str, int]:
+    ids = find_kiosks(session, now(), states=[UNREACHABLE], only_ids=True)
+    out: dict[str, int] = {}
+    if ids:
+        for detail, n in session.execute(select(Kiosk.detail, func.count()).where(
+                Kiosk.id.in_(ids)).group_by(Kiosk.detail)):
+            if (detail or "").startswith(BRIDGE_DETAIL):
+                name = detail[len(BRIDGE_DETAIL):]
+                out[name] = out.get(name, 0) + n
+    return out
 
 
 # --- outages --------------------------------------------------------------------------------

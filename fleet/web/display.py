@@ -23,7 +23,8 @@ from . import bp
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 
 STATE_LABELS = {"online": _l("online"), "degraded": _l("degraded"), "offline": _l("offline"),
-                "never_seen": _l("never seen"), "retired": _l("retired")}
+                "never_seen": _l("never seen"), "retired": _l("retired"),
+                "unreachable": _l("unreachable")}
 DECISION_LABELS = {"green": _l("green"), "red": _l("red"), "unknown": _l("unreadable")}
 # docs/verification.md: reason and sub-reason codes, in words an operator understands
 REASON_LABELS = {
@@ -87,6 +88,7 @@ DETAIL_LABELS = {
 _SILENT = re.compile(r"^silent: (?:nothing heard|no heartbeat) for (?P<s>[0-9.]+) s(?P<re> since the fleet "
                      r"\(re\)connected)?$")
 _OUTBOX = re.compile(r"^outbox over (?P<n>[0-9]+)$")
+_BRIDGE = re.compile(r"^through bridge (?P<name>[a-z0-9-]{1,32})$")
 _POLICY = re.compile(r"^policy (?P<assigned>\S+) assigned, (?P<applied>\S+) applied$")
 _DEVICE = re.compile(r"^(?P<what>camera|scanner) (?P<how>not found|lost): (?P<why>.+)$")
 _FAULT = re.compile(r"^(?P<kind>config|storage|source|lists|clock): (?P<detail>.*)$", re.S)
@@ -133,6 +135,9 @@ def _part(text: str) -> Markup:
     match = _OUTBOX.match(text)
     if match:
         return escape(_("outbox over %(n)s", n=match["n"]))
+    match = _BRIDGE.match(text)
+    if match:
+        return escape(_("through bridge %(name)s (down)", name=match["name"]))
     match = _POLICY.match(text)
     if match:
         return escape(_("policy %(assigned)s assigned, %(applied)s applied",
@@ -243,6 +248,15 @@ def duration(seconds) -> str:
     if hours:
         return _("%(h)d h %(m)d min", h=hours, m=minutes)
     return _("%(m)d min", m=minutes)
+
+
+BRIDGE_LABELS = {"connected": _l("connected"), "down": _l("down"),
+                 "unknown": _l("not heard yet")}
+
+
+@bp.app_template_filter("bridge_label")
+def bridge_label(state) -> str:
+    return str(BRIDGE_LABELS.get(state, state))
 
 
 @bp.app_template_filter("state_label")

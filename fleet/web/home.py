@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from ..api.activity import silent_kiosks, state_counts
 from ..api.common import iso, now, scope
-from ..api.fleet_objects import find_kiosks
+from ..api.fleet_objects import bridge_rows, find_kiosks
 from ..app import current_fleet, db
 from ..auth import AuthError, current_user
 from ..models import DEGRADED, OFFLINE, ROLES, STATES, Outage
@@ -57,7 +57,7 @@ def home_data(session, at: float) -> dict:
     silent_hours = current_fleet().config.web.silent_hours
     silent = silent_kiosks(session, at, silent_hours * 60, limit=SILENT_LIMIT)
     return {"counts": counts, "outages": outages, "degraded": degraded, "silent": silent,
-            "silent_hours": silent_hours, "at": at}
+            "silent_hours": silent_hours, "at": at, "bridges": bridge_rows(session)}
 
 
 def live_payload(data: dict) -> tuple[bytes, str, str]:
