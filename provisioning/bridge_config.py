@@ -34,6 +34,7 @@ from .pki import PKI, PKIError
 UP = ("kiosk/#",)
 DOWN = ("bundle/#", "confirm/#", "roster/#")
 KEEPALIVE = 20  # seconds: how soon the core notices a silent link and publishes the will
+RESTART_CAP = 10  # seconds: the longest wait between the bridge's reconnection attempts
 
 
 def identity(name: str) -> str:
@@ -52,7 +53,8 @@ def split_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def bridge_text(name: str, *, core: str, files: Path, keepalive: int = KEEPALIVE) -> str:
+def bridge_text(name: str, *, core: str, files: Path, keepalive: int = KEEPALIVE,
+                restart_cap: int = RESTART_CAP) -> str:
     root = messages.ROOT
     return "\n".join([
         "",
@@ -71,8 +73,9 @@ def bridge_text(name: str, *, core: str, files: Path, keepalive: int = KEEPALIVE
         f"remote_clientid {identity(name)}",
         f"local_clientid {identity(name)}.local",
         f"keepalive_interval {keepalive}",
-        # reconnect backoff (base, cap): a core back after an outage is not stormed
-        "restart_timeout 1 30",
+        # reconnect backoff (base, cap): a bridge per district is no storm for the core,
+        # and a restored link carries the district's queue up within seconds
+        f"restart_timeout 1 {restart_cap}",
         "start_type automatic",
         "notifications true",
         f"notification_topic {messages.bridge_state_topic(name)}",

@@ -234,6 +234,40 @@ else
     fi
 fi
 
+# --- Mosquitto new enough for bridges ------------------------------------------
+# Debian 12's Mosquitto 2.0.11 spins at 100% CPU, serving nobody, once a bridge that
+# reconnected loses its link again (measured: tests/test_tiers_*.py, docs/scaling.md);
+# 2.0.21 does not. District brokers bridge to the core, and the tests cut bridges, so
+# the mqtt group takes Mosquitto from bookworm-backports on Debian 12.
+MOSQUITTO_MIN=2.0.21
+mosquitto_new_enough() {
+    local v
+    v=$(dpkg-query -W -f='${Version}' mosquitto 2>/dev/null) || return 1
+    dpkg --compare-versions "$v" ge "$MOSQUITTO_MIN"
+}
+if [[ -n ${seen_groups[mqtt]+x} && $no_system != 1 ]] && command -v apt-get >/dev/null 2>&1 &&
+        ! mosquitto_new_enough; then
+    # shellcheck source=/dev/null
+    codename=$(. /etc/os-release 2>/dev/null; printf '%s' "${VERSION_CODENAME:-}")
+    if [[ $codename == bookworm ]]; then
+        backports=/etc/apt/sources.list.d/greengate-bookworm-backports.list
+        if [[ ! -e $backports ]]; then
+            log "adding bookworm-backports ($backports) for Mosquitto >= $MOSQUITTO_MIN"
+            printf '%s\n' "deb http://deb.debian.org/debian bookworm-backports main" |
+                as_root tee "$backports" >/dev/null
+        fi
+        apt_wait as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get -o DPkg::Lock::Timeout=10 update -q
+        log "installing Mosquitto from bookworm-backports"
+        apt_wait as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get -o DPkg::Lock::Timeout=10 install -y -q --no-install-recommends \
+            -t bookworm-backports mosquitto mosquitto-clients
+    else
+        warn "Mosquitto $(dpkg-query -W -f='${Version}' mosquitto 2>/dev/null || echo '?') is" \
+            "older than $MOSQUITTO_MIN: its bridges can hang (docs/scaling.md); install a newer one"
+    fi
+fi
+
 # --- virtualenv ------------------------------------------------------------------
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 if [[ $need_venv == 1 ]]; then

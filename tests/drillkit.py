@@ -43,7 +43,7 @@ class Fleet:
     list, a publisher on the broker under `identity`."""
 
     def __init__(self, tmp: Path, broker, issuer, *, identity: str = "fleet", deltas: int = 8,
-                 tls=None):
+                 tls=None, keepalive: float = 30.0):
         """tls: TLSFiles whose cert and key may hold {identity} (one certificate per fleet
         process, as a provisioned broker needs); default: the broker's for `identity`."""
         self.tmp, self.broker = tmp, broker
@@ -55,7 +55,7 @@ class Fleet:
                            mqtt={"host": broker.host, "port": broker.port, "tls": True,
                                  "ca": files.ca, "cert": files.cert, "key": files.key,
                                  "batch_size": 50, "batch_seconds": 0.05},
-                           presence={"keepalive": 30.0, "sweep": 0.2},
+                           presence={"keepalive": keepalive, "sweep": 0.2},
                            bundles={"deltas": deltas})
         self.engine = make_engine(self.url)
         migrate.upgrade(self.engine)
@@ -91,7 +91,8 @@ class KioskProc:
 
     def __init__(self, tmp: Path, broker, fleet_pem: bytes, kid: str, *, heartbeat=1.0,
                  budget_hours: float = 72.0, identity: str | None = None,
-                 confirm_timeout: float = 30.0):
+                 confirm_timeout: float = 30.0, brokers: list | None = None,
+                 failover_after: float = 120.0):
         self.tmp = tmp / kid
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.kid = kid
@@ -102,6 +103,9 @@ class KioskProc:
         self.fd = os.open(self.fifo, os.O_RDWR)
         (self.tmp / "fleet.pem").write_bytes(fleet_pem)
         tls = broker.client_tls(identity or kid)
+        # brokers: ["host:port", ...] in order (the kiosk fails over); else `broker` alone
+        where = (f"brokers = {list(brokers)!r}\nfailover_after = {failover_after}".replace("'", '"')
+                 if brokers else f'host = "{broker.host}"\nport = {broker.port}')
         self.config = self.tmp / "kiosk.toml"
         self.config.write_text(f"""
 [kiosk]
@@ -121,8 +125,7 @@ cooldown = 0.0
 backend = "mock"
 
 [mqtt]
-host = "{broker.host}"
-port = {broker.port}
+{where}
 ca = "{tls.ca}"
 cert = "{tls.cert}"
 key = "{tls.key}"

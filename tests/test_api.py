@@ -212,7 +212,8 @@ def test_kiosk_filters(fleet):
     assert ids("/api/v1/kiosks?location=q1-office") == ["q1-c", "q1-d"]
     assert ids("/api/v1/kiosks?state=offline,degraded&order=id") == ["q1-b", "q1-c", "q3-a"]
     assert get(fleet, "/api/v1/kiosks?state=sleeping", status=400)["message"] == (
-        "state='sleeping' is not known; use one of: never_seen, online, degraded, offline, retired")
+        "state='sleeping' is not known; use one of: never_seen, online, degraded, unreachable, "
+        "offline, retired")
     assert get(fleet, "/api/v1/kiosks?order=random", status=400)["message"] == (
         "order='random' is not known; use one of: map, attention, id")
     assert get(fleet, "/api/v1/kiosks?district=q9", status=404)["message"] == \
@@ -319,11 +320,11 @@ def test_enrolling_a_kiosk_the_fleet_already_heard_adopts_its_row(fleet):
 def test_presence_counts_per_state_and_district(fleet):
     answer = get(fleet, "/api/v1/presence")
     assert answer["states"] == {"never_seen": 1, "online": 2, "degraded": 1, "offline": 2,
-                                "retired": 1}
+                                "retired": 1, "unreachable": 0}
     assert answer["total"] == 7
     per = {(d["district"] or {}).get("code"): d for d in answer["districts"]}
     assert per["q1"]["states"] == {"never_seen": 0, "online": 2, "degraded": 1, "offline": 1,
-                                   "retired": 0}
+                                   "retired": 0, "unreachable": 0}
     assert per["q3"]["total"] == 2 and per[None]["states"]["retired"] == 1
 
 
@@ -520,7 +521,7 @@ def test_overview_counts_and_silent_kiosks(fleet):
     assert default == round(config.web.silent_hours * 60) == 120
     answer = get(fleet, "/api/v1/stats/overview?tz=Asia/Ho_Chi_Minh&silent_minutes=30")
     assert answer["kiosks"] == {"never_seen": 1, "online": 2, "degraded": 1, "offline": 2,
-                                "retired": 1, "total": 7}
+                                "retired": 1, "unreachable": 0, "total": 7}
     # Today in HCMC began at 17:00Z the day before: the scan at 23:00Z counts.
     assert answer["scans"] == {"last_hour": 1 + 1 + 5, "today": 4 + 5,
                                "today_since": "2021-10-04T17:00:00.000Z"}

@@ -100,7 +100,7 @@ def test_home_shows_counts_then_outages_longest_first_then_degraded_and_silent(f
     assert page.status_code == 200
     counts = dict(re.findall(r'data-state="(\w+)">(\d+)<', page.get_data(as_text=True)))
     assert counts == {"offline": "2", "degraded": "1", "online": "2", "never_seen": "1",
-                      "retired": "1"}
+                      "retired": "1", "unreachable": "0"}
     html = page.get_data(as_text=True)
     # the outages come before the degraded and silent kiosks, the longest outage first
     assert html.index('id="outages"') < html.index('id="degraded"') < html.index('id="silent"')

@@ -330,7 +330,8 @@ def test_kiosk_killed_mid_stream_and_broker_down_loses_nothing(site, subscriber)
 
     first_ids = [sid for sid, _ in site.logged_scans("first.log")]
     second_ids = [sid for sid, _ in site.logged_scans("second.log")]
-    assert len(second_ids) == 6 and len(first_ids) >= 50
+    # at least the backlog it built (the subscriber's 20 may hold a redelivered copy)
+    assert len(second_ids) == 6 and len(first_ids) >= base + 30 >= 49
     logged = set(first_ids) | set(second_ids)
     msgs = sub.wait_for(lambda m: logged <= {s["id"] for s in scans(m)}, 30,
                         "every logged decision")

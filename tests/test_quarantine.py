@@ -281,10 +281,12 @@ def test_metrics_count_quarantine_and_gaps_and_say_zero_when_empty(fleet_app, fl
     values = scrape(fleet.client)
     held = {labels[0][1]: v for (n, labels), v in values.items()
             if n == "greengate_fleet_quarantined_messages"}
-    assert held == {"scan": 26, "heartbeat": 1, "unknown": 1, "summary": 0, "presence": 0}
+    assert held == {"scan": 26, "heartbeat": 1, "unknown": 1, "summary": 0, "presence": 0,
+                    "bridge": 0}
     recent = {labels[0][1]: v for (n, labels), v in values.items()
               if n == "greengate_fleet_quarantined_last_hour"}
-    assert recent == {"scan": 5, "heartbeat": 0, "unknown": 0, "summary": 0, "presence": 0}
+    assert recent == {"scan": 5, "heartbeat": 0, "unknown": 0, "summary": 0, "presence": 0,
+                      "bridge": 0}
     assert values[("greengate_fleet_quarantined_reasons",
                    (("kind", "scan"), ("reason", "bad_json")))] == 25
     assert values[("greengate_fleet_kiosks_with_gaps", ())] == 1

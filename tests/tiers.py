@@ -172,7 +172,8 @@ class Tiers:
             # within seconds instead of a minute
             conf = out / "greengate.conf"
             conf.write_text(conf.read_text().replace(
-                f"keepalive_interval {bridge_config.KEEPALIVE}", f"keepalive_interval {keepalive}"))
+                f"keepalive_interval {bridge_config.KEEPALIVE}", f"keepalive_interval {keepalive}")
+                .replace(f"restart_timeout 1 {bridge_config.RESTART_CAP}", "restart_timeout 1 2"))
             self.district[name] = ProvisionedBroker(self.tmp / f"{name}-broker", conf, port,
                                                     self.pki, self.tls_dir)
         # the core's configuration last: its ACL names every bridge identity
