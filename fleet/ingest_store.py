@@ -4,7 +4,7 @@
     written = store.write([(kiosk, scan_doc, raw), ...], [(kiosk, summary_doc, raw), ...],
                           [Quarantined(...), ...])
 
-Rows go in with INSERT ... ON CONFLICT DO NOTHING on (kiosk_id, scan_id) /
+Rows go in with INSERT ... ON CONFLICT DO NOTHING on (kiosk_id, scan_id, ts) /
 (kiosk_id, summary_id) as one executemany each (Core, no ORM objects on the hot
 path, fleet/sqlinsert.py), so a replayed or redelivered message is stored once and
 counted as a duplicate. Messages the worker refused (fleet/ingest.py) go to the
@@ -48,6 +48,8 @@ from .sqlinsert import BulkInsert, insert_ignore
 log = logging.getLogger("greengate.fleet.ingest")
 
 SCAN = Scan.__table__
+# the idempotency key (fleet/models.py Scan): a redelivered scan carries the same ts
+SCAN_KEY = ["kiosk_id", "scan_id", "ts"]
 SUMMARY = ScanSummary.__table__
 KIOSK = Kiosk.__table__
 LOCATION = Location.__table__
@@ -137,7 +139,7 @@ class ScanStore:
         self.clock = clock
         self.directory = KioskDirectory(refresh)
         self.sqlite = engine.dialect.name == "sqlite"
-        self._scan_insert = BulkInsert(engine, SCAN, ["kiosk_id", "scan_id"], SCAN_COLUMNS)
+        self._scan_insert = BulkInsert(engine, SCAN, SCAN_KEY, SCAN_COLUMNS)
         self._summary_insert = BulkInsert(engine, SUMMARY, ["kiosk_id", "summary_id"],
                                           SUMMARY_COLUMNS)
         self._kiosk_insert = insert_ignore(engine, KIOSK, ["id"])

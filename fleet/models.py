@@ -117,10 +117,16 @@ class Bridge(Base):
 
 
 class Scan(Base):
-    """One decision of one kiosk. (kiosk_id, scan_id) is the idempotency key:
-    QoS 1 and outbox replays deliver some scans twice; they are stored once."""
+    """One decision of one kiosk. (kiosk_id, scan_id, ts) is the idempotency key: QoS 1
+    and outbox replays deliver some scans twice, always with the bytes the kiosk stored,
+    so with the same ts; they are stored once. ts is in the key because on PostgreSQL
+    the table is partitioned by it (one partition a day, fleet/partitions.py), and a
+    unique key there must hold the partition key. The primary key there is (id, ts)."""
     __tablename__ = "scan"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # bigint on PostgreSQL: a nation's fleet passes 2^31 scans in months (retention drops
+    # rows, not sequence numbers); SQLite's integer is 64-bit already
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
     kiosk_id: Mapped[str] = mapped_column(String(63))
     scan_id: Mapped[str] = mapped_column(String(64))
     ts: Mapped[float] = mapped_column(Float)  # kiosk time of the decision
@@ -137,7 +143,7 @@ class Scan(Base):
     district_id: Mapped[int | None] = mapped_column(Integer)
     seq: Mapped[int | None] = mapped_column(BigInteger)  # the kiosk's sequence number, if sent
     __table_args__ = (
-        UniqueConstraint("kiosk_id", "scan_id", name="uq_scan_kiosk_scan"),
+        UniqueConstraint("kiosk_id", "scan_id", "ts", name="uq_scan_kiosk_scan_ts"),
         # covering for the hourly volumes (ts range, count by decision): the stats read
         # hundreds of thousands of rows a day without touching the table
         Index("ix_scan_ts_decision", "ts", "decision"),

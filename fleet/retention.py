@@ -4,7 +4,11 @@ holder's pseudonym and where and when they were seen; past the tracing window
 nobody may keep that.
 
 `greengate-fleet scans purge`, run hourly by systemd/greengate-fleet-maintain.timer.
-Rows go in chunks, each its own short transaction, so the ingest worker sharing a
+On PostgreSQL the scan table is partitioned by day (fleet/partitions.py): every day
+wholly older than the cutoff is DROPPED, one statement whatever its size, and the
+purge also makes the days ahead (PARTITIONS_AHEAD). What is left to go (the older
+hours of the boundary day, old rows in the default partition, SQLite's one table)
+goes in chunks, each its own short transaction, so the ingest worker sharing a
 SQLite file waits at most one chunk, never the whole purge. Age is the kiosk's
 decision time (`ts`), the moment the person stood there.
 
@@ -21,13 +25,14 @@ import time
 
 from sqlalchemy import delete, select
 
-from . import audit
+from . import audit, partitions
 from .models import QuarantinedMessage, Scan, ScanSummary
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
 CHUNK = 5000
+PARTITIONS_AHEAD = 7  # days of scan partitions made ahead of today (PostgreSQL)
 
 
 def cutoff(config, now: float | None = None, days: float | None = None) -> float:
@@ -43,7 +48,8 @@ def _purge_table(sessions, table, id_column, where, chunk: int) -> int:
                                   .order_by(id_column).limit(chunk)).all()
             if not ids:
                 return total
-            session.execute(delete(table).where(id_column.in_(ids)))
+            # `where` again: on a partitioned table it keeps the delete to the old days
+            session.execute(delete(table).where(id_column.in_(ids), where))
             session.commit()
         total += len(ids)
 
@@ -51,17 +57,26 @@ def _purge_table(sessions, table, id_column, where, chunk: int) -> int:
 def purge(sessions, before: float, *, actor: str = "system", chunk: int = CHUNK) -> dict:
     """Delete scans decided before `before` (epoch seconds) and summaries of hours that
     ended before it, and quarantined messages received before it; audited with the counts.
-    Returns {"scans": n, "summaries": m, "quarantined": q}."""
-    scans = _purge_table(sessions, Scan, Scan.id, Scan.ts < before, chunk)
+    Returns {"scans": n, "summaries": m, "quarantined": q, "partitions": p} (n: with the
+    rows of the p day partitions dropped)."""
+    with sessions() as session:
+        connection = session.connection()
+        partitions.ensure(connection, time.time(), PARTITIONS_AHEAD)
+        dropped = partitions.drop_before(connection, before)
+        session.commit()
+    scans = sum(rows for _, rows in dropped)
+    scans += _purge_table(sessions, Scan, Scan.id, Scan.ts < before, chunk)
     # a summary's hour (epoch seconds of its start) goes once all of it is older
     summaries = _purge_table(sessions, ScanSummary, ScanSummary.id,
                              ScanSummary.hour + 3600 <= before, chunk)
     quarantined = _purge_table(sessions, QuarantinedMessage, QuarantinedMessage.id,
                                QuarantinedMessage.received < before, chunk)
-    counts = {"scans": scans, "summaries": summaries, "quarantined": quarantined}
-    if scans or summaries or quarantined:
+    counts = {"scans": scans, "summaries": summaries, "quarantined": quarantined,
+              "partitions": len(dropped)}
+    if scans or summaries or quarantined or dropped:
         with sessions() as session:
-            audit.record(session, actor, "scans.purge", "", before=before, **counts)
+            audit.record(session, actor, "scans.purge", "", before=before,
+                         dropped=[name for name, _ in dropped], **counts)
             session.commit()
         log.info("purged %d scan(s), %d summary row(s) and %d quarantined message(s) from "
                  "before %s", scans, summaries, quarantined,
@@ -83,6 +98,8 @@ def run(config, args) -> int:
     finally:
         engine.dispose()
     days = config.fleet.retention_days if args.days is None else args.days
-    print(f"purged {counts['scans']} scan(s), {counts['summaries']} summary row(s) and "
-          f"{counts['quarantined']} quarantined message(s) older than {days:g} days")
+    dropped = f" ({counts['partitions']} day partition(s) dropped)" if counts["partitions"] \
+        else ""
+    print(f"purged {counts['scans']} scan(s){dropped}, {counts['summaries']} summary row(s) "
+          f"and {counts['quarantined']} quarantined message(s) older than {days:g} days")
     return 0

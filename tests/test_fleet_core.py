@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
-from fleet import auth, migrate
+from fleet import auth, migrate, partitions
 from fleet.cli import main
 from fleet.config import ConfigError, load
 from fleet.db import make_engine, make_sessions
@@ -63,7 +63,10 @@ def test_migrations_build_exactly_the_models_schema(database_url):
         migrate.upgrade(engine)
         assert migrate.current(engine) == migrate.head()
         with engine.connect() as connection:
-            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+            # the scan table's day partitions (PostgreSQL) are not model tables
+            context = MigrationContext.configure(
+                connection, opts={"include_name": partitions.schema_name})
+            diff = compare_metadata(context, Base.metadata)
         assert diff == [], diff
         tables = set(inspect(engine).get_table_names())
         assert {"scan", "kiosk", "status_entry", "presence_event", "outage", "audit_log",

@@ -141,7 +141,7 @@ def test_bulk_insert_counts_what_it_inserted(fleet_db, per_statement):
     what went in, columns in any order, batches not a multiple of the statement size."""
     engine = fleet_db.kw["bind"]
     columns = ["scan_id", "kiosk_id", "ts", "received", "decision", "reason", "policy"]
-    bulk = BulkInsert(engine, Scan.__table__, ["kiosk_id", "scan_id"], columns,
+    bulk = BulkInsert(engine, Scan.__table__, ["kiosk_id", "scan_id", "ts"], columns,
                       per_statement=per_statement)
     rows = [(f"scan-{i:04d}", f"k{i % 2}", 1.0 + i, 2.0, "green", "ok", "p") for i in range(7)]
     with engine.begin() as c:

@@ -39,16 +39,18 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff(fleet_db):
                    for offset in (-5000, -1, 0, 10)])
         s.commit()
     counts = retention.purge(fleet_db, before, chunk=3)  # chunks: several rounds
-    assert counts == {"scans": 10, "summaries": 2, "quarantined": 2}
+    assert counts == {"scans": 10, "summaries": 2, "quarantined": 2, "partitions": 0}
     with fleet_db() as s:
         assert min(s.scalars(select(Scan.ts))) == before  # not older: kept
         assert s.scalars(select(ScanSummary.summary_id)).all() == ["sum3"]  # hour not over
         (entry,) = s.scalars(select(AuditLog).where(AuditLog.action == "scans.purge")).all()
-        assert entry.detail == {"before": before, "scans": 10, "summaries": 2, "quarantined": 2}
+        assert entry.detail == {"before": before, "scans": 10, "summaries": 2, "quarantined": 2,
+                                "partitions": 0, "dropped": []}
         assert sorted(s.scalars(select(QuarantinedMessage.received))) == [before, before + 10]
     assert count(fleet_db, Kiosk) == 1
     # again: nothing left to do, nothing audited
-    assert retention.purge(fleet_db, before) == {"scans": 0, "summaries": 0, "quarantined": 0}
+    assert retention.purge(fleet_db, before) == {"scans": 0, "summaries": 0, "quarantined": 0,
+                                                 "partitions": 0}
     assert count(fleet_db, AuditLog) == 1
 
 

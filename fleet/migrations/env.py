@@ -4,6 +4,7 @@ from an alembic.ini, so `greengate-fleet db upgrade` works from any directory.""
 from alembic import context
 
 from fleet.models import Base
+from fleet.partitions import schema_name
 
 config = context.config
 
@@ -14,7 +15,7 @@ def run_migrations_online() -> None:
         raise RuntimeError("run migrations through fleet.migrate (greengate-fleet db upgrade)")
     context.configure(connection=connection, target_metadata=Base.metadata,
                       render_as_batch=connection.dialect.name == "sqlite",  # ALTER on SQLite
-                      compare_type=True)
+                      compare_type=True, include_name=schema_name)
     with context.begin_transaction():
         context.run_migrations()
 
