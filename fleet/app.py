@@ -4,6 +4,12 @@
 
 The app holds one `Fleet` (config, engine, session factory) in
 app.extensions["greengate"]; request handlers reach it through `current_fleet()`.
+
+Read replica ([fleet] read_database_url, docs/fleet.md#read-replica): `db()` is the one
+seam every view gets its session from. A GET/HEAD/OPTIONS request reads from the
+replica; every other method, and who the caller is (`primary_db()`: a revoked token or
+a disabled user must be refused at once, and a token's use is written), go to the
+primary. A read request that tries to write through the replica's session fails loudly.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import Flask, abort, current_app, g, request
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -31,13 +38,20 @@ class Fleet:
     engine: Engine
     sessions: sessionmaker[Session]
     publisher: object | None = None  # fleet.publisher.Publisher, when MQTT is configured
+    read_engine: Engine | None = None  # the replica's, when [fleet] read_database_url is set
+    read_sessions: sessionmaker[Session] | None = None
 
 
 def create_app(config: config_module.FleetConfig | None = None, *, publisher=None) -> Flask:
     config = config or config_module.load()
     app = Flask("fleet")
     engine = make_engine(config.database_url)
-    app.extensions["greengate"] = Fleet(config, engine, make_sessions(engine), publisher)
+    fleet = Fleet(config, engine, make_sessions(engine), publisher)
+    if config.sections["fleet"]["read_database_url"]:
+        fleet.read_engine = make_engine(config.read_database_url)
+        fleet.read_sessions = make_sessions(fleet.read_engine)
+        event.listen(fleet.read_sessions, "before_flush", _read_only)
+    app.extensions["greengate"] = fleet
     app.config["SECRET_KEY"] = config.fleet.secret_key or _secret_key(config)
     app.config["JSON_SORT_KEYS"] = False
     app.config.update(SESSION_COOKIE_NAME="greengate", SESSION_COOKIE_HTTPONLY=True,
@@ -72,9 +86,10 @@ def create_app(config: config_module.FleetConfig | None = None, *, publisher=Non
 
     @app.teardown_appcontext
     def _close_session(_exc):
-        session = g.pop("db", None)
-        if session is not None:
-            session.close()
+        for name in ("db", "primary_db"):
+            session = g.pop(name, None)
+            if session is not None:
+                session.close()
 
     return app
 
@@ -84,10 +99,32 @@ def current_fleet() -> Fleet:
 
 
 def db() -> Session:
-    """The request's session (closed at the end of the request)."""
+    """The request's session (closed at the end of the request): the read replica's for
+    a GET/HEAD/OPTIONS request when one is configured, else the primary's."""
     if "db" not in g:
-        g.db = current_fleet().sessions()
+        fleet = current_fleet()
+        if fleet.read_sessions is not None and request.method in READ_METHODS:
+            g.db = fleet.read_sessions()
+        else:
+            g.db = primary_db()
     return g.db
+
+
+def primary_db() -> Session:
+    """The primary's session, whatever the method: for who the caller is (fleet.auth),
+    and for anything that writes."""
+    if "primary_db" not in g:
+        g.primary_db = current_fleet().sessions()
+    return g.primary_db
+
+
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def _read_only(session, _flush_context, _instances):
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("a read-only request (GET) tried to write through the read "
+                           "replica's session; write in a POST, or use primary_db()")
 
 
 def _secret_key(config) -> str:

@@ -230,8 +230,8 @@ def require(*roles: str):
     def decorate(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            from .app import db
-            user = current_user(db())
+            from .app import primary_db  # who calls: never a lagging replica
+            user = current_user(primary_db())
             if user is None:
                 raise AuthError(401, "log in, or send an API token as 'Authorization: Bearer …'")
             if not admitted(user, roles):

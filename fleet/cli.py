@@ -2,7 +2,7 @@
 
     greengate-fleet [--config FILE] db upgrade | db current
     greengate-fleet [--config FILE] serve [--host H] [--port P]     (development server)
-    greengate-fleet [--config FILE] ingest [--no-presence] [--worker NAME] [--leave]
+    greengate-fleet [--config FILE] ingest [--no-presence] [--standby] [--worker NAME] [--leave]
                                            [--metrics-port P]  (MQTT ingest worker)
     greengate-fleet [--config FILE] user create|add NAME --role ROLE [--district CODE]
     greengate-fleet [--config FILE] user list | disable|enable|delete|passwd NAME
@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     ingest = sub.add_parser("ingest", help="run an MQTT ingest worker")
     ingest.add_argument("--no-presence", action="store_true",
                         help="ingest scans only; another worker tracks presence")
+    ingest.add_argument("--standby", action="store_true",
+                        help="if another worker tracks presence, ingest scans and take over "
+                             "presence when it stops or dies (run every host's worker so)")
     ingest.add_argument("--worker", default="1", help="this worker's name in its client id "
                                                       "(fixed: its broker session is kept)")
     ingest.add_argument("--leave", action="store_true",

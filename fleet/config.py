@@ -35,6 +35,9 @@ SCHEMA: dict[str, dict[str, tuple[type, object, str]]] = {
         "data_dir": (str, "/var/lib/greengate-fleet", "database file (SQLite), keys, exports"),
         "database_url": (str, "", "SQLAlchemy URL; empty: SQLite file `fleet.sqlite` in "
                                   "data_dir. PostgreSQL: `postgresql+psycopg://user@host/db`"),
+        "read_database_url": (str, "", "a read replica for the dashboard's and API's "
+                                       "read-only requests (GET); empty: the primary. "
+                                       "docs/fleet.md#read-replica"),
         "secret_key": (str, "", "Flask session key; empty: generated once into data_dir"),
         "deployments": (list, ["default"], "deployments (cities) whose lists this fleet signs"),
         "retention_days": (int, 21, "scans older than this many days are deleted "
@@ -203,6 +206,11 @@ class FleetConfig:
     @property
     def database_url(self) -> str:
         return self.sections["fleet"]["database_url"] or f"sqlite:///{self.data_dir / 'fleet.sqlite'}"
+
+    @property
+    def read_database_url(self) -> str:
+        """Where read-only requests read: the replica, else the primary."""
+        return self.sections["fleet"]["read_database_url"] or self.database_url
 
     def resolve(self, value: str) -> Path:
         """A path from the config: relative ones are under data_dir."""

@@ -98,6 +98,7 @@ SESSION_EXPIRY = 0xFFFFFFFF  # MQTT 5 "never expires": the share waits for its w
 RETRY = (0.5, 10.0)  # seconds between attempts at a failing commit: first, at most
 STOP_GRACE = 10.0  # seconds a stopping worker keeps retrying before it gives up
 REFRESH = 30.0  # seconds between reloads of the kiosk directory (locations, retirements)
+STANDBY_RETRY = 1.0  # --standby: seconds between attempts at the presence lock
 LEAVE_IDLE = 2.0  # --leave: seconds without a message that mean the session is drained
 LOG_EVERY = 60.0  # seconds between log lines about the same kiosk's bad messages
 # confirmations on their way to the broker at once (paho queues the rest): Mosquitto's
@@ -171,6 +172,7 @@ def _known(doc: dict, fields: tuple) -> dict:
 
 class IngestWorker:
     def __init__(self, config, *, worker: str = "1", presence: bool = True, leave: bool = False,
+                 standby: bool = False,
                  metrics: IngestMetrics | None = None, clock=time.time,
                  seen_flush: float | None = None, stop_grace: float = STOP_GRACE,
                  leave_idle: float = LEAVE_IDLE):
@@ -178,6 +180,10 @@ class IngestWorker:
         self.name = worker
         self.client_id = f"{config.mqtt.client_id}-ingest-{worker}"
         self.tracks_presence = presence and not leave
+        # --standby: the presence lock busy, ingest scans and take the lock once it frees
+        # (its holder stopped or died): one tracker at a time, and one while any runs
+        self.standby = standby and self.tracks_presence
+        self._next_try = 0.0  # monotonic: the next attempt at the lock, standing by
         self.leave = leave
         self.batch_size = max(1, int(config.mqtt.batch_size))
         self.batch_seconds = max(0.0, float(config.mqtt.batch_seconds))
@@ -234,6 +240,7 @@ class IngestWorker:
         self._db_was_down = False
         self._idle_since: float | None = None  # --leave: since the last message (once up)
         self._tracker_lock: DatabaseLock | None = None
+        self._waiting_tracker: Tracker | None = None  # --standby: until the lock frees
 
     # --- filters ----------------------------------------------------------------------
     @property
@@ -265,16 +272,14 @@ class IngestWorker:
                 self._retry_db(self._tracker_lock.acquire, "take the presence tracker lock")
             except LockBusy:
                 self._tracker_lock = None
-                self.engine.dispose()
-                raise
-
-            def load():
-                with self.engine.connect() as connection:
-                    self.tracker.load(presence_db.load_rows(connection))
-                    self.tracker.assign(presence_db.load_assignments(connection))
-                    self.tracker.known_bridges(presence_db.load_bridges(connection))
-            self._retry_db(load, "load kiosk presence")
-            self._gauges()
+                if not self.standby:
+                    self.engine.dispose()
+                    raise
+                self._waiting_tracker, self.tracker = self.tracker, None
+                log.info("ingest worker %s: another worker tracks presence; standing by",
+                         self.name)
+            if self.tracker is not None:
+                self._load_presence()
         self.client = self._make_client()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY
@@ -292,6 +297,36 @@ class IngestWorker:
                  "scans only" if not self.leave else "leaving", self.batch_size,
                  self.batch_seconds)
         return self
+
+    def _load_presence(self) -> None:
+        def load():
+            with self.engine.connect() as connection:
+                self.tracker.load(presence_db.load_rows(connection))
+                self.tracker.assign(presence_db.load_assignments(connection))
+                self.tracker.known_bridges(presence_db.load_bridges(connection))
+        self._retry_db(load, "load kiosk presence")
+        self._gauges()
+
+    def _take_over(self, now: float) -> None:
+        """Standing by: take the presence lock if its holder is gone, then track."""
+        if now < self._next_try:
+            return
+        self._next_try = now + STANDBY_RETRY
+        lock = DatabaseLock(self.engine, "presence", b"GGPRESNC")
+        try:
+            lock.acquire()
+        except (LockBusy, SQLAlchemyError):
+            return
+        self._tracker_lock = lock
+        self.tracker, self._waiting_tracker = self._waiting_tracker, None
+        self._load_presence()
+        if self._connected:  # listening already: every connected kiosk gets a full timeout
+            self.tracker.resume(self.clock())
+        log.info("ingest worker %s: the presence tracker stopped; this worker tracks "
+                 "presence now", self.name)
+        # the retained presence of every kiosk arrives with this subscription; a
+        # reconnection from here on subscribes in _on_connect
+        self.client.subscribe([(t, SubscribeOptions(qos=0)) for t in self.presence_filters()])
 
     def stop(self, timeout: float = 30.0) -> None:
         """Commit and acknowledge what is in hand, disconnect (session kept)."""
@@ -484,6 +519,9 @@ class IngestWorker:
                     self._batch([queue.popleft() for _ in range(take)])
                 first_at = now if queue else None
             now = time.monotonic()
+            if self._waiting_tracker is not None and not self._stop.is_set():
+                self._take_over(now)
+                next_sweep, next_flush = now + self.sweep_every, now + self.seen_flush
             if self.tracker is not None:
                 if now >= next_sweep:
                     next_sweep = now + self.sweep_every
@@ -980,7 +1018,8 @@ def run(config, args) -> int:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
     worker = IngestWorker(config, worker=args.worker, presence=not args.no_presence,
-                          leave=getattr(args, "leave", False))
+                          leave=getattr(args, "leave", False),
+                          standby=getattr(args, "standby", False))
     port = getattr(args, "metrics_port", None)
     if port:
         worker.metrics.serve(port, getattr(args, "metrics_addr", None) or "127.0.0.1")

@@ -213,8 +213,8 @@ def hour_bucket(session, column):
 
 # --- who may see what -----------------------------------------------------------------
 def caller():
-    from ..app import db
-    return current_user(db())
+    from ..app import primary_db  # who calls: never a lagging replica
+    return current_user(primary_db())
 
 
 def scope() -> int | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from flask import Response, g, jsonify, request
 
 from .. import tracing
-from ..app import current_fleet, db
+from ..app import current_fleet, db, primary_db
 from ..auth import require
 from ..bundles import ListError
 from ..models import HEALTH_OFFICIAL
@@ -75,7 +75,8 @@ def run_trace(params: dict, how: str) -> tracing.Trace:
         raise ListError(f"minutes={str(minutes)[:20]!r} is not a number of minutes", 400) from None
     same_holder = str(params.get("same_holder", "")).strip().lower() in ("1", "true", "yes", "on")
     result = tracing.trace(session, case, times["from"], until, minutes, same_holder)
-    tracing.audit_query(session, g.actor, result, how)
+    # read where reads go (a replica, for a GET); the audit row on the primary, always
+    tracing.audit_query(primary_db(), g.actor, result, how)
     return result
 
 

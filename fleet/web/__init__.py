@@ -29,9 +29,9 @@ def _csrf():
 
 @bp.app_context_processor
 def _template_globals():
-    from ..app import db
+    from ..app import primary_db
     try:
-        user = current_user(db())
+        user = current_user(primary_db())
     except AuthError:
         user = None
     return {"csrf_token": csrf_token, "user": user, "get_locale": get_locale}
@@ -43,8 +43,8 @@ def page(*roles: str):
     def decorate(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            from ..app import db
-            user = current_user(db())
+            from ..app import primary_db  # who calls: never a lagging replica
+            user = current_user(primary_db())
             if user is None:
                 return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
             if not admitted(user, roles):

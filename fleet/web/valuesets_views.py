@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from .. import bundles
 from ..api.common import location_clause, scope
-from ..app import current_fleet, db
+from ..app import current_fleet, db, primary_db
 from ..bundles import ListError
 from ..auth import AuthError
 from ..models import DEGRADED, ONLINE, Kiosk, Location, ValueSet
@@ -27,6 +27,7 @@ def valuesets_page():
     deployment = _deployment(request.args.get("deployment"))
     session_db = db()
     if bundles.missing(session_db, deployment):
+        session_db = primary_db()  # issued there now, and read back from there
         try:  # a deployment nobody changed yet: version 1 of its lists, as the API does
             bundles.ensure_issued(session_db, current_fleet().config, deployment)
         except ListError as exc:
