@@ -4,12 +4,13 @@ runs)."""
 
 import sys
 
-from . import (compliance, dashboard, decode, ingest, outage, report, roster, status, tiers,
-               verify)
+from . import (compliance, dashboard, decode, ingest, outage, partitions, report, roster,
+               status, tiers, verify)
 
 BENCHMARKS = {"verify": verify.main, "decode": decode.main, "status": status.main,
               "ingest": ingest.main, "outage": outage.main, "dashboard": dashboard.main,
               "compliance": compliance.main, "roster": roster.main, "tiers": tiers.main,
+              "partitions": partitions.main,
               "report": report.main}
 
 

@@ -12,20 +12,12 @@ import time
 import pytest
 
 from device import config as kiosk_config
-from device.outbox import Outbox
 from device.reporter import Reporter
 from greengate import messages
 from tests.broker import wait_until
-from tests.test_reporter import KIOSK, PRESENCE, add_scans
+from tests.test_reporter import KIOSK, PRESENCE, add_scans, outbox  # noqa: F401 (fixture)
 
 HEARTBEAT = messages.heartbeat_topic(KIOSK)
-
-
-@pytest.fixture
-def outbox(tmp_path):
-    box = Outbox(tmp_path / "outbox.sqlite", max_rows=1000)
-    yield box
-    box.close()
 
 
 @pytest.fixture

@@ -225,7 +225,8 @@ def ingest_service() -> dict[str, list[str]]:
 def test_ingest_unit_runs_the_presence_worker_as_a_notify_service():
     s = ingest_service()
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
-    assert s["ExecStart"] == [f"{FLEET_EXEC} --config /etc/greengate/fleet.toml ingest --worker 1"]
+    assert s["ExecStart"] == [f"{FLEET_EXEC} --config /etc/greengate/fleet.toml ingest --worker 1 "
+                              "--standby"]
     assert "--no-presence" not in s["ExecStart"][0]  # this one tracks presence
     assert s["Restart"] == ["on-failure"]
     assert (s["User"], s["Group"]) == (["greengate-fleet"], ["greengate-fleet"])
