@@ -247,7 +247,9 @@ def test_a_suspension_after_a_case_reaches_a_running_kiosk_and_lifting_restores_
         s.flush()
         kiosks.register(s, fleet.config, kiosk_id="xm-gate-1", deployment="drill",
                         policy="hcmc-2021", location=gate, actor="t", at=1.0)
-        # its roster (the gate is not workers-only: the kiosk holds it all the same)
+        # its roster (the gate is not workers-only: the kiosk holds it all the same); the
+        # fleet's roster secret exists before any worker is linked with it
+        rosters.roster_secret(fleet.config)
         s.add(Worker(organisation_id=org.id, display_name="An", created_at=1.0,
                      created_by="t", holder_key="00" * 16))
         s.flush()
