@@ -30,6 +30,9 @@ from tests.broker import Broker, Subscriber, TLSFiles, free_port, wait_until
 from greengate import messages
 
 
+OBSERVER = "tiers-observer"  # the harness's own reader of gg/v1/bridge/#
+
+
 class ProvisionedBroker(Broker):
     """Mosquitto on exactly the configuration provisioning wrote (plus a log file, and
     running as the test's user)."""
@@ -176,6 +179,9 @@ class Tiers:
                 .replace(f"restart_timeout 1 {bridge_config.RESTART_CAP}", "restart_timeout 1 2"))
             self.district[name] = ProvisionedBroker(self.tmp / f"{name}-broker", conf, port,
                                                     self.pki, self.tls_dir)
+        # who reads the bridges' state for the harness: an identity of its own (a fleet
+        # process's would take over that process's session: the CN is the client id)
+        self.pki.issue_identity(OBSERVER, "ingest")
         # the core's configuration last: its ACL names every bridge identity
         mosquitto_config.write(self.pki, self.tmp / "core-conf", port=core_port,
                                bind="127.0.0.1", persistence_dir=str(self.tmp / "core-persist"))
@@ -213,7 +219,7 @@ class Tiers:
     def bridge_state(self, name: str, timeout: float = 5.0) -> bytes | None:
         """What the core holds retained for the bridge (None: nothing within timeout)."""
         topic = messages.bridge_state_topic(name)
-        with Subscriber(self.core, topic, tls=self.client_tls("greengate-fleet-ingest-1"),
+        with Subscriber(self.core, topic, tls=self.client_tls(OBSERVER), client_id=OBSERVER,
                         persistent=False) as sub:
             try:
                 sub.wait_for(lambda m: any(x.topic == topic for x in m), timeout)
