@@ -231,26 +231,10 @@ _KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "tru
                list: "a list"}
 
 
-def broker_address(text) -> tuple[str, int]:
-    """"host:port" or "[v6 address]:port" -> (host, port); ValueError says what is wrong."""
-    if not isinstance(text, str) or not messages.BROKER.match(text):
-        raise ValueError(f"{str(text)[:80]!r} is not host:port")
-    host, _, port = text.rpartition(":")
-    if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
-            raise ValueError(f"{text[:80]!r} is not host:port")
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{text[:80]!r}: write an IPv6 address in brackets, [addr]:port")
-    if not 1 <= int(port) <= 65535:
-        raise ValueError(f"{text[:80]!r}: the port must be 1-65535")
-    return host, int(port)
-
-
 def brokers(config) -> list[tuple[str, int]]:
     """The brokers to try, in order (checked by _check)."""
     if config.mqtt.brokers:
-        return [broker_address(b) for b in config.mqtt.brokers]
+        return [messages.broker_address(b) for b in config.mqtt.brokers]
     return [(config.mqtt.host, config.mqtt.port)]
 
 
@@ -295,8 +279,8 @@ def _check(config: Config, text: str) -> None:
             fail("mqtt", "brokers", "'brokers' names at most 8 brokers")
         for entry in config.mqtt.brokers:
             try:
-                broker_address(entry)
-            except ValueError as exc:
+                messages.broker_address(entry)
+            except messages.MessageError as exc:
                 fail("mqtt", "brokers", f"'brokers': {exc}")
     if config.mqtt.primary_retry < 10:
         fail("mqtt", "primary_retry", "'primary_retry' must be at least 10 s")

@@ -243,8 +243,7 @@ class Reporter:
     @property
     def broker(self) -> str:
         """"host:port" of the current (or next) broker, as heartbeats name it."""
-        host, port = self.brokers[self._at]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return messages.broker_text(*self.brokers[self._at])
 
     @property
     def connected(self) -> bool:

@@ -26,9 +26,11 @@ def check(name: str, address: str | None) -> None:
     if not isinstance(name, str) or not messages.BRIDGE_NAME.match(name):
         raise BridgeError(f"bridge name {str(name)[:40]!r}: 1 to 32 lowercase letters, digits "
                           "or '-'")
-    if address is not None and (not isinstance(address, str)
-                                or not messages.BROKER.match(address)):
-        raise BridgeError(f"{str(address)[:80]!r} is not host:port")
+    if address is not None:
+        try:
+            messages.broker_address(address)
+        except messages.MessageError as exc:
+            raise BridgeError(str(exc)) from None
 
 
 def register(session, name: str, address: str, *, at: float | None = None) -> Bridge:

@@ -93,6 +93,28 @@ def roster_delta_topic(kiosk: str) -> str:
     return f"{ROOT}/roster/{kiosk}/delta"
 
 
+def broker_address(text) -> tuple[str, int]:
+    """"host:port" or "[v6 address]:port" -> (host, port), as kiosk configs, heartbeats and
+    `greengate-provision bridge` name a broker; MessageError says what is wrong."""
+    if not isinstance(text, str) or not BROKER.match(text):
+        raise MessageError(f"{str(text)[:80]!r} is not host:port")
+    host, _, port = text.rpartition(":")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise MessageError(f"{text[:80]!r} is not host:port")
+        host = host[1:-1]
+    elif ":" in host:
+        raise MessageError(f"{text[:80]!r}: write an IPv6 address in brackets, [addr]:port")
+    if not 1 <= int(port) <= 65535:
+        raise MessageError(f"{text[:80]!r}: the port must be 1-65535")
+    return host, int(port)
+
+
+def broker_text(host: str, port: int) -> str:
+    """The inverse of broker_address: what a heartbeat's `broker` says."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def bridge_state_topic(name: str) -> str:
     """Retained, on the core broker: "1" while bridge `name` is connected, "0" once it
     is not (Mosquitto's bridge notifications; the "0" is the bridge's last will)."""

@@ -42,15 +42,11 @@ def identity(name: str) -> str:
 
 
 def split_address(text: str) -> tuple[str, int]:
-    """"host:port" (or "[v6]:port") -> (host, port); PKIError names what is wrong."""
-    if not isinstance(text, str) or not messages.BROKER.match(text):
-        raise PKIError(f"{text!r} is not host:port")
-    host, _, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or not 1 <= int(port) <= 65535:
-        raise PKIError(f"{text!r} is not host:port with a port of 1-65535")
-    return host, int(port)
+    """(host, port) of "host:port" (messages.broker_address); PKIError says what is wrong."""
+    try:
+        return messages.broker_address(text)
+    except messages.MessageError as exc:
+        raise PKIError(str(exc)) from None
 
 
 def bridge_text(name: str, *, core: str, files: Path, keepalive: int = KEEPALIVE,
