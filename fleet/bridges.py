@@ -4,7 +4,9 @@
 bridge with the address its kiosks connect to; the presence tracker writes each bridge's
 state from the core's retained gg/v1/bridge/<name>/state (Mosquitto's own notification:
 "1" connected, "0" its last will). A kiosk whose heartbeats name that address as their
-broker is "unreachable through bridge NAME" while the bridge is down, not offline.
+broker is "unreachable through bridge NAME" while the bridge is down, not offline. The ingest
+also writes which CRL each district broker applies, from its crl-follow's retained
+gg/v1/bridge/<name>/crl: `retire` waits for it (provisioning/retire.py).
 """
 
 from __future__ import annotations
@@ -58,4 +60,7 @@ def as_json(bridge: Bridge) -> dict:
     return {"name": bridge.name, "address": bridge.address,
             "state": "unknown" if bridge.connected is None
             else ("connected" if bridge.connected else "down"),
-            "since": bridge.since}
+            "since": bridge.since,
+            # the CRL its broker applies (provisioning/crl_follow.py); None: never said
+            "crl": None if bridge.crl_at is None else
+            {"number": bridge.crl_number, "at": bridge.crl_at, "error": bridge.crl_error}}

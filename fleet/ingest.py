@@ -14,6 +14,8 @@ down. Subscriptions, renewed on every connection:
         presence worker (exactly one per fleet; `--no-presence` for the others)
     gg/v1/bridge/+/state   QoS 0, the presence worker: district bridges' state on the
         core (docs/scaling.md), which tells an unreachable kiosk from an offline one
+    gg/v1/bridge/+/crl     QoS 0, the presence worker: the CRL each district broker
+        applies (retained; `retire` waits for it, the dashboard shows it)
 
 Presence and heartbeats are QoS 0 on purpose: a heartbeat queued while the worker was
 down is no sign of life now, and the retained presence of every kiosk arrives afresh on
@@ -251,7 +253,7 @@ class IngestWorker:
     @staticmethod
     def presence_filters() -> list[str]:
         return [f"{messages.ROOT}/kiosk/+/{kind}" for kind in ("presence", "heartbeat")] + \
-            [messages.bridge_state_topic("+")]
+            [messages.bridge_state_topic("+"), messages.bridge_crl_topic("+")]
 
     # --- lifecycle --------------------------------------------------------------------
     def start(self) -> "IngestWorker":
@@ -577,8 +579,13 @@ class IngestWorker:
             if topic.startswith(_BRIDGES):
                 if self.tracker is not None:
                     try:
-                        self.tracker.bridge(messages.bridge_of(topic),
-                                            messages.parse_bridge_state(payload), wall)
+                        name, what = messages.bridge_of(topic)
+                        if what == "state":
+                            self.tracker.bridge(name, messages.parse_bridge_state(payload),
+                                                wall)
+                        else:
+                            self.tracker.bridge_crl(name,
+                                                    messages.parse_bridge_crl(payload, name))
                     except messages.MessageError as exc:
                         refused.append(self._bad("bridge", None, topic, payload, exc))
                 continue
@@ -953,17 +960,20 @@ class IngestWorker:
         changes = tracker.take_changes()
         seen = tracker.take_seen() if flush_seen else []
         bridges = tracker.take_bridge_changes()
-        if not changes and not seen and not bridges:
+        crls = tracker.take_crl_reports()
+        if not changes and not seen and not bridges and not crls:
             return
         try:
             with self.engine.begin() as connection:
                 retired = presence_db.write(connection, changes, self.store.deployment)
                 presence_db.write_seen(connection, seen)
                 presence_db.write_bridges(connection, bridges)
+                presence_db.write_crl_reports(connection, crls)
         except SQLAlchemyError as exc:
             tracker.give_back(changes)
             tracker.give_back_seen(seen)
             tracker.give_back_bridges(bridges)
+            tracker.give_back_crl_reports(crls)
             self.metrics.db_errors.inc()
             log.warning("presence: %d changes not written (%s: %s); retrying", len(changes),
                         exc.__class__.__name__, str(exc)[:200])

@@ -114,6 +114,12 @@ class Bridge(Base):
     connected: Mapped[bool | None] = mapped_column(Boolean)  # None: never heard
     since: Mapped[float | None] = mapped_column(Float)
     registered_at: Mapped[float | None] = mapped_column(Float)
+    # the CRL its broker applies, as its crl-follow said on gg/v1/bridge/<name>/crl
+    # (provisioning/crl_follow.py): CRL Number, when said, and why the newest offered was
+    # not applied
+    crl_number: Mapped[int | None] = mapped_column(BigInteger)
+    crl_at: Mapped[float | None] = mapped_column(Float)
+    crl_error: Mapped[str | None] = mapped_column(String(200))
 
 
 class Scan(Base):

@@ -182,6 +182,7 @@ class Tracker:
         self._changes: list[Change] = []
         self._seen: set[str] = set()
         self._bridge_changes: dict[str, BridgeState] = {}
+        self._crl_reports: dict[str, dict] = {}  # bridge -> its latest gg/v1/bridge/+/crl
 
     @property
     def timeout(self) -> float:
@@ -421,6 +422,19 @@ class Tracker:
         self._changes.append(change)
         self._seen.discard(k.id)  # the change carries last_seen and heartbeat
 
+    def bridge_crl(self, name: str, report: dict) -> None:
+        """A district's word on the CRL its broker applies (messages.parse_bridge_crl):
+        only the latest counts, written with the next presence write."""
+        self._crl_reports[name] = report
+
+    def take_crl_reports(self) -> dict[str, dict]:
+        reports, self._crl_reports = self._crl_reports, {}
+        return reports
+
+    def give_back_crl_reports(self, reports: dict[str, dict]) -> None:
+        for name, report in reports.items():
+            self._crl_reports.setdefault(name, report)
+
     def take_bridge_changes(self) -> list[BridgeState]:
         changes, self._bridge_changes = list(self._bridge_changes.values()), {}
         return changes
@@ -482,6 +496,19 @@ def write_bridges(connection: Connection, changes: list[BridgeState]) -> None:
             connection.execute(insert_ignore(connection, BRIDGE, ["name"]),
                                [{"name": c.name, "address": None, "connected": c.up,
                                  "since": c.since, "registered_at": None}])
+
+
+def write_crl_reports(connection: Connection, reports: dict[str, dict]) -> None:
+    """Each district's CRL as its crl-follow last said (a bridge not registered yet gets
+    a row without an address, as for its state)."""
+    for name, r in reports.items():
+        values = {"crl_number": r.get("number"), "crl_at": r["at"],
+                  "crl_error": r.get("error")}
+        done = connection.execute(update(BRIDGE).where(BRIDGE.c.name == name).values(**values))
+        if done.rowcount == 0:
+            connection.execute(insert_ignore(connection, BRIDGE, ["name"]),
+                               [{"name": name, "address": None, "connected": None,
+                                 "since": None, "registered_at": None, **values}])
 
 
 def load_assignments(connection: Connection) -> list[tuple[str, str, int | None, float | None]]:

@@ -121,13 +121,28 @@ def bridge_state_topic(name: str) -> str:
     return f"{ROOT}/bridge/{name}/state"
 
 
-def bridge_of(topic: str) -> str:
-    """The bridge name of a bridge_state_topic, or MessageError."""
+BRIDGE_KINDS = ("state", "crl")
+
+
+def bridge_crl_topic(name: str) -> str:
+    """Retained, district -> core (up the bridge): which CRL the district broker applies,
+    from its `greengate-provision crl-follow` (parse_bridge_crl)."""
+    return f"{ROOT}/bridge/{name}/crl"
+
+
+def crl_topic() -> str:
+    """Retained, QoS 1, core -> every district (down each bridge): the fleet CA's CRL as
+    PEM, which each district's crl-follow checks against the CA and gives its broker."""
+    return f"{ROOT}/crl"
+
+
+def bridge_of(topic: str) -> tuple[str, str]:
+    """(bridge name, "state" or "crl") of a bridge topic, or MessageError."""
     parts = topic.split("/")
     if (len(parts) != 5 or f"{parts[0]}/{parts[1]}" != ROOT or parts[2] != "bridge"
-            or parts[4] != "state" or not BRIDGE_NAME.match(parts[3])):
-        raise MessageError(f"not a bridge state topic: {topic[:100]!r}")
-    return parts[3]
+            or parts[4] not in BRIDGE_KINDS or not BRIDGE_NAME.match(parts[3])):
+        raise MessageError(f"not a bridge topic: {topic[:100]!r}")
+    return parts[3], parts[4]
 
 
 def parse_bridge_state(payload: bytes) -> bool:
@@ -137,6 +152,27 @@ def parse_bridge_state(payload: bytes) -> bool:
     if payload == b"0":
         return False
     raise MessageError("bridge state must be '1' or '0'")
+
+
+def bridge_crl(*, bridge: str, number: int | None, at: float, error: str | None = None) -> dict:
+    """A district's word on its CRL: `number` (the CRL Number extension) is the one its
+    broker has applied (None: none yet); `error` says why the newest one offered was not
+    applied (a CRL of another CA, a reload that failed)."""
+    doc = {"v": VERSION, "bridge": bridge, "number": number, "at": round(at, 3)}
+    if error:
+        doc["error"] = error[:FAULT_DETAIL]
+    return doc
+
+
+def parse_bridge_crl(payload: bytes, bridge: str) -> dict:
+    doc = _decode(payload)
+    if doc.get("bridge") != bridge:
+        raise MessageError(f"message names bridge {str(doc.get('bridge'))[:40]!r} but was "
+                           f"published under {bridge!r}")
+    _field(doc, "number", int, optional=True, low=0, high=MAX_SEQ)
+    _field(doc, "at", (int, float), **_TS)
+    _field(doc, "error", str, optional=True, max_len=FAULT_DETAIL)
+    return doc
 
 
 def kiosk_of(topic: str) -> tuple[str, str]:

@@ -4,7 +4,10 @@ Writes into OUT, for the district broker's host (like `mosquitto-config` does fo
 
     greengate.conf   the kiosks' TLS listener (this broker's own certificate), the
                      kiosks' ACL, persistence, and Mosquitto's own bridge to the core
-    greengate.acl    the kiosk patterns only: no fleet process connects to a district
+    greengate.acl    the kiosk patterns, and this district's crl-follow (no fleet
+                     process connects to a district)
+    crl-follow.env   for systemd/greengate-crl-follow.service on the district host, which
+                     applies the fleet CRL coming down the bridge (crl_follow.py)
     greengate/       ca.pem, server.pem/.key (brokers/NAME in the PKI), crl.pem, and the
                      bridge's client certificate bridge.pem/.key (CN bridge-NAME)
 
@@ -14,7 +17,9 @@ while the core is unreachable, the core queues what comes down while the distric
 and the topic rules
 
     up    gg/v1/kiosk/#                                 scans, summaries, heartbeats, presence
+          gg/v1/bridge/NAME/crl                         which CRL the district applies
     down  gg/v1/bundle/#, gg/v1/confirm/#, gg/v1/roster/#   bundles, confirmations, rosters
+          gg/v1/crl                                     the fleet CRL (retire puts it there)
 
 Mosquitto's bridge notifications put the bridge's state on the core, retained, under
 gg/v1/bridge/NAME/state: "1" once connected, "0" as the bridge's last will there, which
@@ -76,9 +81,19 @@ def bridge_text(name: str, *, core: str, files: Path, keepalive: int = KEEPALIVE
         "notifications true",
         f"notification_topic {messages.bridge_state_topic(name)}",
         *[f"topic {root}/{t} out 1" for t in UP],
+        f"topic {messages.bridge_crl_topic(name)} out 1",
         *[f"topic {root}/{t} in 1" for t in DOWN],
+        f"topic {messages.crl_topic()} in 1",
         "",
     ])
+
+
+def follow_env(name: str, address: str, files: Path) -> str:
+    """The environment of systemd/greengate-crl-follow.service on the district host."""
+    return "\n".join([
+        "# greengate-provision crl-follow on this district broker's host: the fleet CRL",
+        "# that comes down the bridge, applied to this broker (docs/scaling.md).",
+        f"GG_BRIDGE={name}", f"GG_BROKER={address}", f"GG_FILES={files}", ""])
 
 
 def write(pki: PKI, out: Path, name: str, *, address: str, core: str, port: int | None = None,
@@ -98,7 +113,8 @@ def write(pki: PKI, out: Path, name: str, *, address: str, core: str, port: int 
     out = Path(out)
     paths = mosquitto_config.write(pki, out, port=port or listen_port,
                                    persistence_dir=persistence_dir, bind=bind, group=group,
-                                   server=(server_pem, server_key), acl_identities={})
+                                   server=(server_pem, server_key),
+                                   acl_identities={identity(name): "follower"})
     files = paths["files"]
     for source, target in ((cert, "bridge.pem"), (key, "bridge.key")):
         shutil.copyfile(source, files / target)
@@ -106,6 +122,9 @@ def write(pki: PKI, out: Path, name: str, *, address: str, core: str, port: int 
                                else 0o644)
     with open(paths["conf"], "a", encoding="utf-8") as conf:
         conf.write(bridge_text(name, core=core, files=files.resolve()))
+    env = out / "crl-follow.env"
+    env.write_text(follow_env(name, address, files.resolve()))
+    paths["follow"] = env
     # the core's ACL gains the bridge on the next `greengate-provision mosquitto-config`
     # (or here, when the caller rewrites it): its grants come from the PKI's identities
     return paths

@@ -5,7 +5,7 @@ import sys
 
 from greengate.pipes import run_command
 
-from . import cards, fleet_commands, issuer_command
+from . import cards, crl_follow, fleet_commands, issuer_command
 
 
 def main(argv=None) -> int:
@@ -15,6 +15,7 @@ def main(argv=None) -> int:
     issuer_command.add_parser(sub)
     fleet_commands.add_parsers(sub)
     cards.add_parser(sub)
+    crl_follow.add_parser(sub)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

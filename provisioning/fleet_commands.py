@@ -16,9 +16,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from greengate import messages
+
 from . import enrol as enrolling
 from . import mosquitto_config, retire as retiring
-from .pki import DEFAULT_WEB, FLEET_IDENTITY, ROLES, PKI, PKIError, init as pki_init
+from .pki import (DEFAULT_WEB, FLEET_IDENTITY, ROLES, PKI, PKIError, crl_number,
+                  init as pki_init)
 
 
 def _say(text: str) -> None:
@@ -43,6 +46,12 @@ def _actor() -> str:
         return f"provision:{getpass.getuser()}"
     except (KeyError, OSError):
         return "provision"
+
+
+def district_wait_option(p) -> None:
+    p.add_argument("--district-wait", type=float, default=60.0, metavar="SECONDS",
+                   help="with bridged district brokers: how long to wait for each to apply "
+                        "the new CRL (default 60)")
 
 
 def add_parsers(sub) -> None:
@@ -149,11 +158,13 @@ def add_parsers(sub) -> None:
                                       "retired, end its live session")
     p.add_argument("kiosk_id", metavar="KIOSK_ID")
     p.add_argument("--reason", default="", help="why (stolen, broken, moved away, ...)")
+    district_wait_option(p)
     fleet_option(p)
     p.set_defaults(handler=_retire)
 
     p = sub.add_parser("crl", help="re-sign the CRL from the revoked certificates and tell "
                                    "the broker (it expires after a year: run it before)")
+    district_wait_option(p)
     fleet_option(p)
     p.set_defaults(handler=_crl)
 
@@ -245,28 +256,52 @@ def _loaded(args):
     return config, PKI(config.resolve(config.pki.dir))
 
 
-def _new_crl(session, pki: PKI, config, again: str) -> list[str]:
-    """Re-sign the CRL and tell the broker; the problems, if any, as sentences. `again`:
-    the command that finishes the job once the broker can be told."""
+def _new_crl(session, pki: PKI, config, again: str) -> tuple[list[str], bytes | None]:
+    """Re-sign the CRL and tell the core broker: (the problems as sentences, the CRL or
+    None when it could not be written). `again`: the command that finishes the job once
+    the broker can be told."""
     try:
-        count = retiring.write_crl(session, pki, config)
+        count, pem = retiring.write_crl(session, pki, config)
     except (PKIError, OSError) as exc:
         return [f"the CRL could not be written ({exc}); run this again once the PKI is "
-                "reachable"]
+                "reachable"], None
     written = [str(pki.path("crl.pem"))]
     if config.pki.broker_crl:
         written.append(str(config.resolve(config.pki.broker_crl)))
-    _say(f"CRL re-signed: {count} revoked certificate(s) in {' and '.join(written)}, valid "
-         "for a year")
+    _say(f"CRL {crl_number(pem)} re-signed: {count} revoked certificate(s) in "
+         f"{' and '.join(written)}, valid for a year")
     trouble = retiring.reload_broker(config.pki.broker_reload)
     if not trouble:
-        return []
+        return [], pem
     return [f"WARNING: the broker has NOT re-read the CRL ({trouble}). The revocation is in "
             f"the fleet's database and in {' and '.join(written)}, but the broker still "
             "accepts every certificate revoked since its last reload. Make it re-read the "
             "CRL now (`systemctl reload mosquitto` on the broker host, or send mosquitto "
             f"SIGHUP), then run `{again}`; set [pki] broker_reload so that this happens by "
-            "itself"]
+            "itself"], pem
+
+
+def _districts_crl(session, config, pem: bytes, wait: float, again: str):
+    """The CRL to every registered district broker (provisioning/retire.py): (the
+    districts that applied it, the problems as sentences)."""
+    if not retiring.districts(session):
+        return [], []  # one broker: nothing more to tell
+    number = crl_number(pem)
+    trouble = retiring.publish_crl(config, pem)
+    if trouble:
+        return [], [f"WARNING: the CRL did not reach the district brokers ({trouble}): "
+                    f"each still accepts the certificates revoked since; run `{again}` once "
+                    "the core broker is reachable"]
+    from fleet.db import make_sessions
+    applied, behind = retiring.wait_districts(make_sessions(session.get_bind()), number, wait)
+    if applied:
+        _say(f"district broker(s) {', '.join(b.name for b in applied)} applied CRL {number}")
+    return applied, [f"WARNING: district broker {b.name} ({b.address}) has not applied CRL "
+                     f"{number} within {wait:g} s ({retiring.behind_text(b)}): it still "
+                     "accepts the certificates revoked since, and any live session there "
+                     f"was left alone; run `{again}` once it has (`greengate-provision "
+                     "crl-follow` on its host applies what its bridge brings down)"
+                     for b in behind]
 
 
 def _enrol(args) -> int:
@@ -356,20 +391,27 @@ def _retire(args) -> int:
                  "broker up to date")
         else:
             _say(f"kiosk {args.kiosk_id} retired; {len(serials)} certificate(s) revoked")
-        problems = _new_crl(session, pki, config, f"greengate-provision retire {args.kiosk_id}")
+        again = f"greengate-provision retire {args.kiosk_id}"
+        problems, pem = _new_crl(session, pki, config, again)
+        applied, late = _districts_crl(session, config, pem, args.district_wait, again) \
+            if pem is not None and not problems else ([], [])
+        where = [(None, "the broker")] + [
+            (messages.broker_address(b.address), f"district broker {b.name}")
+            for b in applied]
     if problems:  # a kick now would only let the kiosk back in with the old CRL
         problems.append(f"the live session of {args.kiosk_id}, if any, was left alone: "
                         "it would reconnect at once")
     else:
-        trouble = retiring.disconnect(config, pki, args.kiosk_id)
-        if trouble:
-            problems.append(f"its live session was not ended: {trouble}; run "
-                            f"`greengate-provision retire {args.kiosk_id}` again")
-        else:
-            _say(f"any live session of {args.kiosk_id} on the broker is ended")
-    for problem in problems:
+        for broker, name in where:
+            trouble = retiring.disconnect(config, pki, args.kiosk_id, broker=broker)
+            if trouble:
+                problems.append(f"its live session on {name} was not ended: {trouble}; run "
+                                f"`{again}` again")
+            else:
+                _say(f"any live session of {args.kiosk_id} on {name} is ended")
+    for problem in problems + late:
         print(f"greengate-provision: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return 1 if problems or late else 0
 
 
 def _crl(args) -> int:
@@ -380,7 +422,10 @@ def _crl(args) -> int:
     if not pki.path("ca.key").exists():
         return _error(f"no fleet PKI in {pki.dir}: run `greengate-provision init` first")
     with _fleet_session(config) as session:
-        problems = _new_crl(session, pki, config, "greengate-provision crl")
+        problems, pem = _new_crl(session, pki, config, "greengate-provision crl")
+        if pem is not None and not problems:
+            problems += _districts_crl(session, config, pem, args.district_wait,
+                                       "greengate-provision crl")[1]
     for problem in problems:
         print(f"greengate-provision: {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -446,6 +491,9 @@ def _bridge(args) -> int:
     _say(f"wrote {made['conf']} and {made['acl']} for the district broker {args.name}; its "
          f"certificates and the bridge's are in {made['files']}: copy the directory to its "
          "host")
+    _say(f"on that host, run greengate-provision crl-follow with {made['follow']} as "
+         "/etc/greengate/crl-follow.env (systemd/greengate-crl-follow.service): it applies "
+         "the fleet's CRL coming down the bridge, so a kiosk retired is refused there too")
     if config is not None:
         from fleet import bridges
         with _fleet_session(config) as session:

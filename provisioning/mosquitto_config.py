@@ -17,12 +17,13 @@ the fleet identities in the PKI's clients/ (their certificates' OU names the rol
 
     ingest workers   read gg/v1/kiosk/# and gg/v1/bridge/# (bridges' state), write
                      gg/v1/confirm/# and gg/v1/roster/#
-    web (bundles)    read and write gg/v1/bundle/# and gg/v1/roster/#
+    web (bundles)    read and write gg/v1/bundle/#, gg/v1/roster/# and gg/v1/crl (the
+                     CRL for the district brokers, put there by retire)
     greengate-fleet  the old shared certificate: all of the above
     bridges          a district broker's bridge (bridge-<name>, docs/scaling.md): write
                      gg/v1/kiosk/# (its kiosks' messages go up) and its own
-                     gg/v1/bridge/<name>/state; read gg/v1/bundle/#, gg/v1/confirm/# and
-                     gg/v1/roster/# (what comes down)
+                     gg/v1/bridge/<name>/state and .../crl; read gg/v1/bundle/#,
+                     gg/v1/confirm/#, gg/v1/roster/# and gg/v1/crl (what comes down)
     kiosks (%u)      write gg/v1/kiosk/<own id>/{scan,summary,heartbeat,presence},
                      read gg/v1/bundle/#, gg/v1/confirm/<own id>, gg/v1/roster/<own id>
                      and gg/v1/roster/<own id>/delta
@@ -52,15 +53,25 @@ def _role_lines(name: str, roles: tuple[str, ...]) -> list[str]:
     # enrolment mode changes the roster)
     grants = {"ingest": [f"topic read {root}/kiosk/#", f"topic write {root}/confirm/#",
                          f"topic write {root}/roster/#", f"topic read {root}/bridge/#"],
-              "web": [f"topic readwrite {root}/bundle/#", f"topic readwrite {root}/roster/#"],
+              # retire and `crl` put the CRL for the district brokers (a web identity)
+              "web": [f"topic readwrite {root}/bundle/#", f"topic readwrite {root}/roster/#",
+                      f"topic readwrite {messages.crl_topic()}"],
               "bridge": [f"topic write {root}/kiosk/#", f"topic read {root}/bundle/#",
                          f"topic read {root}/confirm/#", f"topic read {root}/roster/#",
-                         f"topic write {root}/bridge/{bridge_name(name)}/state"]}
+                         f"topic read {messages.crl_topic()}",
+                         f"topic write {messages.bridge_state_topic(bridge_name(name))}",
+                         f"topic write {messages.bridge_crl_topic(bridge_name(name))}"],
+              # on a district broker: its crl-follow, under the bridge's certificate
+              "follower": [f"topic read {messages.crl_topic()}",
+                           f"topic write {messages.bridge_crl_topic(bridge_name(name))}"]}
     lines = [f"user {name}"]
     for role in roles:
         lines += grants[role]
     if "bridge" in roles:  # everything it needs is granted above; the patterns add nothing
         return lines + [""]
+    if "follower" in roles:  # nothing of a kiosk's
+        return lines + [f"topic deny {root}/kiosk/#", f"topic deny {root}/confirm/#",
+                        f"topic deny {root}/bundle/#", f"topic deny {root}/roster/#", ""]
     # what the kiosk patterns below would give this name, and its roles do not need
     if "ingest" in roles:
         lines += [f"topic deny {root}/kiosk/{name}/#"]
@@ -109,6 +120,11 @@ def acl_text(fleet_identity: str | None = FLEET_IDENTITY,
                   "# confirmations down, and their own connection state (docs/scaling.md).", ""]
         for name in by_role["bridge"]:
             lines += _role_lines(name, ("bridge",))
+    if by_role.get("follower"):
+        lines += ["# This district's crl-follow (the bridge's certificate): the fleet CRL coming",
+                  "# down, and which one this broker applies going up (docs/scaling.md).", ""]
+        for name in by_role["follower"]:
+            lines += _role_lines(name, ("follower",))
     if fleet_identity and fleet_identity not in (identities or {}):
         lines += ["# The old shared certificate (fleet.pem), for configs from before one",
                   "# identity per process: every fleet right.", ""]

@@ -33,6 +33,7 @@ import ipaddress
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -295,9 +296,17 @@ class PKI:
         path in `extra` (the broker's copy)."""
         ca_key, ca = self._load_key("ca.key"), self.ca_cert
         now = _now()
+        # the CRL Number orders CRLs for the district brokers (provisioning/crl_follow.py):
+        # milliseconds, and always past the last one even if the clock went back
+        try:
+            before = crl_number(self.path("crl.pem").read_bytes()) or 0
+        except (OSError, ValueError):
+            before = 0
+        number = max(before + 1, time.time_ns() // 1_000_000)
         builder = (x509.CertificateRevocationListBuilder()
                    .issuer_name(ca.subject).last_update(now)
-                   .next_update(now + dt.timedelta(days=CRL_DAYS)))
+                   .next_update(now + dt.timedelta(days=CRL_DAYS))
+                   .add_extension(x509.CRLNumber(number), critical=False))
         for serial, when in sorted(revoked):
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(serial)
@@ -310,6 +319,16 @@ class PKI:
     def revoked_serials(self) -> set[int]:
         crl = x509.load_pem_x509_crl(self.path("crl.pem").read_bytes())
         return {entry.serial_number for entry in crl}
+
+
+def crl_number(pem: bytes) -> int | None:
+    """The CRL Number of a PEM CRL (None: a CRL without one, from before it was written);
+    ValueError when `pem` is no CRL."""
+    crl = x509.load_pem_x509_crl(pem)
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _existing_signing_key(path: Path):

@@ -15,6 +15,14 @@
 
 Step 3 comes after step 2, and a moment after it (Mosquitto handles SIGHUP in its
 main loop): a kiosk reconnects at once, and must then meet the new CRL.
+
+In tiers (docs/scaling.md#retiring-a-kiosk-in-tiers) each district broker has a CRL of
+its own. Step 2 also puts the CRL, retained, on gg/v1/crl of the core; each district's
+`crl-follow` applies it and says so on gg/v1/bridge/NAME/crl, which the ingest writes
+to the bridge table. Retire waits for every registered bridge to report this CRL (or a
+newer one), then ends the kiosk's session on each of those district brokers too, the
+same way. A district that does not report in time is named, its sessions are left
+alone, and retire exits 1: run it again once the district is back.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy import select
 
-from fleet import kiosks
-from fleet.models import RETIRED, Kiosk, KioskCertificate
+from fleet import bridges, kiosks, mqtt_identity
+from fleet.models import RETIRED, Bridge, Kiosk, KioskCertificate
+from greengate import messages
 
 from .pki import PKI
 
@@ -62,14 +71,93 @@ def mark_retired(session, kiosk_id: str, reason: str, actor: str) -> list[str] |
         raise RetireError(exc.message) from None
 
 
-def write_crl(session, pki: PKI, config) -> int:
-    """Re-sign the CRL from every revoked kiosk certificate; its copy for the broker too."""
+def write_crl(session, pki: PKI, config) -> tuple[int, bytes]:
+    """Re-sign the CRL from every revoked kiosk certificate; its copy for the broker too.
+    (how many revoked, the CRL's PEM)."""
     revoked = [(int(c.serial, 16), dt.datetime.fromtimestamp(c.revoked_at, dt.timezone.utc))
                for c in session.scalars(select(KioskCertificate).where(
                    KioskCertificate.revoked_at.is_not(None)))]
     extra = [config.resolve(config.pki.broker_crl)] if config.pki.broker_crl else []
-    pki.write_crl(revoked, extra)
-    return len(revoked)
+    return len(revoked), pki.write_crl(revoked, extra)
+
+
+def publish_crl(config, pem: bytes, timeout: float = 10.0) -> str | None:
+    """The CRL, retained, on the core's gg/v1/crl for the district brokers' crl-follow;
+    None when the broker has it (PUBACK), else why not."""
+    m = config.mqtt
+    if not m.host:
+        return "[mqtt] host is not set"
+    try:
+        identity = mqtt_identity.claim(config, "web", f"{m.client_id}-crl-{os.getpid()}")
+    except mqtt_identity.IdentityError as exc:
+        return str(exc)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity.client_id,
+                         protocol=mqtt.MQTTv311, clean_session=True)
+    connected = threading.Event()
+    result: dict = {}
+
+    def on_connect(_c, _u, _flags, reason, _props):
+        result["reason"] = reason
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        if m.tls:
+            client.tls_set_context(mqtt_identity.tls_context(config, identity))
+        client.connect(m.host, m.port, keepalive=10)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        identity.release()
+        return f"cannot reach the broker {m.host}:{m.port} ({exc})"
+    client.loop_start()
+    try:
+        if not connected.wait(timeout):
+            return f"the broker {m.host}:{m.port} did not answer within {timeout:g} s"
+        if result["reason"].is_failure:
+            return f"the broker refused {identity.client_id}: {result['reason']}"
+        info = client.publish(messages.crl_topic(), pem, qos=1, retain=True)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            return f"the broker did not take the CRL within {timeout:g} s"
+        return None
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        identity.release()
+
+
+def districts(session) -> list[Bridge]:
+    """The registered bridges: the district brokers a retirement must reach."""
+    return [b for b in bridges.listed(session) if b.address]
+
+
+def wait_districts(sessions, number: int, timeout: float,
+                   poll: float = 0.5) -> tuple[list[Bridge], list[Bridge]]:
+    """(applied, behind): the registered bridges whose district reported CRL `number` or
+    a newer one within `timeout`, and the others as last heard."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sessions() as session:
+            known = districts(session)
+            session.expunge_all()
+        applied = [b for b in known if (b.crl_number or 0) >= number]
+        behind = [b for b in known if (b.crl_number or 0) < number]
+        if not behind or time.monotonic() >= deadline:
+            return applied, behind
+        time.sleep(poll)
+
+
+def behind_text(bridge: Bridge) -> str:
+    """Why a district has not applied the CRL, as far as the fleet knows."""
+    said = []
+    if bridge.connected is False:
+        said.append("its bridge is down")
+    if bridge.crl_number is None:
+        said.append("it never reported a CRL (is greengate-crl-follow running there?)")
+    else:
+        said.append(f"it reported CRL {bridge.crl_number}")
+    if bridge.crl_error:
+        said.append(f"its last problem: {bridge.crl_error}")
+    return "; ".join(said)
 
 
 def reload_broker(command: str) -> str | None:
@@ -111,9 +199,11 @@ def _kiosk_context(config, pki: PKI, kiosk_id: str) -> ssl.SSLContext:
 
 
 def disconnect(config, pki: PKI, kiosk_id: str, timeout: float = 10.0,
-               settle: float = SETTLE) -> str | None:
-    """End the kiosk's live session (see the module text); None when done, else why not."""
+               settle: float = SETTLE, broker: tuple[str, int] | None = None) -> str | None:
+    """End the kiosk's live session (see the module text) on the core broker, or on
+    `broker` (host, port: a district's); None when done, else why not."""
     m = config.mqtt
+    host, port = broker or (m.host, m.port)
     if not m.tls:
         return "[mqtt] tls is off: the broker does not know clients by certificate"
     time.sleep(settle)
@@ -133,13 +223,13 @@ def disconnect(config, pki: PKI, kiosk_id: str, timeout: float = 10.0,
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0
     try:
-        client.connect(m.host, m.port, keepalive=10, clean_start=True, properties=props)
+        client.connect(host, port, keepalive=10, clean_start=True, properties=props)
     except (OSError, ssl.SSLError) as exc:
-        return f"cannot reach the broker {m.host}:{m.port} ({exc})"
+        return f"cannot reach the broker {host}:{port} ({exc})"
     client.loop_start()
     try:
         if not connected.wait(timeout):
-            return f"the broker {m.host}:{m.port} did not answer within {timeout:g} s"
+            return f"the broker {host}:{port} did not answer within {timeout:g} s"
         if result["reason"].is_failure:
             return f"the broker refused the retire step's certificate: {result['reason']}"
     finally:

@@ -5,6 +5,8 @@ SQLite and PostgreSQL. The whole path on real bridged brokers: tests/test_tiers_
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fleet import bridges
@@ -157,3 +159,42 @@ def test_bridge_rows_are_written_and_registered(fleet_db):
         with pytest.raises(bridges.BridgeError):
             bridges.register(s, "d3", "no-port")
         assert s.get(Bridge, "d3") is None
+
+
+def test_each_districts_crl_is_shown_and_one_behind_the_others_is_flagged(fleet_app, fleet_db,
+                                                                         api):
+    """The CRL each district broker applies (its crl-follow's report, written by the
+    presence worker) on GET /api/v1/bridges and the home page: a district behind the
+    others still lets in a kiosk retired since."""
+    with fleet_db() as s:
+        for name, address in (("d1", D1), ("d2", "10.0.2.5:8883"), ("d3", "10.0.3.5:8883")):
+            bridges.register(s, name, address, at=T0)
+        s.commit()
+    t = Tracker(keepalive=10.0)
+    t.bridge_crl("d1", {"number": 1_700_000_000_500, "at": T0 + 1})
+    t.bridge_crl("d2", {"number": 1_700_000_000_100, "at": T0 + 2})  # replaced below
+    t.bridge_crl("d2", {"number": 1_700_000_000_200, "at": T0 + 3,
+                        "error": "reload 'systemctl reload mosquitto' exited with 1"})
+    t.bridge_crl("q9", {"number": 1_700_000_000_000, "at": T0 + 4})  # not registered
+    with fleet_db() as s:
+        presence_db.write_crl_reports(s.connection(), t.take_crl_reports())
+        s.commit()
+    assert t.take_crl_reports() == {}
+    rows = {b["name"]: b for b in api.client.get("/api/v1/bridges",
+                                                 headers=api.operator).get_json()["bridges"]}
+    assert rows["d1"]["crl"]["number"] == 1_700_000_000_500 and not rows["d1"]["crl_behind"]
+    assert rows["d2"]["crl"]["error"].startswith("reload") and rows["d2"]["crl_behind"]
+    assert rows["d3"]["crl"] is None and rows["d3"]["crl_behind"]  # never reported
+    assert rows["q9"]["address"] is None and not rows["q9"]["crl_behind"]
+    from tests.test_dashboard_findings import PASSWORD, _login
+    from fleet import auth
+    with fleet_db() as s:
+        auth.create_user(s, "lan", PASSWORD, "operator")
+        s.commit()
+    home = _login(fleet_app).get("/?lang=en").get_data(as_text=True)
+    cells = {name: re.search(rf'<tr data-bridge="{name}".*?class="bridge-crl([^"]*)">(.*?)</td>',
+                             home, re.S).groups() for name in ("d1", "d2", "d3")}
+    assert cells["d1"][0] == "" and "1700000000500" in cells["d1"][1]
+    assert "outage" in cells["d2"][0] and "behind the others" in cells["d2"][1] \
+        and "exited with 1" in cells["d2"][1]
+    assert "not reported" in cells["d3"][1]

@@ -439,3 +439,34 @@ def test_alerts_unit_is_hardened_like_the_ingest_worker():
     assert len(keys) > 20
     for key in keys:
         assert s[key] == ingest[key], key
+
+
+# --- a district broker's CRL follower (systemd/greengate-crl-follow.service) -----------------
+FOLLOW = ROOT / "systemd" / "greengate-crl-follow.service"
+
+
+def test_crl_follow_unit_runs_what_bridge_writes_its_environment_for(tmp_path):
+    from provisioning import bridge_config
+    s = parse_unit(FOLLOW.read_text())["Service"]
+    assert s["EnvironmentFile"] == ["/etc/greengate/crl-follow.env"]
+    assert s["Restart"] == ["always"]
+    (exec_start,) = s["ExecStart"]
+    assert exec_start.startswith("/opt/greengate/.venv/bin/greengate-provision crl-follow ")
+    used = set(re.findall(r"\$\{(\w+)\}", exec_start))
+    written = {line.split("=", 1)[0] for line in bridge_config.follow_env(
+        "d1", "d1.example:8883", tmp_path).splitlines() if line and line[0] != "#"}
+    assert used == written == {"GG_BRIDGE", "GG_FILES", "GG_BROKER"}
+    # the arguments parse: the same command line with the environment filled in
+    from provisioning.cli import main
+    args = exec_start.split(" ", 1)[1].replace("${GG_BRIDGE}", "D!").replace(
+        "${GG_FILES}", str(tmp_path)).replace("${GG_BROKER}", "d1.example:8883").split()
+    assert main(args) == 2  # the bad name refused before anything connects
+
+
+@needs_analyze
+def test_crl_follow_unit_passes_systemd_analyze_verify(tmp_path):
+    (copy,) = fleet_copies(tmp_path, [FOLLOW])
+    result = analyze("verify", "--man=no", str(copy), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert _about(output, copy) == [], output
+    assert result.returncode == 0, output

@@ -139,7 +139,19 @@ def test_the_cli_writes_a_district_and_the_core_acl_learns_its_bridge(tmp_path, 
     assert "user bridge-q7\ntopic write gg/v1/kiosk/#" in acl
     assert "topic write gg/v1/bridge/q7/state" in acl
     district_acl = (tmp_path / "q7" / "greengate.acl").read_text()
-    assert "user " not in district_acl and "pattern write gg/v1/kiosk/%u/scan" in district_acl
+    # the district names one identity: its crl-follow (the bridge's certificate), which
+    # reads the CRL and says which it applies, nothing of a kiosk's
+    assert [line for line in district_acl.splitlines() if line.startswith("user ")] == \
+        ["user bridge-q7"]
+    follower = district_acl.split("user bridge-q7\n")[1].split("\n\n")[0].splitlines()
+    assert follower == ["topic read gg/v1/crl", "topic write gg/v1/bridge/q7/crl",
+                        "topic deny gg/v1/kiosk/#", "topic deny gg/v1/confirm/#",
+                        "topic deny gg/v1/bundle/#", "topic deny gg/v1/roster/#"]
+    assert "pattern write gg/v1/kiosk/%u/scan" in district_acl
+    assert "topic gg/v1/crl in 1" in conf and "topic gg/v1/bridge/q7/crl out 1" in conf
+    env = (tmp_path / "q7" / "crl-follow.env").read_text()
+    assert "GG_BRIDGE=q7\n" in env and "GG_BROKER=q7.example.org:8883\n" in env
+    assert f"GG_FILES={(tmp_path / 'q7' / 'greengate').resolve()}\n" in env
     pki = PKI(pki_dir)
     assert pki.identities()["bridge-q7"] == "bridge"
     from cryptography import x509

@@ -844,8 +844,8 @@ def presence():
 @bp.get("/bridges")
 @require()
 def list_bridges():
-    """District brokers' bridges to the core (docs/scaling.md): state, since, and how many
-    of the caller's kiosks are unreachable through each."""
+    """District brokers' bridges to the core (docs/scaling.md): state, since, how many
+    of the caller's kiosks are unreachable through each, and the CRL each applies."""
     return jsonify(at=iso(now()), bridges=bridge_rows(db()))
 
 
@@ -856,9 +856,18 @@ def bridge_rows(session) -> list[dict]:
     if not rows:
         return []
     counts = unreachable_by_bridge(session)
+    # a district whose broker applies an older CRL than another's still lets in a kiosk
+    # retired since: shown as behind (provisioning/crl_follow.py)
+    newest = max((r["crl"]["number"] for r in rows if r["crl"] and r["crl"]["number"]),
+                 default=None)
     for row in rows:
         row["since"] = iso(row["since"]) if row["since"] is not None else None
         row["unreachable"] = counts.get(row["name"], 0)
+        crl = row["crl"]
+        if crl is not None:
+            crl["at"] = iso(crl["at"])
+        row["crl_behind"] = newest is not None and row["address"] is not None and (
+            crl is None or (crl["number"] or 0) < newest)
     return rows
 
 
