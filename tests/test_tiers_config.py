@@ -168,3 +168,37 @@ def test_the_cli_writes_a_district_and_the_core_acl_learns_its_bridge(tmp_path, 
                       "core.example.org:8883", "--pki", str(pki_dir), "--out",
                       str(tmp_path / "bad")]) == 2
     assert "is not host:port" in capsys.readouterr().err
+
+
+def test_the_crl_comes_down_from_the_fleet_alone_and_goes_up_from_its_district_alone(tiers):
+    """gg/v1/crl is the fleet's (a web identity) and reaches each district's crl-follow
+    (the bridge's certificate); a kiosk can neither replace it (which would hide the
+    retained CRL from a district that reconnects) nor read it, nor report for a district;
+    a district's follower reports for its own bridge only."""
+    with Subscriber(tiers.core, "gg/v1/bridge/+/crl", tls=tiers.client_tls(INGEST),
+                    client_id=INGEST, persistent=False) as fleet:
+        web = Client(tiers.core, tiers.client_tls(WEB), WEB)
+        web.publish("gg/v1/crl", b"CRL 1", retain=True)
+        web.close()
+        for name, where in (("k7", tiers.district["d1"]), ("k8", tiers.core)):
+            kiosk = Client(where, tiers.client_tls(name), name)
+            kiosk.publish("gg/v1/crl", f"forged by {name}".encode(), retain=True)
+            kiosk.publish("gg/v1/bridge/d1/crl", b"a kiosk's report", retain=True)
+            kiosk.close()
+        with Subscriber(tiers.district["d1"], "gg/v1/crl", tls=tiers.client_tls("bridge-d1"),
+                        client_id="bridge-d1", persistent=False) as follower, \
+                Subscriber(tiers.district["d2"], "gg/v1/crl", tls=tiers.client_tls("k9"),
+                           client_id="k9", persistent=False) as kiosk:
+            follower.wait_for(lambda m: any(x.payload == b"CRL 1" for x in m), 10,
+                              "the CRL on d1, retained")
+            assert {m.payload for m in _quiet(follower, "gg/v1/crl")} == {b"CRL 1"}
+            assert _quiet(kiosk, "gg/v1/crl", 0.5) == []  # a kiosk does not read it
+            reporter = Client(tiers.district["d1"], tiers.client_tls("bridge-d1"), "bridge-d1")
+            reporter.publish("gg/v1/bridge/d1/crl", b"d1 applies 1", retain=True)
+            reporter.publish("gg/v1/bridge/d2/crl", b"d1 speaking for d2", retain=True)
+            reporter.publish("gg/v1/kiosk/k1/scan", b"the follower as a kiosk")
+            reporter.close()
+        fleet.wait_for(lambda m: any(x.payload == b"d1 applies 1" for x in m), 10,
+                       "d1's report, up its bridge")
+        got = {m.payload for m in _quiet(fleet, "gg/v1/#")}
+        assert b"a kiosk's report" not in got and b"d1 speaking for d2" not in got
