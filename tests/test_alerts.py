@@ -274,6 +274,41 @@ def test_district_loss_alerts_above_the_threshold_and_recovers_below(fleet, disp
     assert receiver.posts[2]["episode"] != receiver.posts[0]["episode"]
 
 
+def test_a_cut_bridge_is_no_districts_loss_and_says_so_in_one(fleet, dispatcher, receiver):
+    """Kiosks unreachable through a district bridge that is down (docs/scaling.md) are
+    in service and not lost: a cut bridge neither turns a district's one offline kiosk
+    into 100 % of the rest, nor hides a real loss; the alert names them."""
+    fleet.rule(kind="district_loss", threshold=40, district="q1", webhook_url=receiver.url)
+    d = dispatcher()
+    d1 = "10.0.1.5:8883"
+    fleet.tracker.known_bridges([("d1", d1, True, T0 - 600)])
+    for kid in ("q1-a", "q1-b", "q1-c"):  # these three connect through district broker d1
+        fleet.session[kid] += 1
+        fleet.tracker.presence(kid, {"session": fleet.session[kid], "state": "online",
+                                     "broker": d1}, T0 - 500)
+    fleet._flush()
+    fleet.offline("q1-d", T0)  # 1 of 4: 25 %
+    fleet.tracker.bridge("d1", False, T0 + 10)
+    fleet._flush()
+    with fleet.sessions() as s:
+        assert {k.id: k.state for k in s.scalars(select(Kiosk).where(
+            Kiosk.id.like("q1-%")))} == {"q1-a": "unreachable", "q1-b": "unreachable",
+                                         "q1-c": "unreachable", "q1-d": "offline"}
+    step(d, T0 + GRACE + 20)
+    step(d, T0 + GRACE + 30)
+    assert receiver.posts == []  # 1 offline of 4 in service, not 1 of 1
+    # a real loss while the bridge is down: alerted, the unreachable ones named apart
+    fleet.tracker.bridge("d1", True, T0 + 100)
+    fleet.tracker.bridge("d1", False, T0 + 101)  # (the bridge flaps)
+    fleet.online("q1-a", T0 + 110)  # q1-a failed over to the core
+    fleet.offline("q1-a", T0 + 120)
+    step(d, T0 + 120 + GRACE)
+    assert receiver.events() == [("alert", "q1")]
+    loss = receiver.posts[0]
+    assert (loss["offline"], loss["total"], loss["unreachable"]) == (2, 4, 2)
+    assert "2 unreachable through a district bridge that is down" in loss["text"]
+
+
 def test_a_failing_webhook_is_retried_with_back_off_then_delivered(fleet, dispatcher, receiver):
     fleet.rule(webhook_url=receiver.url)
     other = Receiver()
