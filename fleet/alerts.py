@@ -60,9 +60,10 @@ from greengate import watchdog
 from . import audit
 from .db import make_engine, make_sessions
 from .db_lock import DatabaseLock, LockBusy
-from .models import (ALERT_KINDS, DEGRADED, DISTRICT_LOSS, KIOSK_OFFLINE, OFFLINE, ONLINE,
-                     RETIRED, UNREACHABLE, AlertDelivery, AlertEpisode, AlertRule, District,
-                     Kiosk, Location, Outage)
+from .models import (ALERT_KINDS, BRIDGE_DOWN, DEGRADED, DISTRICT_LOSS, KIOSK_OFFLINE,
+                     OFFLINE, ONLINE, RETIRED, UNREACHABLE, AlertDelivery, AlertEpisode,
+                     AlertRule, Bridge, District, Kiosk, Location, Outage)
+from .presence import BRIDGE_DETAIL
 
 log = logging.getLogger("greengate.fleet.alerts")
 
@@ -78,7 +79,8 @@ RECOVERED, KIOSK_RETIRED, RULE_DISABLED, OUT_OF_SCOPE = ("recovered", "kiosk ret
 IN_SERVICE = (ONLINE, DEGRADED, OFFLINE, UNREACHABLE)
 PING_EVERY = 1.0  # seconds between systemd watchdog pings (the unit's WatchdogSec is 60)
 DB_RETRY = (1.0, 30.0)  # a failing round is tried again after 1 s, doubling up to 30 s
-KIND_NAMES = {KIOSK_OFFLINE: "kiosk offline", DISTRICT_LOSS: "district loses kiosks"}
+KIND_NAMES = {KIOSK_OFFLINE: "kiosk offline", DISTRICT_LOSS: "district loses kiosks",
+              BRIDGE_DOWN: "district bridge down"}
 
 
 # --- rules -----------------------------------------------------------------------------
@@ -152,6 +154,9 @@ def apply_rule(session, rule: AlertRule | None, values: dict, *, actor: str,
     code = (merged["district"] or "").strip() if isinstance(merged["district"], str) \
         else merged["district"]
     if code:
+        if kind == BRIDGE_DOWN:
+            raise RuleError("a bridge rule covers every district bridge: leave its district "
+                            "empty")
         district_id = session.scalar(select(District.id).where(District.code == code))
         if district_id is None:
             raise RuleError(f"no district with code {code!r}")
@@ -231,6 +236,7 @@ class _KioskRow:
     enrolled: bool
     location: dict | None
     district_id: int | None
+    detail: str = ""
 
 
 class Decider:
@@ -260,7 +266,7 @@ class Decider:
                 Location, Kiosk.location_id == Location.id)):
             kiosks[k.id] = _KioskRow(k.id, k.state, k.state_since, k.enrolled_at is not None,
                                      {"code": loc.code, "name": loc.name} if loc else None,
-                                     loc.district_id if loc else None)
+                                     loc.district_id if loc else None, k.detail or "")
         open_outages: dict[str, Outage] = {}
         for o in session.scalars(select(Outage).where(Outage.ended.is_(None))
                                  .order_by(Outage.started)):
@@ -282,6 +288,8 @@ class Decider:
             elif rule.kind == DISTRICT_LOSS:
                 made += self._district_rule(session, rule, mine, kiosks, open_outages,
                                             districts, now)
+            elif rule.kind == BRIDGE_DOWN:
+                made += self._bridge_rule(session, rule, mine, kiosks, now)
         return made
 
     def _disable(self, session, rule, mine, now) -> None:
@@ -380,6 +388,61 @@ class Decider:
                 made += self._messages(session, rule, ep, RECOVERY, self._district_payload(
                     rule, ep, districts[did], RECOVERY, counts, now))
         return made
+
+    def _bridge_rule(self, session, rule, mine, kiosks, now) -> int:
+        """A registered bridge down for the grace period alerts, with how many kiosks are
+        unreachable through it; its coming back is the recovery. Without this, a cut
+        bridge would say nothing: its kiosks are unreachable, not offline."""
+        made = 0
+        registered = {b.name: b for b in session.scalars(select(Bridge))
+                      if b.address is not None}
+        told = set()
+        for ep in mine:
+            b = registered.get(ep.bridge)
+            if b is None:
+                ep.ended_at, ep.resolution = now, OUT_OF_SCOPE  # no longer registered
+            elif b.connected is not False:
+                ep.ended_at, ep.resolution = (b.since or now), RECOVERED
+                made += self._messages(session, rule, ep, RECOVERY, self._bridge_payload(
+                    rule, ep, b, RECOVERY, kiosks, now))
+            else:
+                told.add(b.name)
+        for name, b in sorted(registered.items()):
+            if b.connected is not False or name in told:
+                continue
+            since = b.since if b.since is not None else now
+            if now - since < self.a.grace_seconds:
+                continue  # a link that drops for seconds reconnects by itself
+            ep = AlertEpisode(rule_id=rule.id, kiosk_id=None, district_id=None,
+                              outage_id=None, bridge=name, started=since, alerted_at=now)
+            session.add(ep)
+            session.flush()
+            made += self._messages(session, rule, ep, ALERT, self._bridge_payload(
+                rule, ep, b, ALERT, kiosks, now))
+        return made
+
+    def _bridge_payload(self, rule, ep, bridge, event, kiosks, now) -> dict:
+        detail = BRIDGE_DETAIL + bridge.name
+        unreachable = sum(1 for k in kiosks.values()
+                          if k.state == UNREACHABLE and k.detail == detail)
+        doc = self._base(rule, ep, event, now)
+        base = self.a.dashboard_url.rstrip("/")
+        doc.update(kiosk=None, location=None, district=None, bridge=bridge.name,
+                   address=bridge.address, state="down" if event == ALERT else "connected",
+                   since=iso(ep.started), unreachable=unreachable,
+                   url=f"{base}/#bridges" if base else None)
+        if event == ALERT:
+            doc["detail"] = (f"{unreachable} kiosks unreachable through it; they go on "
+                             "checking, and what they decide reaches the fleet once it is back")
+            doc["text"] = (f"District bridge {bridge.name} ({bridge.address}) is down since "
+                           f"{iso(ep.started)}: {doc['detail']}")
+        else:
+            doc.update(recovered=True, recovered_at=iso(ep.ended_at),
+                       duration_seconds=round(ep.ended_at - ep.started, 1),
+                       detail="connected to the core again")
+            doc["text"] = (f"District bridge {bridge.name} ({bridge.address}) is back after "
+                           f"{_duration(ep.ended_at - ep.started)}")
+        return doc
 
     def _long_enough(self, kiosk: _KioskRow, outage: Outage | None, now: float) -> bool:
         """The grace period holds for districts too: a reboot is no loss."""
@@ -522,8 +585,9 @@ def email_message(payload: dict, sender: str, address: str) -> EmailMessage:
         message["In-Reply-To"] = message["References"] = \
             f"<greengate-{payload['episode']}-{ALERT}@{domain}>"
     lines = [payload["text"], ""]
-    for key in ("kind", "kiosk", "location", "district", "state", "since", "detail",
-                "recovered_at", "offline", "total", "percent", "threshold", "kiosks"):
+    for key in ("kind", "kiosk", "location", "district", "bridge", "address", "state",
+                "since", "detail", "recovered_at", "offline", "total", "percent", "threshold",
+                "kiosks", "unreachable"):
         value = payload.get(key)
         if value in (None, "", []):
             continue

@@ -419,7 +419,8 @@ class LoginFailure(Base):
 # --- alerts (fleet/alerts.py, docs/dashboard.md#alerts) -------------------------------
 # Rule kinds, and what happened to an episode.
 KIOSK_OFFLINE, DISTRICT_LOSS = "kiosk_offline", "district_loss"
-ALERT_KINDS = (KIOSK_OFFLINE, DISTRICT_LOSS)
+BRIDGE_DOWN = "bridge_down"  # a district broker's bridge to the core (docs/scaling.md)
+ALERT_KINDS = (KIOSK_OFFLINE, DISTRICT_LOSS, BRIDGE_DOWN)
 
 
 class AlertRule(Base):
@@ -429,7 +430,7 @@ class AlertRule(Base):
     __tablename__ = "alert_rule"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(16))  # kiosk_offline | district_loss
+    kind: Mapped[str] = mapped_column(String(16))  # kiosk_offline | district_loss | bridge_down
     district_id: Mapped[int | None] = mapped_column(ForeignKey("district.id"))
     threshold: Mapped[float | None] = mapped_column(Float)  # district_loss: percent
     webhook_url: Mapped[str] = mapped_column(String(500), default="")
@@ -443,8 +444,9 @@ class AlertRule(Base):
 
 class AlertEpisode(Base):
     """One thing a rule alerted on: a kiosk's outage (outage_id; the unique key makes
-    "each outage alerts once per rule" a property of the database), or a district's
-    loss from crossing the threshold until it falls back. `resolution` is set when it
+    "each outage alerts once per rule" a property of the database), a district's
+    loss from crossing the threshold until it falls back, or a district bridge down
+    (bridge) until it is back. `resolution` is set when it
     ends: recovered (a recovery is sent), or retired / rule disabled / out of scope
     (nothing is sent)."""
     __tablename__ = "alert_episode"
@@ -453,6 +455,7 @@ class AlertEpisode(Base):
     kiosk_id: Mapped[str | None] = mapped_column(String(63))
     district_id: Mapped[int | None] = mapped_column(Integer)
     outage_id: Mapped[int | None] = mapped_column(Integer)
+    bridge: Mapped[str | None] = mapped_column(String(32))  # bridge_down: its name
     started: Mapped[float] = mapped_column(Float)  # the outage's start / the crossing
     alerted_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float)

@@ -73,7 +73,8 @@ class Receiver:
         self.thread.start()
 
     def events(self):
-        return [(p["event"], p.get("kiosk") or p["district"]["code"]) for p in self.posts]
+        return [(p["event"], p.get("kiosk") or p.get("bridge") or p["district"]["code"])
+                for p in self.posts]
 
     def close(self):
         self.server.shutdown()
@@ -307,6 +308,61 @@ def test_a_cut_bridge_is_no_districts_loss_and_says_so_in_one(fleet, dispatcher,
     loss = receiver.posts[0]
     assert (loss["offline"], loss["total"], loss["unreachable"]) == (2, 4, 2)
     assert "2 unreachable through a district bridge that is down" in loss["text"]
+
+
+def test_a_district_bridge_down_alerts_with_its_unreachable_kiosks_then_recovers(
+        fleet, dispatcher, receiver):
+    """A cut bridge makes its kiosks unreachable, not offline, so no kiosk rule fires:
+    the bridge_down rule says it (after the grace period: a link that drops for seconds
+    reconnects by itself), and says when it is back."""
+    from fleet import bridges
+    from fleet.presence import write_bridges
+    d1 = "10.0.1.5:8883"
+    with fleet.sessions() as s:
+        bridges.register(s, "d1", d1, at=T0 - 700)
+        bridges.register(s, "d2", "10.0.2.5:8883", at=T0 - 700)
+        with pytest.raises(RuleError, match="every district bridge"):
+            apply_rule(s, None, {"name": "b", "kind": "bridge_down", "district": "q1",
+                                 "webhook_url": receiver.url}, actor="test", now=T0)
+        s.commit()
+    fleet.rule(kind="bridge_down", webhook_url=receiver.url)
+    fleet.rule(kind="kiosk_offline", webhook_url=receiver.url)
+    d = dispatcher()
+    fleet.tracker.known_bridges([("d1", d1, True, T0 - 600), ("d2", "10.0.2.5:8883", True,
+                                                               T0 - 600)])
+    for kid in ("q1-a", "q1-b"):
+        fleet.session[kid] += 1
+        fleet.tracker.presence(kid, {"session": fleet.session[kid], "state": "online",
+                                     "broker": d1}, T0 - 500)
+
+    def bridge(name, up, at):
+        fleet.tracker.bridge(name, up, at)
+        fleet._flush()
+        with fleet.engine.begin() as c:
+            write_bridges(c, fleet.tracker.take_bridge_changes())
+
+    bridge("d2", False, T0)  # down for less than the grace period: nothing
+    step(d, T0 + GRACE - 1)
+    bridge("d2", True, T0 + GRACE - 1)
+    bridge("d1", False, T0 + 100)
+    step(d, T0 + 100 + GRACE - 1)
+    assert receiver.posts == []
+    step(d, T0 + 100 + GRACE)
+    step(d, T0 + 100 + GRACE + 30)  # told once
+    assert receiver.events() == [("alert", "d1")]
+    down = receiver.posts[0]
+    assert (down["kind"], down["bridge"], down["address"], down["state"],
+            down["unreachable"]) == ("bridge_down", "d1", d1, "down", 2)
+    assert down["text"].startswith("District bridge d1 (10.0.1.5:8883) is down since")
+    assert down["url"] == "https://fleet.example/#bridges"
+    bridge("d1", True, T0 + 400)
+    step(d, T0 + 401)
+    assert receiver.events() == [("alert", "d1"), ("recovery", "d1")]
+    back = receiver.posts[1]
+    assert back["recovered"] is True and back["duration_seconds"] == 300.0
+    assert "is back after 5 min" in back["text"]
+    message = alerts.email_message(down, "gg@fleet.example", "ops@example.org")
+    assert "bridge: d1" in message.get_content() and "unreachable: 2" in message.get_content()
 
 
 def test_a_failing_webhook_is_retried_with_back_off_then_delivered(fleet, dispatcher, receiver):

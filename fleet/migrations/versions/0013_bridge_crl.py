@@ -1,4 +1,5 @@
-"""The CRL each district broker applies (docs/scaling.md#retiring-a-kiosk-in-tiers).
+"""The CRL each district broker applies (docs/scaling.md#retiring-a-kiosk-in-tiers), and
+alert episodes of a district bridge that is down (alert kind bridge_down).
 
 Revision ID: 0013
 Revises: 0012
@@ -21,9 +22,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column('crl_number', sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column('crl_at', sa.Float(), nullable=True))
         batch.add_column(sa.Column('crl_error', sa.String(length=200), nullable=True))
+    with op.batch_alter_table('alert_episode') as batch:
+        batch.add_column(sa.Column('bridge', sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('alert_episode') as batch:
+        batch.drop_column('bridge')
     with op.batch_alter_table('bridge') as batch:
         batch.drop_column('crl_error')
         batch.drop_column('crl_at')
