@@ -161,3 +161,33 @@ def test_a_database_with_scans_upgrades_keeping_them_once(database):
         assert len(ids) == 4 and len(set(ids)) == 4 and ids[-1] > 3  # the sequence goes on
     finally:
         engine.dispose()
+
+
+def test_scans_per_decision_come_from_the_statistics_never_a_count_of_the_table(pg):
+    """greengate_fleet_scans_stored on PostgreSQL (fleet/metrics.py): partitions ANALYZE
+    has seen are estimated from its statistics (so a scrape reads no rows of them); one
+    it has not seen yet is counted exactly."""
+    def decided(n, start, ts, red_every=4):
+        bulk = BulkInsert(pg, SCAN, SCAN_KEY, COLUMNS)
+        with pg.begin() as connection:
+            bulk.execute(connection, [
+                ("k1", f"scan-{i:06d}", ts + i * 0.001, NOW,
+                 "red" if i % red_every == 0 else "green", "ok", "p", None)
+                for i in range(start, start + n)])
+
+    def counts():
+        with pg.connect() as connection:
+            return partitions.decision_counts(connection)
+
+    decided(400, 0, TODAY - DAY + 10)  # yesterday: 100 red, 300 green
+    with pg.connect() as connection:
+        connection.execute(text(f"ANALYZE {partitions.name_of(TODAY - DAY)}"))
+        connection.commit()
+    decided(40, 1000, TODAY + 10)  # today, never analyzed: counted
+    assert counts() == {"red": 110, "green": 330}
+    decided(400, 2000, TODAY - DAY + 100)  # yesterday again, not analyzed since
+    assert counts() == {"red": 110, "green": 330}  # the statistics, not the rows
+    with pg.connect() as connection:
+        connection.execute(text(f"ANALYZE {partitions.name_of(TODAY - DAY)}"))
+        connection.commit()
+    assert counts() == {"red": 210, "green": 630}
