@@ -13,7 +13,9 @@ schema (migration 0012: partitioned by day), then:
   partition (same size), both timed;
 - the dashboard's scan queries (hourly volumes of a day by decision, a day's scans per
   district, a kiosk's last scan) and a tracing query (one holder over 21 days), p95 of
-  many runs each.
+  many runs each;
+- the metrics scrape's scans per decision: a count of the whole table against the
+  estimate from ANALYZE's statistics (fleet/partitions.decision_counts).
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ def _p95(values: list[float]) -> float:
 def _timed(connection, sql: str, params: dict) -> float:
     start = time.perf_counter()
     connection.execute(text(sql), params).all()
+    return time.perf_counter() - start
+
+
+def _timed_call(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
     return time.perf_counter() - start
 
 
@@ -165,6 +173,18 @@ def main(argv: list[str]) -> int:
                 runs = 5 if "hourly" in label or "per district" in label else 50
                 _timed(connection, sql, params())  # warm
                 timings[label] = [_timed(connection, sql, params()) for _ in range(runs)]
+            # the metrics scrape's scans per decision: a count of the whole table (what it
+            # did) against the statistics (fleet/partitions.decision_counts, what it does)
+            connection.execute(text("ANALYZE scan"))
+            connection.commit()
+            for label, run in (
+                    ("metrics: scans per decision, count of the whole table", lambda: _timed(
+                        connection, "SELECT decision, count(*) FROM scan GROUP BY decision",
+                        {})),
+                    ("metrics: scans per decision, from the statistics", lambda: _timed_call(
+                        partitions.decision_counts, connection))):
+                run()
+                timings[label] = [run() for _ in range(3 if "whole" in label else 20)]
 
         print()
         print("| what | figure |")
