@@ -94,6 +94,9 @@ class Kiosk(Base):
     heartbeat: Mapped[dict | None] = mapped_column(JSON)  # the last heartbeat as received
     enrolled_at: Mapped[float | None] = mapped_column(Float)
     retired_at: Mapped[float | None] = mapped_column(Float)
+    # the district broker it connects to first (a registered bridge's name), the core
+    # being its fallback: its kiosk.toml lists both (`enrol --bridge`, docs/scaling.md)
+    bridge: Mapped[str | None] = mapped_column(String(32))
     # Gap tracking (fleet/presence.py, docs/fleet.md#gaps), from heartbeats' seq/confirmed:
     # the highest seq the kiosk said it decided; the watermark up to which the fleet has
     # counted what it holds; the decisions in counted windows that the fleet does not hold.

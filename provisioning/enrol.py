@@ -29,8 +29,8 @@ from sqlalchemy import select
 
 from fleet import audit, kiosks, rosters
 from fleet.bundles import ListError
-from fleet.models import District, EnrolmentToken, KioskCertificate, Location
-from greengate import enrolment
+from fleet.models import Bridge, District, EnrolmentToken, Kiosk, KioskCertificate, Location
+from greengate import enrolment, messages
 from greengate.enrolment import BUNDLE_DIR
 from greengate.messages import KIOSK_ID
 
@@ -50,6 +50,8 @@ class KioskSpec:
     district: District | None
     # deployments whose policy bundle / rosters were re-signed for this kiosk: to publish
     reissued: tuple[list[str], list[str]] = ([], [])
+    # host:port of its district broker (`--bridge`), tried before the core
+    district_broker: str | None = None
 
 
 def _toml_string(text: str) -> str:
@@ -63,6 +65,11 @@ def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url:
     trust bundle carries (docs/privacy.md)."""
     location = spec.location.name if spec.location else ""
     district = spec.district.name if spec.district else ""
+    if spec.district_broker:  # its district's broker first, the core as its fallback
+        core = messages.broker_text(broker_host, int(broker_port))
+        where = [f"brokers = [{_toml_string(spec.district_broker)}, {_toml_string(core)}]"]
+    else:
+        where = [f"host = {_toml_string(broker_host)}", f"port = {int(broker_port)}"]
     return "\n".join([
         "# GreenGate kiosk, made by `greengate-provision enrol`. Every key: docs/kiosk-config.md.",
         "[kiosk]",
@@ -74,8 +81,7 @@ def kiosk_toml(spec: KioskSpec, *, broker_host: str, broker_port: int, http_url:
         *([f"data_dir = {_toml_string(data_dir)}"] if data_dir else []),
         "",
         "[mqtt]",
-        f"host = {_toml_string(broker_host)}",
-        f"port = {int(broker_port)}",
+        *where,
         "tls = true",
         f'ca = "{enrolment.CA}"',
         f'cert = "{enrolment.CERT}"',
@@ -146,7 +152,8 @@ def endpoint_warning(kiosk_id: str, *, broker_host: str, broker_port: int,
 # --- the fleet's record --------------------------------------------------------------
 def register(session, config, *, kiosk_id: str, location_code: str | None,
              location_name: str | None, district_code: str | None, deployment: str | None,
-             policy: str, actor: str, district_name: str | None = None) -> KioskSpec:
+             policy: str, actor: str, district_name: str | None = None,
+             bridge: str | None = None) -> KioskSpec:
     """Register the kiosk (fleet/kiosks.py rules). A new location is created when a
     district is named; a new district only when its name is given too (a typo in a
     code must not make a district); a named district must match an existing
@@ -195,11 +202,19 @@ def register(session, config, *, kiosk_id: str, location_code: str | None,
             raise EnrolError(f"location {location_code!r} is not in district {district_code!r}")
         if district is None and location.district_id is not None:
             district = session.get(District, location.district_id)
+    district_broker = None
+    if bridge is not None:
+        row = session.get(Bridge, bridge)
+        if row is None or not row.address:
+            raise EnrolError(f"no bridge {bridge!r} registered: `greengate-provision bridge "
+                             f"{bridge} --address HOST:PORT --fleet-config …` first")
+        district_broker = row.address
     try:
         kiosks.register(session, config, kiosk_id=kiosk_id, deployment=deployment,
                         policy=policy, location=location, actor=actor, at=time.time())
     except kiosks.KioskError as exc:
         raise EnrolError(exc.message) from None
+    session.get(Kiosk, kiosk_id).bridge = bridge
     reissued = ([], [])
     if location is not None and location.organisation_id is not None:
         # before it first connects, the kiosk must be in the policy bundle's maps (a
@@ -210,7 +225,14 @@ def register(session, config, *, kiosk_id: str, location_code: str | None,
         except ListError as exc:
             raise EnrolError(f"kiosk {kiosk_id!r} is at an organisation's control point and "
                              f"its bundles cannot be signed: {exc.message}") from None
-    return KioskSpec(kiosk_id, deployment, policy, location, district, reissued)
+    return KioskSpec(kiosk_id, deployment, policy, location, district, reissued,
+                     district_broker)
+
+
+def district_broker(session, kiosk: Kiosk) -> str | None:
+    """The address of the kiosk's district broker (`enrol --bridge`), if any."""
+    row = session.get(Bridge, kiosk.bridge) if kiosk.bridge else None
+    return row.address if row is not None else None
 
 
 def record_certificate(session, kiosk_id: str, cert, via: str) -> None:

@@ -148,6 +148,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--http-url", metavar="URL",
                    help="the fleet web server as this kiosk reaches it (default: [enrol] "
                         "http_url, else init's --http-url)")
+    p.add_argument("--bridge", metavar="NAME",
+                   help="its district broker (a bridge registered with `bridge`): its "
+                        "kiosk.toml lists that broker first and the core as its fallback")
     p.add_argument("--data-dir", metavar="DIR",
                    help="[kiosk] data_dir of its kiosk.toml: where it keeps its outbox and "
                         "bundles (default: the kiosk's own default); one per kiosk")
@@ -322,7 +325,8 @@ def _enrol(args) -> int:
                 session, config, kiosk_id=args.kiosk_id, location_code=args.location,
                 location_name=args.location_name, district_code=args.district,
                 district_name=args.district_name,
-                deployment=args.deployment, policy=args.policy, actor=_actor())
+                deployment=args.deployment, policy=args.policy, actor=_actor(),
+                bridge=args.bridge)
             if args.token:
                 token, expires = enrolling.create_token(
                     session, pki, spec.kiosk_id, config.enrol.token_hours, _actor())

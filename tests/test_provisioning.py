@@ -872,3 +872,43 @@ def test_a_kiosk_enrolled_at_a_workers_only_place_gets_its_maps_and_roster_first
     held = roster.parse_roster(cbor2.loads(bundle.cose.parse(
         got[messages.roster_topic("q7-gate")]).payload)["body"])
     assert held.organisation == "acme" and "q7-gate" in held.kiosks
+
+
+# --- a kiosk behind a district broker -------------------------------------------------------
+def test_a_kiosk_enrolled_behind_a_bridge_lists_its_district_broker_then_the_core(
+        https_fleet, district, capsys):
+    """`enrol --bridge d1` (bundle and token alike): kiosk.toml names d1's registered
+    address first and the core as its fallback (docs/scaling.md#kiosk-failover), and the
+    kiosk accepts it as it is."""
+    from device import config as kiosk_config
+    from fleet import bridges
+    fleet = https_fleet
+    with fleet.sessions()() as s:
+        bridges.register(s, "d1", "d1.example.org:8883")
+        s.commit()
+    core = ("127.0.0.1", fleet.port)
+    out = fleet.tmp / "q7-b.tar"
+    assert fleet.provision("enrol", "q7-b", "--location", "loc-b", "--district", "q7",
+                           "--location-name", "Chợ", "--bridge", "d1", "--out", str(out)) == 0
+    with tarfile.open(out) as tar:
+        tar.extractall(fleet.tmp / "pi-b", filter="data")
+    via_bundle = fleet.tmp / "pi-b" / enrolment.BUNDLE_DIR / enrolment.CONFIG
+    capsys.readouterr()
+    assert fleet.provision("enrol", "q7-c", "--token", "--bridge", "d1") == 0
+    token = next(line for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("gge1."))
+    done = kiosk_enrol(fleet.url, token, fleet.tmp / "pi-c")
+    assert done.returncode == 0, done.stderr
+    for path in (via_bundle, fleet.tmp / "pi-c" / enrolment.CONFIG):
+        mqtt_section = tomllib.loads(path.read_text())["mqtt"]
+        assert mqtt_section["brokers"] == ["d1.example.org:8883", "%s:%d" % core]
+        assert "host" not in mqtt_section and "port" not in mqtt_section
+        loaded = kiosk_config.load(path)
+        assert kiosk_config.brokers(loaded) == [("d1.example.org", 8883), core]
+    with fleet.sessions()() as s:
+        assert s.get(Kiosk, "q7-b").bridge == "d1" and s.get(Kiosk, "q7-c").bridge == "d1"
+    capsys.readouterr()
+    assert fleet.provision("enrol", "q7-d", "--token", "--bridge", "d9") == 2
+    assert "no bridge 'd9' registered" in capsys.readouterr().err
+    with fleet.sessions()() as s:
+        assert s.get(Kiosk, "q7-d") is None  # nothing half done

@@ -120,8 +120,9 @@ def enrol():
     location = session.get(Location, kiosk.location_id) if kiosk.location_id else None
     district = session.get(District, location.district_id) \
         if location is not None and location.district_id else None
-    spec = provisioning_enrol.KioskSpec(kiosk.id, kiosk.deployment, kiosk.policy, location,
-                                        district)
+    spec = provisioning_enrol.KioskSpec(
+        kiosk.id, kiosk.deployment, kiosk.policy, location, district,
+        district_broker=provisioning_enrol.district_broker(session, kiosk))
     text = provisioning_enrol.kiosk_toml(spec, **provisioning_enrol.endpoints(config, pki))
     session.commit()
     return jsonify(kiosk=kiosk.id,

@@ -1,5 +1,6 @@
 """The CRL each district broker applies (docs/scaling.md#retiring-a-kiosk-in-tiers), and
-alert episodes of a district bridge that is down (alert kind bridge_down).
+alert episodes of a district bridge that is down (alert kind bridge_down), and the
+district broker a kiosk connects to first (`enrol --bridge`).
 
 Revision ID: 0013
 Revises: 0012
@@ -24,9 +25,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column('crl_error', sa.String(length=200), nullable=True))
     with op.batch_alter_table('alert_episode') as batch:
         batch.add_column(sa.Column('bridge', sa.String(length=32), nullable=True))
+    with op.batch_alter_table('kiosk') as batch:
+        batch.add_column(sa.Column('bridge', sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('kiosk') as batch:
+        batch.drop_column('bridge')
     with op.batch_alter_table('alert_episode') as batch:
         batch.drop_column('bridge')
     with op.batch_alter_table('bridge') as batch:
