@@ -210,3 +210,23 @@ def test_bundles_on_disk_vouch_for_the_clock_after_clock_json_is_lost(kiosk_dir,
     assert code == 0, got
     assert "consistent with the last fleet data" in got["clock"]
     assert not (tmp_path / "data" / "clock.json").exists()  # a selftest changes nothing
+
+
+def test_each_listed_broker_is_checked_and_a_dead_fallback_is_named(kiosk_dir, broker, capsys):
+    """[mqtt] brokers (a district broker, then the core): a fallback nobody can reach is
+    no fallback, so each is checked and named."""
+    from tests.broker import free_port
+    path = Path(kiosk_dir())
+    dead = free_port()
+    path.write_text(path.read_text().replace(
+        f'host = "localhost"\nport = {broker.port}\n',
+        f'brokers = ["localhost:{broker.port}", "127.0.0.1:{dead}"]\n'))
+    code = main(["selftest", "--config", str(path)])
+    out = capsys.readouterr().out
+    about = [line for line in out.splitlines() if line.split()[1:2] == ["broker"]]
+    assert about == [f"OK      broker localhost:{broker.port}: localhost:{broker.port} "
+                     "reachable with TLS",
+                     f"PROBLEM broker 127.0.0.1:{dead}: cannot reach the broker at "
+                     f"127.0.0.1:{dead} (Connection refused); check the network cable/Wi-Fi "
+                     "and the broker address"], out
+    assert code == 1 and "1 problem(s)" in out
