@@ -1,4 +1,5 @@
-"""Schema migrations (Alembic) driven from the fleet config: upgrade, current, check."""
+"""Schema migrations (Alembic) driven from the fleet config: upgrade, downgrade, current,
+check."""
 
 from __future__ import annotations
 
@@ -22,9 +23,19 @@ def _alembic(connection=None) -> AlembicConfig:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    _migrate(engine, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Back to `revision` (a release rolled back); each migration's downgrade keeps the
+    rows it can."""
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine: Engine, step, revision: str) -> None:
     if engine.dialect.name != "sqlite":
         with engine.begin() as connection:
-            command.upgrade(_alembic(connection), revision)
+            step(_alembic(connection), revision)
         return
     # SQLite alters a table by copying it and dropping the old one (Alembic's batch mode);
     # with foreign keys enforced (fleet/db.py) dropping a table that rows of another table
@@ -36,7 +47,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         connection.commit()  # ends SQLAlchemy's autobegun transaction around the pragma
         try:
             with connection.begin():
-                command.upgrade(_alembic(connection), revision)
+                step(_alembic(connection), revision)
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if broken:
                     raise RuntimeError(f"migration left rows whose references are broken: "

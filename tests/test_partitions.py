@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 
 from fleet import migrate, partitions, retention
 from fleet.db import make_engine, make_sessions
@@ -191,3 +191,29 @@ def test_scans_per_decision_come_from_the_statistics_never_a_count_of_the_table(
         connection.execute(text(f"ANALYZE {partitions.name_of(TODAY - DAY)}"))
         connection.commit()
     assert counts() == {"red": 210, "green": 630}
+
+
+def test_the_schema_goes_back_to_before_partitions_with_its_scans_and_up_again(database):
+    """Downgrades 0013 and 0012 (a release rolled back): the scans stay, once each, in
+    one plain table (SQLite: its unique key again without ts), and upgrading again
+    partitions them anew."""
+    engine = make_engine(database.url)
+    try:
+        migrate.upgrade(engine)
+        assert add(engine, [("k6", "scan-dn-1", NOW), ("k6", "scan-dn-2", NOW - 2 * DAY),
+                            ("k6", "scan-dn-3", TODAY - DAY + 7)]) == 3
+        migrate.downgrade(engine, "0011")
+        with engine.connect() as connection:
+            assert not partitions.partitioned(connection)
+            assert connection.execute(text("SELECT count(*) FROM scan")).scalar() == 3
+            columns = {c["name"] for c in inspect(connection).get_columns("bridge")}
+            assert "crl_number" not in columns
+        migrate.upgrade(engine)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM scan")).scalar() == 3
+            assert partitions.partitioned(connection) == (database.backend == "postgresql")
+        if database.backend == "postgresql":
+            assert where(engine, NOW - 2 * DAY) == partitions.name_of(TODAY - 2 * DAY)
+        assert add(engine, [("k6", "scan-dn-1", NOW), ("k6", "scan-dn-4", NOW)]) == 1
+    finally:
+        engine.dispose()
