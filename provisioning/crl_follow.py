@@ -102,9 +102,9 @@ class Follower:
                 log.error("%s", self.error)
                 return self.ack()
         self.error = self._reload()
-        if self.error is None:
-            self.applied = number
-            log.info("CRL %d applied", number)
+        if self.error is None:  # the broker now reads the file: this CRL or a newer one
+            self.applied = max(number, self._file_number() or number)
+            log.info("CRL %d applied", self.applied)
         return self.ack()
 
     def _check(self, payload) -> tuple[int | None, str | None]:

@@ -132,3 +132,18 @@ def test_a_crl_report_parses_or_is_refused_with_a_sentence():
     for topic in ("gg/v1/bridge/D1/crl", "gg/v1/bridge/d1/other", "gg/v1/bridge/d1"):
         with pytest.raises(messages.MessageError):
             messages.bridge_of(topic)
+
+
+def test_after_a_failed_start_an_older_retained_crl_reports_the_newer_file(district):
+    """The broker reads the file: once a reload works, the file's CRL is what it holds,
+    even when what came down the bridge is older (the district was provisioned after it)."""
+    pki, follower = district
+    older = pki.path("crl.pem").read_bytes()
+    newer = pki.write_crl([])
+    follower.crl_path.write_bytes(newer)  # `bridge` copied the PKI's newest
+    follower.reload_command = "false"
+    assert "exited with 1" in follower.start()["error"]
+    follower.reload_command = "true"
+    done = report(follower, older)  # the retained one on the core, from before
+    assert done["number"] == crl_number(newer) and "error" not in done
+    assert follower.crl_path.read_bytes() == newer
