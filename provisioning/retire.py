@@ -34,6 +34,7 @@ import ssl
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives import serialization
@@ -93,6 +94,30 @@ def publish_crl(config, pem: bytes, timeout: float = 10.0) -> str | None:
         return str(exc)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity.client_id,
                          protocol=mqtt.MQTTv311, clean_session=True)
+    try:
+        if m.tls:
+            client.tls_set_context(mqtt_identity.tls_context(config, identity))
+        with _connected(client, identity.client_id, m.host, m.port, timeout) as problem:
+            if problem:
+                return problem
+            info = client.publish(messages.crl_topic(), pem, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:  # not queued: paho says why
+                return f"the CRL was not sent: {exc}"
+            if not info.is_published():
+                return f"the broker did not take the CRL within {timeout:g} s"
+            return None
+    except mqtt_identity.IdentityError as exc:
+        return str(exc)
+    finally:
+        identity.release()
+
+
+@contextmanager
+def _connected(client: mqtt.Client, name: str, host: str, port: int, timeout: float,
+               **connect):
+    """Gives None once the broker has accepted `client`, else why not; it leaves after."""
     connected = threading.Event()
     result: dict = {}
 
@@ -102,27 +127,21 @@ def publish_crl(config, pem: bytes, timeout: float = 10.0) -> str | None:
 
     client.on_connect = on_connect
     try:
-        if m.tls:
-            client.tls_set_context(mqtt_identity.tls_context(config, identity))
-        client.connect(m.host, m.port, keepalive=10)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        identity.release()
-        return f"cannot reach the broker {m.host}:{m.port} ({exc})"
+        client.connect(host, port, keepalive=10, **connect)
+    except (OSError, ssl.SSLError) as exc:
+        yield f"cannot reach the broker {host}:{port} ({exc})"
+        return
     client.loop_start()
     try:
         if not connected.wait(timeout):
-            return f"the broker {m.host}:{m.port} did not answer within {timeout:g} s"
-        if result["reason"].is_failure:
-            return f"the broker refused {identity.client_id}: {result['reason']}"
-        info = client.publish(messages.crl_topic(), pem, qos=1, retain=True)
-        info.wait_for_publish(timeout)
-        if not info.is_published():
-            return f"the broker did not take the CRL within {timeout:g} s"
-        return None
+            yield f"the broker {host}:{port} did not answer within {timeout:g} s"
+        elif result["reason"].is_failure:
+            yield f"the broker {host}:{port} refused {name}: {result['reason']}"
+        else:
+            yield None
     finally:
         client.disconnect()
         client.loop_stop()
-        identity.release()
 
 
 def districts(session) -> list[Bridge]:
@@ -212,27 +231,8 @@ def disconnect(config, pki: PKI, kiosk_id: str, timeout: float = 10.0,
         client.tls_set_context(_kiosk_context(config, pki, kiosk_id))
     except (OSError, ssl.SSLError, ValueError) as exc:
         return f"no certificate to end it with: {exc}"
-    connected = threading.Event()
-    result: dict = {}
-
-    def on_connect(_c, _u, _flags, reason, _props):
-        result["reason"] = reason
-        connected.set()
-
-    client.on_connect = on_connect
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0
-    try:
-        client.connect(host, port, keepalive=10, clean_start=True, properties=props)
-    except (OSError, ssl.SSLError) as exc:
-        return f"cannot reach the broker {host}:{port} ({exc})"
-    client.loop_start()
-    try:
-        if not connected.wait(timeout):
-            return f"the broker {host}:{port} did not answer within {timeout:g} s"
-        if result["reason"].is_failure:
-            return f"the broker refused the retire step's certificate: {result['reason']}"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return None
+    with _connected(client, f"the retire step's certificate for {kiosk_id}", host, port,
+                    timeout, clean_start=True, properties=props) as problem:
+        return problem
