@@ -300,7 +300,8 @@ def _districts_crl(session, config, pem: bytes, wait: float, again: str):
     if applied:
         _say(f"district broker(s) {', '.join(b.name for b in applied)} applied CRL {number}")
     return applied, [f"WARNING: district broker {b.name} ({b.address}) has not applied CRL "
-                     f"{number} within {wait:g} s ({retiring.behind_text(b)}): it still "
+                     f"{number} within {wait:g} s ({retiring.behind_text(b)}, as the "
+                     "ingest's presence worker last recorded it): it still "
                      "accepts the certificates revoked since, and any live session there "
                      f"was left alone; run `{again}` once it has (`greengate-provision "
                      "crl-follow` on its host applies what its bridge brings down)"
