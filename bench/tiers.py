@@ -51,7 +51,7 @@ class Brokers:
 
     def __init__(self, tmp: Path, districts: tuple[str, ...], workers: int = 1):
         from provisioning import bridge_config, mosquitto_config
-        from provisioning import pki as pki_module
+        from fleet import pki as pki_module
         from tests.broker import free_port
         from tests.tiers import ProvisionedBroker
 
@@ -97,7 +97,7 @@ class Brokers:
         return kiosk_tls(self.pki, self.tls_dir, identity)
 
     def fleet_tls(self):
-        from provisioning import pki as pki_module
+        from fleet import pki as pki_module
         clients = self.pki.path(pki_module.CLIENTS)
         return (str(self.pki.path("ca.pem")), f"{clients}/{{identity}}.pem",
                 f"{clients}/{{identity}}.key")

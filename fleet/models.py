@@ -372,7 +372,7 @@ class AuditLog(Base):
 
 
 class KioskCertificate(Base):
-    """A client certificate the fleet CA issued to a kiosk (provisioning/pki.py). Retiring
+    """A client certificate the fleet CA issued to a kiosk (fleet/pki.py). Retiring
     the kiosk revokes them all; the broker's CRL is made from the revoked ones."""
     __tablename__ = "kiosk_certificate"
     serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # hex

@@ -31,10 +31,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from fleet.pki import PKI, PKIError
 from greengate import messages
 
 from . import mosquitto_config
-from .pki import PKI, PKIError
 
 UP = ("kiosk/#",)
 DOWN = ("bundle/#", "confirm/#", "roster/#")

@@ -41,9 +41,8 @@ import paho.mqtt.client as mqtt
 from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fleet.pki import crl_number
 from greengate import messages
-
-from .pki import crl_number
 
 log = logging.getLogger("greengate.crl_follow")
 

@@ -16,12 +16,13 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from fleet import kiosk_config
+from fleet.pki import (DEFAULT_WEB, FLEET_IDENTITY, ROLES, PKI, PKIError, crl_number,
+                       init as pki_init)
 from greengate import messages
 
 from . import enrol as enrolling
 from . import mosquitto_config, retire as retiring
-from .pki import (DEFAULT_WEB, FLEET_IDENTITY, ROLES, PKI, PKIError, crl_number,
-                  init as pki_init)
 
 
 def _say(text: str) -> None:
@@ -315,8 +316,8 @@ def _enrol(args) -> int:
         return _error(str(exc))
     if not pki.path("ca.key").exists():
         return _error(f"no fleet PKI in {pki.dir}: run `greengate-provision init` first")
-    endpoints = enrolling.endpoints(config, pki, broker_host=args.broker_host,
-                                    broker_port=args.broker_port, http_url=args.http_url)
+    endpoints = kiosk_config.endpoints(config, pki, broker_host=args.broker_host,
+                                       broker_port=args.broker_port, http_url=args.http_url)
     warning = enrolling.endpoint_warning(args.kiosk_id, **endpoints)
     if warning:
         print(f"greengate-provision: warning: {warning}", file=sys.stderr)
@@ -340,11 +341,11 @@ def _enrol(args) -> int:
                      f"--fleet {url} --token {token}")
                 return _publish_reissued(config, spec)
             key, cert = pki.issue_kiosk(spec.kiosk_id, config.enrol.cert_days)
-            text = enrolling.kiosk_toml(spec, **endpoints, data_dir=args.data_dir)
+            text = kiosk_config.kiosk_toml(spec, **endpoints, data_dir=args.data_dir)
             files = enrolling.bundle_files(pki, key, cert, text)
             where = enrolling.write_tar(args.out, files) if args.out else \
                 enrolling.write_folder(args.sd, files, args.force)
-            enrolling.record_certificate(session, spec.kiosk_id, cert, "bundle")
+            kiosk_config.record_certificate(session, spec.kiosk_id, cert, "bundle")
             session.commit()
         except enrolling.EnrolError as exc:
             session.rollback()

@@ -40,9 +40,8 @@ import os
 import shutil
 from pathlib import Path
 
+from fleet.pki import FLEET_IDENTITY, PKI, PKIError
 from greengate import messages
-
-from .pki import FLEET_IDENTITY, PKI, PKIError
 
 KIOSK_TOPICS = ("scan", "summary", "heartbeat", "presence")
 

@@ -45,9 +45,8 @@ from sqlalchemy import select
 
 from fleet import bridges, kiosks, mqtt_identity
 from fleet.models import RETIRED, Bridge, Kiosk, KioskCertificate
+from fleet.pki import PKI
 from greengate import messages
-
-from .pki import PKI
 
 # after the reload command returned, before the kick: Mosquitto handles SIGHUP between
 # two turns of its loop, and the kicked kiosk reconnects at once

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from greengate import messages
 from provisioning import bridge_config
-from provisioning import pki as pki_module
+from fleet import pki as pki_module
 from provisioning.crl_follow import Follower
-from provisioning.pki import crl_number
+from fleet.pki import crl_number
 
 
 @pytest.fixture

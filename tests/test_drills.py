@@ -317,7 +317,7 @@ def test_drill_bad_traffic_refused_counted_nothing_disturbed(tmp_path, make_brok
     from fleet.models import PublishedBundle
     from greengate import messages
     from provisioning.mosquitto_config import acl_text
-    from provisioning.pki import FLEET_IDENTITY
+    from fleet.pki import FLEET_IDENTITY
     from sqlalchemy import select
     from tests.broker import free_port
     from tests.ingestkit import KioskClient, Workers, scan, scan_ids

@@ -17,7 +17,7 @@ from fleet.config import load
 from fleet.ingest import IngestWorker
 from fleet.mqtt_trouble import Trouble
 from fleet.publisher import for_app
-from provisioning import pki as fleet_pki
+from fleet import pki as fleet_pki
 from tests.broker import Broker, TLSFiles, wait_until
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from paho.mqtt.enums import CallbackAPIVersion
 
 from provisioning.cli import main as provision
-from provisioning.pki import PKI
+from fleet.pki import PKI
 from tests.broker import find_mosquitto, free_port, wait_until
 
 DEBIAN_CONF = Path(__file__).parent / "data" / "debian" / "mosquitto.conf"

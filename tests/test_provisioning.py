@@ -813,7 +813,7 @@ def test_the_fleet_signs_only_sound_requests_and_names_the_kiosk_itself(tmp_path
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from provisioning.pki import PKIError, init
+    from fleet.pki import PKIError, init
 
     pki = init(tmp_path / "pki", ["localhost"])
 

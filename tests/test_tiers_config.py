@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from provisioning.cli import main as provision
-from provisioning.pki import PKI
+from fleet.pki import PKI
 from tests.broker import Subscriber, wait_until
 from tests.tiers import Tiers
 

@@ -27,7 +27,7 @@ from fleet.db import make_engine, make_sessions
 from fleet.models import Bridge, District
 from greengate import enrolment
 from provisioning.cli import main as provision
-from provisioning.pki import crl_number
+from fleet.pki import crl_number
 from tests.broker import wait_until
 from tests.ingestkit import Workers
 from tests.test_provisioning import Client

@@ -24,8 +24,8 @@ import threading
 from pathlib import Path
 
 from provisioning import bridge_config, mosquitto_config
-from provisioning import pki as pki_module
-from provisioning.pki import PKI
+from fleet import pki as pki_module
+from fleet.pki import PKI
 from tests.broker import Broker, Subscriber, TLSFiles, free_port, wait_until
 from greengate import messages
 

@@ -23,9 +23,10 @@ from sqlalchemy import func, select, update
 
 from greengate import enrolment
 
-from .. import audit
+from .. import audit, kiosk_config
 from ..app import current_fleet, db
 from ..models import RETIRED, District, EnrolmentAttempt, EnrolmentToken, Kiosk, Location
+from ..pki import PKI, PKIError  # the fleet host holds the CA for token enrolment
 from . import ApiError, bp
 from .common import json_body, now
 
@@ -35,7 +36,6 @@ WINDOW = 600.0  # seconds over which failures count
 
 
 def _pki():
-    from provisioning.pki import PKI  # the fleet host holds the CA for token enrolment
     config = current_fleet().config
     pki = PKI(config.resolve(config.pki.dir))
     if not pki.path("ca.key").exists():
@@ -58,9 +58,6 @@ def _fail(session, status: int, message: str, address: str):
 
 @bp.post("/enrol")
 def enrol():
-    from provisioning import enrol as provisioning_enrol
-    from provisioning.pki import PKIError
-
     config = current_fleet().config
     session = db()
     address = request.remote_addr or "unknown"
@@ -114,16 +111,16 @@ def enrol():
     except PKIError as exc:
         session.rollback()  # the token stays unused: the request was at fault
         raise ApiError(422, str(exc)) from None
-    provisioning_enrol.record_certificate(session, kiosk.id, cert, "token")
+    kiosk_config.record_certificate(session, kiosk.id, cert, "token")
     audit.record(session, f"token:{row.created_by}", "kiosk.enrol", kiosk.id, via="token",
                  address=address, serial=format(cert.serial_number, "x"))
     location = session.get(Location, kiosk.location_id) if kiosk.location_id else None
     district = session.get(District, location.district_id) \
         if location is not None and location.district_id else None
-    spec = provisioning_enrol.KioskSpec(
+    spec = kiosk_config.KioskSpec(
         kiosk.id, kiosk.deployment, kiosk.policy, location, district,
-        district_broker=provisioning_enrol.district_broker(session, kiosk))
-    text = provisioning_enrol.kiosk_toml(spec, **provisioning_enrol.endpoints(config, pki))
+        district_broker=kiosk_config.district_broker(session, kiosk))
+    text = kiosk_config.kiosk_toml(spec, **kiosk_config.endpoints(config, pki))
     session.commit()
     return jsonify(kiosk=kiosk.id,
                    certificate=cert.public_bytes(serialization.Encoding.PEM).decode(),
