@@ -77,7 +77,7 @@ def test_what_is_not_a_current_crl_of_the_fleet_ca_is_refused_and_said(district,
                   .last_update(now).next_update(now + dt.timedelta(days=1))
                   .sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
     cases = {forged: "not signed by the fleet CA", expired: "expired",
-             unnumbered: "without a CRL Number", b"": "empty",
+             unnumbered: "without a CRL Number",
              b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n": "not a PEM CRL",
              pki.ca_cert.public_bytes(serialization.Encoding.PEM): "not a PEM CRL",
              b"\xff" * 5000: "not a PEM CRL", b"x" * (5 * 1024 * 1024): "more than a CRL"}
@@ -88,6 +88,11 @@ def test_what_is_not_a_current_crl_of_the_fleet_ca_is_refused_and_said(district,
     assert follower.crl_path.read_bytes() == held and follower.reloads() == 1
     # the next good one clears the error
     assert "error" not in report(follower, pki.write_crl([]))
+    applied = crl_number(follower.crl_path.read_bytes())
+    # the retained CRL cleared on the core: the broker keeps its CRL, and that is no fault
+    done = report(follower, b"")
+    assert "error" not in done and done["number"] == applied
+    assert crl_number(follower.crl_path.read_bytes()) == applied
 
 
 def test_a_reload_that_fails_is_said_and_retried_with_the_same_crl(district, tmp_path):
