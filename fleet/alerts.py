@@ -392,7 +392,10 @@ class Decider:
     def _bridge_rule(self, session, rule, mine, kiosks, now) -> int:
         """A registered bridge down for the grace period alerts, with how many kiosks are
         unreachable through it; its coming back is the recovery. Without this, a cut
-        bridge would say nothing: its kiosks are unreachable, not offline."""
+        bridge would say nothing: its kiosks are unreachable, not offline. A bridge that
+        has not connected once in the grace period after its registration alerts too: a
+        district broker set up wrong (its bridge certificate, the core's address) never
+        says "0", and its kiosks would be silent for reasons nobody is told."""
         made = 0
         registered = {b.name: b for b in session.scalars(select(Bridge))
                       if b.address is not None}
@@ -401,16 +404,21 @@ class Decider:
             b = registered.get(ep.bridge)
             if b is None:
                 ep.ended_at, ep.resolution = now, OUT_OF_SCOPE  # no longer registered
-            elif b.connected is not False:
+            elif b.connected is True:
                 ep.ended_at, ep.resolution = (b.since or now), RECOVERED
                 made += self._messages(session, rule, ep, RECOVERY, self._bridge_payload(
                     rule, ep, b, RECOVERY, kiosks, now))
             else:
                 told.add(b.name)
         for name, b in sorted(registered.items()):
-            if b.connected is not False or name in told:
+            if b.connected is True or name in told:
                 continue
-            since = b.since if b.since is not None else now
+            if b.connected is False:
+                since = b.since if b.since is not None else now
+            elif b.registered_at is not None:
+                since = b.registered_at  # registered, never heard of on the core
+            else:
+                continue
             if now - since < self.a.grace_seconds:
                 continue  # a link that drops for seconds reconnects by itself
             ep = AlertEpisode(rule_id=rule.id, kiosk_id=None, district_id=None,
@@ -431,7 +439,14 @@ class Decider:
                    address=bridge.address, state="down" if event == ALERT else "connected",
                    since=iso(ep.started), unreachable=unreachable,
                    url=f"{base}/#bridges" if base else None)
-        if event == ALERT:
+        if event == ALERT and bridge.connected is None:
+            doc["state"] = "never connected"
+            doc["detail"] = ("the core has no word from it: check the district broker's "
+                             "bridge (its certificate, the core's address) and its log")
+            doc["text"] = (f"District bridge {bridge.name} ({bridge.address}) has not "
+                           f"connected to the core since it was registered at "
+                           f"{iso(ep.started)}: {doc['detail']}")
+        elif event == ALERT:
             doc["detail"] = (f"{unreachable} kiosks unreachable through it; they go on "
                              "checking, and what they decide reaches the fleet once it is back")
             doc["text"] = (f"District bridge {bridge.name} ({bridge.address}) is down since "

@@ -319,8 +319,9 @@ def test_a_district_bridge_down_alerts_with_its_unreachable_kiosks_then_recovers
     from fleet.presence import write_bridges
     d1 = "10.0.1.5:8883"
     with fleet.sessions() as s:
-        bridges.register(s, "d1", d1, at=T0 - 700)
-        bridges.register(s, "d2", "10.0.2.5:8883", at=T0 - 700)
+        for name, address in (("d1", d1), ("d2", "10.0.2.5:8883")):
+            b = bridges.register(s, name, address, at=T0 - 700)
+            b.connected, b.since = True, T0 - 600  # as the tracker is told below
         with pytest.raises(RuleError, match="every district bridge"):
             apply_rule(s, None, {"name": "b", "kind": "bridge_down", "district": "q1",
                                  "webhook_url": receiver.url}, actor="test", now=T0)
@@ -363,6 +364,45 @@ def test_a_district_bridge_down_alerts_with_its_unreachable_kiosks_then_recovers
     assert "is back after 5 min" in back["text"]
     message = alerts.email_message(down, "gg@fleet.example", "ops@example.org")
     assert "bridge: d1" in message.get_content() and "unreachable: 2" in message.get_content()
+
+
+def test_a_registered_bridge_never_heard_of_alerts_until_it_connects(
+        fleet, dispatcher, receiver):
+    """A district broker set up wrong never connects, so it never says "0": the rule
+    tells of a registered bridge silent for the grace period after its registration."""
+    from fleet import bridges
+    from fleet.presence import write_bridges
+    with fleet.sessions() as s:
+        bridges.register(s, "d3", "10.0.3.5:8883", at=T0)
+        bridges.register(s, "d4", "10.0.4.5:8883", at=T0)
+        s.commit()
+    fleet.rule(kind="bridge_down", webhook_url=receiver.url)
+    d = dispatcher()
+    fleet.tracker.known_bridges([("d3", "10.0.3.5:8883", None, None),
+                                 ("d4", "10.0.4.5:8883", None, None)])
+
+    def bridge(name, up, at):
+        fleet.tracker.bridge(name, up, at)
+        fleet._flush()
+        with fleet.engine.begin() as c:
+            write_bridges(c, fleet.tracker.take_bridge_changes())
+
+    bridge("d4", True, T0 + 5)  # set up right: connects at once
+    step(d, T0 + GRACE - 1)
+    assert receiver.posts == []
+    step(d, T0 + GRACE)
+    step(d, T0 + GRACE + 30)  # told once
+    assert receiver.events() == [("alert", "d3")]
+    never = receiver.posts[0]
+    assert (never["bridge"], never["state"]) == ("d3", "never connected")
+    assert "has not connected to the core since it was registered" in never["text"]
+    bridge("d3", False, T0 + 200)  # it connected and dropped: still the same episode
+    step(d, T0 + 201)
+    assert receiver.events() == [("alert", "d3")]
+    bridge("d3", True, T0 + 300)
+    step(d, T0 + 301)
+    assert receiver.events() == [("alert", "d3"), ("recovery", "d3")]
+    assert receiver.posts[1]["duration_seconds"] == 300.0
 
 
 def test_a_failing_webhook_is_retried_with_back_off_then_delivered(fleet, dispatcher, receiver):
