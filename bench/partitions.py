@@ -15,7 +15,9 @@ schema (migration 0012: partitioned by day), then:
   district, a kiosk's last scan) and a tracing query (one holder over 21 days), p95 of
   many runs each;
 - the metrics scrape's scans per decision: a count of the whole table against the
-  estimate from ANALYZE's statistics (fleet/partitions.decision_counts).
+  estimate from ANALYZE's statistics (fleet/partitions.decision_counts);
+- the hourly rollup (fleet/scan_hours.py): its first run over the days held, one hour
+  counted (the hourly upkeep's share), and the day's figures read from it.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dir", default="/var/tmp")
     args = parser.parse_args(argv)
 
-    from fleet import migrate, partitions
+    from sqlalchemy.orm import Session
+
+    from fleet import migrate, partitions, scan_hours
     from fleet.db import make_engine
     from fleet.ingest_store import SCAN, SCAN_KEY
     from fleet.sqlinsert import BulkInsert
@@ -186,6 +190,30 @@ def main(argv: list[str]) -> int:
                 run()
                 timings[label] = [run() for _ in range(3 if "whole" in label else 20)]
 
+        # the hourly rollup (fleet/scan_hours.py): its first run over every day held, one
+        # hour's count (the hourly upkeep's share), then the day figures read from it
+        start = time.perf_counter()
+        rolled = scan_hours.roll(engine, now)
+        roll_s = time.perf_counter() - start
+        hour_s = []
+        for h in range(5):
+            with engine.begin() as connection:
+                hour_s.append(_timed_call(scan_hours._count, connection,
+                                          today - DAY + 3600 * (3 + h)))
+        timings["rollup: one hour counted again (the hourly upkeep's share)"] = hour_s
+        with Session(engine) as session:
+            for label, columns in (
+                    ("hourly volumes of a day by decision, from the rollup",
+                     ("hour", "decision")),
+                    ("a day's scans per district, from the rollup",
+                     ("district_id", "decision"))):
+                def run():
+                    return _timed_call(scan_hours.counted, session, columns, today - DAY,
+                                       today, lambda stmt, _table: stmt)
+                run()  # warm
+                timings[label] = [run() for _ in range(20)]
+                assert scan_hours.plan(session, today - DAY, today)[1] == []  # all rolled
+
         print()
         print("| what | figure |")
         print("|---|---|")
@@ -197,6 +225,8 @@ def main(argv: list[str]) -> int:
         print(f"| on disk, tables + indexes | {size / 1e9:.2f} GB: {per_scan:.0f} bytes a scan "
               f"({heap / count:.0f} of it the rows) |")
         print(f"| retention of one day by DELETE ({deleted:,} rows) | {delete_s:.2f} s |")
+        print(f"| rollup, first run: {rolled['hours']:,} hours counted | {roll_s:.1f} s "
+              f"({roll_s / max(1, rolled['hours']) * 1000:.0f} ms an hour) |")
         print(f"| retention of one day by DROP ({dropped[-1][1]:,} rows) | {drop_s:.3f} s "
               f"(of which counting the rows for the audit {count_s:.2f} s per day) |")
         for label, values in timings.items():

@@ -15,6 +15,7 @@
     greengate-fleet [--config FILE] policies assign NAME --kiosk ID [--kiosk ID ...]
                                     | --location CODE | --district CODE
     greengate-fleet [--config FILE] scans purge [--days N]     (retention)
+    greengate-fleet [--config FILE] scans rollup               (the dashboard's hourly counts)
     greengate-fleet [--config FILE] alerts [--once]            (alert dispatcher)
     greengate-fleet [--config FILE] reports weekly [--week YYYY-MM-DD] [--district CODE]
                                     [--ward CODE] [--send] [--force] [--due]  (docs/reports.md)
@@ -131,12 +132,14 @@ def main(argv=None) -> int:
     _list_change_options(policies)
     policies.set_defaults(handler=_lazy("fleet.policies"))
 
-    scans = sub.add_parser("scans", help="retention: delete scans older than [fleet] "
-                                         "retention_days (run from a timer)")
-    scans.add_argument("action", choices=("purge",))
+    scans = sub.add_parser("scans", help="purge: delete scans older than [fleet] "
+                                         "retention_days; rollup: count the closed hours for "
+                                         "the dashboard (both hourly, from a timer)")
+    scans.add_argument("action", choices=("purge", "rollup"))
     scans.add_argument("--days", type=float, metavar="N",
-                       help="keep N days instead of [fleet] retention_days")
-    scans.set_defaults(handler=_lazy("fleet.retention"))
+                       help="purge: keep N days instead of [fleet] retention_days")
+    scans.set_defaults(handler=lambda config, args: _lazy(
+        "fleet.scan_hours" if args.action == "rollup" else "fleet.retention")(config, args))
 
     alerts = sub.add_parser("alerts", help="run the alert dispatcher: webhooks and e-mail when "
                                            "kiosks go offline (docs/dashboard.md#alerts)")

@@ -40,6 +40,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from . import quarantine as dead_letters
+from . import scan_hours
 from .ingest_metrics import IngestMetrics
 from .models import RETIRED, Kiosk, Location, Scan, ScanSummary
 from .presence import new_kiosk_row
@@ -196,6 +197,9 @@ class ScanStore:
                     add(row + (d.get("seq"),) if HAS_SEQ else row)
                 out.scans = self._scan_insert.execute(connection, rows)
                 out.scan_duplicates = len(rows) - out.scans
+                if out.scans:  # hours the rollup may have counted: read from the scans
+                    scan_hours.mark(connection, scan_hours.late_hours(
+                        (d["ts"] for _, d, _ in scans), received), received)
             if summaries:
                 rows = []
                 for kiosk, d, _ in summaries:

@@ -185,6 +185,42 @@ class ScanSummary(Base):
                       Index("ix_summary_hour", "hour"))
 
 
+class ScanHour(Base):
+    """Scans of one closed UTC hour counted per place, decision and reason: what the
+    dashboard's day figures read instead of the day's scans (fleet/scan_hours.py). The
+    rollup (`greengate-fleet scans rollup`) rewrites an hour's rows whole."""
+    __tablename__ = "scan_hour"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    hour: Mapped[int] = mapped_column(Integer)  # epoch seconds of its start
+    district_id: Mapped[int | None] = mapped_column(Integer)
+    location_id: Mapped[int | None] = mapped_column(Integer)
+    decision: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(String(40))
+    sub_reason: Mapped[str | None] = mapped_column(String(40))
+    count: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_scan_hour_hour", "hour"),)
+
+
+class ScanHourDirty(Base):
+    """An hour rolled up already that got scans since (a kiosk's outbox replayed late):
+    read from the scans until the rollup counts it again and deletes this row."""
+    __tablename__ = "scan_hour_dirty"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    hour: Mapped[int] = mapped_column(Integer)
+    at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_scan_hour_dirty_hour", "hour"),)
+
+
+class ScanRollup(Base):
+    """One row: every hour before `through` is counted in scan_hour (or marked dirty)."""
+    __tablename__ = "scan_rollup"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    through: Mapped[int] = mapped_column(Integer)
+    at: Mapped[float] = mapped_column(Float)  # when the rollup last ran
+
+
 QUARANTINE_KINDS = ("scan", "summary", "heartbeat", "presence", "bridge", "unknown")
 
 

@@ -25,7 +25,7 @@ import time
 
 from sqlalchemy import delete, select
 
-from . import audit, partitions
+from . import audit, partitions, scan_hours
 from .models import QuarantinedMessage, Scan, ScanSummary
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ def purge(sessions, before: float, *, actor: str = "system", chunk: int = CHUNK)
     # a summary's hour (epoch seconds of its start) goes once all of it is older
     summaries = _purge_table(sessions, ScanSummary, ScanSummary.id,
                              ScanSummary.hour + 3600 <= before, chunk)
+    with sessions() as session:  # the hourly counts go with their scans
+        scan_hours.forget_before(session.connection(), before)
+        session.commit()
     quarantined = _purge_table(sessions, QuarantinedMessage, QuarantinedMessage.id,
                                QuarantinedMessage.received < before, chunk)
     counts = {"scans": scans, "summaries": summaries, "quarantined": quarantined,

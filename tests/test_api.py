@@ -13,10 +13,11 @@ import hashlib
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
+from fleet import scan_hours
 from fleet.models import (ApiToken, AuditLog, District, Kiosk, Outage, Policy, PresenceEvent,
-                          Scan, ScanSummary, User)
+                          Scan, ScanHour, ScanSummary, User)
 from tests.fleetdata import HOUR, NOW, iso, scan, seed
 
 @pytest.fixture
@@ -460,7 +461,16 @@ def test_pseudonyms_are_for_tracers_only(scans):
 
 
 # --- statistics -----------------------------------------------------------------------------------
-def test_scans_per_hour_adds_summaries(fleet):
+def roll_up(fleet):
+    """The hourly rollup as the upkeep runs it (fleet/scan_hours.py): every figure below
+    must come out the same from the counts as from the scans."""
+    scan_hours.roll(fleet.client.application.extensions["greengate"].engine, NOW)
+    with fleet.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(ScanHour)) > 0
+
+
+@pytest.mark.parametrize("rolled", [False, True], ids=["scans", "rolled-up"])
+def test_scans_per_hour_adds_summaries(fleet, rolled):
     ids = fleet.ids
     h = NOW - 3 * HOUR  # 05:00Z
     with fleet.sessions() as s:
@@ -479,6 +489,8 @@ def test_scans_per_hour_adds_summaries(fleet):
                                decision="green", reason="ok", count=40, first=h + HOUR,
                                last=h + HOUR + 9, location_id=ids.station, district_id=ids.q3)])
         s.commit()
+    if rolled:
+        roll_up(fleet)
     # since/until widen to whole hours: 05:00 … 07:00 (07:30 rounds up to 08:00).
     answer = get(fleet, f"/api/v1/stats/scans-per-hour?district=q1&since={iso(h + 60)}"
                         f"&until={iso(h + 2.5 * HOUR)}")
@@ -488,6 +500,12 @@ def test_scans_per_hour_adds_summaries(fleet):
         {"hour": iso(h + HOUR), "total": 1, "green": 1, "red": 0, "other": 0, "summarized": 0},
         {"hour": iso(h + 2 * HOUR), "total": 0, "green": 0, "red": 0, "other": 0, "summarized": 0}]
     assert answer["totals"] == {"total": 22, "green": 2, "red": 18, "other": 2, "summarized": 19}
+    mine = get(fleet, f"/api/v1/stats/scans-per-hour?since={iso(h + 60)}"
+                      f"&until={iso(h + 2.5 * HOUR)}", "officer")  # the officer's is q1
+    assert mine["hours"] == answer["hours"]
+    kiosk = get(fleet, f"/api/v1/stats/scans-per-hour?kiosk=q1-a&since={iso(h)}"
+                       f"&until={iso(h + HOUR)}")
+    assert kiosk["totals"]["total"] == 2 + 17 + 2
     everywhere = get(fleet, f"/api/v1/stats/scans-per-hour?since={iso(h)}&until={iso(h + 2 * HOUR)}")
     assert [b["total"] for b in everywhere["hours"]] == [22, 41]
     market = get(fleet, f"/api/v1/stats/scans-per-hour?location=q1-market&since={iso(h)}"
@@ -501,7 +519,8 @@ def test_scans_per_hour_adds_summaries(fleet):
         "message"] == f"the range spans {hours} hours; ask for at most 93 days at a time"
 
 
-def test_overview_counts_and_silent_kiosks(fleet):
+@pytest.mark.parametrize("rolled", [False, True], ids=["scans", "rolled-up"])
+def test_overview_counts_and_silent_kiosks(fleet, rolled):
     ids = fleet.ids
     with fleet.sessions() as s:
         s.add_all([scan(1, "q1-a", ids.market, ids.q1, NOW - 10 * 60),  # q1-a is busy
@@ -515,6 +534,8 @@ def test_overview_counts_and_silent_kiosks(fleet):
         s.add(PresenceEvent(kiosk_id="q1-c", at=NOW - 600, previous="offline", state="degraded",
                             session=4, detail="lists missing"))
         s.commit()
+    if rolled:
+        roll_up(fleet)
     # the default window is the dashboard's: [web] silent_hours (one default, both places)
     default = get(fleet, "/api/v1/stats/overview")["silent_minutes"]
     config = fleet.client.application.extensions["greengate"].config

@@ -194,7 +194,7 @@ def test_scans_per_decision_come_from_the_statistics_never_a_count_of_the_table(
 
 
 def test_the_schema_goes_back_to_before_partitions_with_its_scans_and_up_again(database):
-    """Downgrades 0013 and 0012 (a release rolled back): the scans stay, once each, in
+    """Downgrades 0014, 0013 and 0012 (a release rolled back): the scans stay, once each, in
     one plain table (SQLite: its unique key again without ts), and upgrading again
     partitions them anew."""
     engine = make_engine(database.url)

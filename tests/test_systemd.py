@@ -325,8 +325,9 @@ def test_upkeep_purges_then_refreshes_the_lists_with_real_commands(tmp_path, cap
     s = parse_unit(MAINTAIN.read_text())["Service"]
     assert s["Type"] == ["oneshot"]
     starts = [line.split() for line in s["ExecStart"]]
-    assert [start[1:3] for start in starts] == [["scans", "purge"], ["sealing", "purge"],
-                                                ["bundles", "refresh"], ["reports", "weekly"]]
+    assert [start[1:3] for start in starts] == [["scans", "purge"], ["scans", "rollup"],
+                                                ["sealing", "purge"], ["bundles", "refresh"],
+                                                ["reports", "weekly"]]
     for start in starts:
         assert start[0] == FLEET_EXEC
         args = ["--config", str(tmp_path / "missing.toml"), *start[1:]]

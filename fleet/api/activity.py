@@ -17,10 +17,11 @@ from flask import jsonify, request
 from sqlalchemy import func, or_, select
 
 from ..auth import require
+from .. import scan_hours
 from ..models import (ADMIN, HEALTH_OFFICIAL, STATES, AuditLog, District, Kiosk, Location,
                       Outage, PresenceEvent, Scan, ScanSummary)
 from . import ApiError, bp
-from .common import (CODE, CODE_RULE, caller, choice_arg, district_by_code, hour_bucket,
+from .common import (CODE, CODE_RULE, caller, choice_arg, district_by_code,
                      int_arg, iso, keyset_page, location_by_code, location_clause, now,
                      org_scope, page_args, pattern_arg, scope, time_range, ward_scope)
 from .fleet_objects import (CONNECTED, KIOSK_ID, KIOSK_RULE, _kiosk_select, _scoped_kiosks,
@@ -132,23 +133,21 @@ def scan_where(stmt, table, *, kiosk_id: str | None = None, location_id: int | N
 
 
 # --- scans per hour ------------------------------------------------------------------------
-def hourly_volumes(session, first: int, end: int, filters) -> list[dict]:
+def hourly_volumes(session, first: int, end: int, filters, *, rollup: bool = True) -> list[dict]:
     """Scans per UTC hour from `first` to `end` (whole hours), summaries of full outboxes
     added in: [{"hour", "total", "green", "red", "other", "summarized"}], every hour listed.
-    `filters(stmt, table)` limits the scan and scan_summary queries (scope, place); the
-    dashboard's stats page shares this with GET /stats/scans-per-hour."""
+    `filters(stmt, table)` limits the scan, scan_hour and scan_summary queries (scope,
+    place); rollup=False when it filters on what the hourly counts do not keep (a kiosk).
+    The dashboard's stats page shares this with GET /stats/scans-per-hour."""
     buckets = {h: {"hour": iso(h), "total": 0, "green": 0, "red": 0, "other": 0,
                    "summarized": 0} for h in range(first, end, 3600)}
-    inner = (select(hour_bucket(session, Scan.ts).label("hour"), Scan.decision.label("decision"))
-             .where(Scan.ts >= first, Scan.ts < end))
-    inner = filters(inner, Scan).subquery()
-    scans = select(inner.c.hour, inner.c.decision, func.count()).group_by(inner.c.hour,
-                                                                         inner.c.decision)
+    scans = scan_hours.counted(session, ("hour", "decision"), first, end, filters,
+                               rollup=rollup)
     summaries = (select(ScanSummary.hour, ScanSummary.decision, func.sum(ScanSummary.count))
                  .where(ScanSummary.hour >= first, ScanSummary.hour < end)
                  .group_by(ScanSummary.hour, ScanSummary.decision))
     summaries = filters(summaries, ScanSummary)
-    for rows, summarized in ((session.execute(scans).all(), False),
+    for rows, summarized in (([(*key, n) for key, n in scans.items()], False),
                              (session.execute(summaries).all(), True)):
         for hour, decision, count in rows:
             bucket = buckets.get(int(hour))
@@ -182,7 +181,7 @@ def scans_per_hour():
         raise ApiError(400, f"the range spans {hours} hours; ask for at most {MAX_HOURS // 24} "
                             "days at a time")
     series = hourly_volumes(session, first, end, lambda stmt, table: _scan_filters(
-        session, stmt, table))
+        session, stmt, table), rollup=not request.args.get("kiosk"))
     totals = {key: sum(b[key] for b in series) for key in ("total", "green", "red", "other",
                                                           "summarized")}
     return jsonify(since=iso(first), until=iso(end), hours=series, totals=totals,
@@ -202,20 +201,24 @@ def _tz():
 
 
 def _count_scans(session, since: float, until: float, district_id: int | None) -> int:
-    scans = select(func.count(Scan.id)).where(Scan.ts >= since, Scan.ts <= until)
-    # A summary counts when all its decisions fall in the window (first >= since).
-    summaries = select(func.coalesce(func.sum(ScanSummary.count), 0)).where(
-        ScanSummary.first >= since, ScanSummary.last <= until)
+    """Scans decided in [since, until] plus summaries wholly inside it, in the caller's
+    scope, optionally of one district."""
     limited = scope()
-    for which in (limited, district_id):
-        if which is not None:
-            scans = scans.where(Scan.district_id == which)
-            summaries = summaries.where(ScanSummary.district_id == which)
     narrower = _narrower_locations()
-    if narrower is not None:
-        scans = scans.where(Scan.location_id.in_(narrower))
-        summaries = summaries.where(ScanSummary.location_id.in_(narrower))
-    return int(session.scalar(scans)) + int(session.scalar(summaries))
+
+    def limit(stmt, table):
+        for which in (limited, district_id):
+            if which is not None:
+                stmt = stmt.where(table.district_id == which)
+        if narrower is not None:
+            stmt = stmt.where(table.location_id.in_(narrower))
+        return stmt
+
+    scans = scan_hours.counted(session, (), since, math.nextafter(until, math.inf), limit)
+    # A summary counts when all its decisions fall in the window (first >= since).
+    summaries = limit(select(func.coalesce(func.sum(ScanSummary.count), 0)).where(
+        ScanSummary.first >= since, ScanSummary.last <= until), ScanSummary)
+    return sum(scans.values()) + int(session.scalar(summaries))
 
 
 def state_counts(session, district_id: int | None = None) -> dict[str, int]:

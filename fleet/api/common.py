@@ -19,7 +19,7 @@ import time
 from datetime import datetime, timezone
 
 from flask import current_app, g, request
-from sqlalchemy import Integer, cast, func, literal_column, select
+from sqlalchemy import select
 
 from ..auth import current_user, district_scope, organisation_scope, ward_scope as _ward_scope
 from ..models import District, Location
@@ -199,16 +199,6 @@ def keyset_page(session, stmt, id_column, limit: int, after: int | None,
 def _row_id(row) -> int:
     first = row[0]
     return first.id if hasattr(first, "id") else first
-
-
-# --- hour buckets -------------------------------------------------------------------
-def hour_bucket(session, column):
-    """SQL for the start of the UTC hour of epoch seconds `column` (a portable floor:
-    PostgreSQL's cast rounds, SQLite's truncates, and epoch times are positive)."""
-    hour = literal_column("3600")
-    if session.get_bind().dialect.name == "postgresql":
-        return cast(func.floor(column / hour), Integer) * hour
-    return cast(column / hour, Integer) * hour
 
 
 # --- who may see what -----------------------------------------------------------------

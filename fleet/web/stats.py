@@ -14,7 +14,8 @@ from sqlalchemy import func, null, select
 from ..api.activity import hourly_volumes, scan_where
 from ..api.common import district_by_code, location_by_code, now
 from ..app import db
-from ..models import District, Location, Scan, ScanSummary
+from .. import scan_hours
+from ..models import District, Location, ScanSummary
 from . import bp, display, page
 from .kiosks import _code, places
 
@@ -25,20 +26,18 @@ TOP_REASONS = 10
 def _grouped(session, columns, first: int, end: int, where: dict, *, red_only=False):
     """Counts of scans plus summarized decisions over [first, end), grouped by `columns`,
     in the caller's scope and filters. A column the summaries lack (sub_reason) is None
-    for them."""
-    out: dict[tuple, int] = {}
-    for table, count, time_filter in (
-            (Scan, func.count(), (Scan.ts >= first, Scan.ts < end)),
-            (ScanSummary, func.sum(ScanSummary.count),
-             (ScanSummary.hour >= first, ScanSummary.hour < end))):
-        cols = [getattr(table, c, None) for c in columns]
-        stmt = (select(*(null() if c is None else c for c in cols), count).where(*time_filter)
-                .group_by(*(c for c in cols if c is not None)))
-        if red_only:
-            stmt = stmt.where(table.decision == "red")
-        for row in session.execute(scan_where(stmt, table, **where)).all():
-            key = tuple(row[:-1])
-            out[key] = out.get(key, 0) + int(row[-1] or 0)
+    for them. The scans are counted from the hourly rollup where it has them
+    (fleet/scan_hours.py)."""
+    red = (lambda table: (table.decision == "red",)) if red_only else (lambda table: ())
+    out = scan_hours.counted(session, columns, first, end,
+                             lambda stmt, table: scan_where(stmt, table, **where), extra=red)
+    cols = [getattr(ScanSummary, c, None) for c in columns]
+    stmt = (select(*(null() if c is None else c for c in cols), func.sum(ScanSummary.count))
+            .where(ScanSummary.hour >= first, ScanSummary.hour < end, *red(ScanSummary))
+            .group_by(*(c for c in cols if c is not None)))
+    for row in session.execute(scan_where(stmt, ScanSummary, **where)).all():
+        key = tuple(row[:-1])
+        out[key] = out.get(key, 0) + int(row[-1] or 0)
     return out
 
 
