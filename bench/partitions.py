@@ -100,9 +100,9 @@ def main(argv: list[str]) -> int:
                     "policy, location_id, district_id, holder, cert_hash, cert_type, seq) "
                     "SELECT 'k' || (g % :k), md5(g::text || :day), "
                     ":start + (g * 86399.0 / :n), :start + (g * 86399.0 / :n) + 1, "
-                    "CASE WHEN g % 20 = 0 THEN 'red' ELSE 'green' END, "
-                    "CASE WHEN g % 20 = 0 THEN 'expired' ELSE 'ok' END, 'hcmc-2021', "
-                    "g % 5000, g % 24, md5(((g * 7919 + :day) % :people)::text), "
+                    "CASE WHEN (g / 5000) % 20 = 0 THEN 'red' ELSE 'green' END, "
+                    "CASE WHEN (g / 5000) % 20 = 0 THEN 'expired' ELSE 'ok' END, 'hcmc-2021', "
+                    "g % 5000, (g % 5000) % 24, md5(((g * 7919 + :day) % :people)::text), "
                     "md5(((g * 104729 + :day) % :people)::text || 'c'), 'v', g "
                     "FROM generate_series(1::bigint, :n) AS g"),
                     {"k": args.kiosks, "day": d, "start": start, "n": per_day,
@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
                             ["kiosk_id", "scan_id", "ts", "received", "decision", "reason",
                              "policy", "holder", "location_id", "district_id"])
         rows = [(f"k{i % args.kiosks}", f"ingest-{i:010d}", now - 60 + i / 1000, now,
-                 "green", "ok", "hcmc-2021", f"{i % people:032x}", i % 5000, i % 24)
+                 "green", "ok", "hcmc-2021", f"{i % people:032x}", i % 5000, (i % 5000) % 24)
                 for i in range(50_000)]
         start = time.perf_counter()
         for at in range(0, len(rows), 500):
@@ -201,6 +201,10 @@ def main(argv: list[str]) -> int:
                 hour_s.append(_timed_call(scan_hours._count, connection,
                                           today - DAY + 3600 * (3 + h)))
         timings["rollup: one hour counted again (the hourly upkeep's share)"] = hour_s
+        with engine.connect() as connection:
+            hour_rows = connection.execute(text(
+                "SELECT count(*) FROM scan_hour WHERE hour >= :a AND hour < :b"),
+                {"a": today - DAY, "b": today}).scalar()
         with Session(engine) as session:
             for label, columns in (
                     ("hourly volumes of a day by decision, from the rollup",
@@ -227,6 +231,7 @@ def main(argv: list[str]) -> int:
         print(f"| retention of one day by DELETE ({deleted:,} rows) | {delete_s:.2f} s |")
         print(f"| rollup, first run: {rolled['hours']:,} hours counted | {roll_s:.1f} s "
               f"({roll_s / max(1, rolled['hours']) * 1000:.0f} ms an hour) |")
+        print(f"| rollup rows of one day (what the day's figures read) | {hour_rows:,} |")
         print(f"| retention of one day by DROP ({dropped[-1][1]:,} rows) | {drop_s:.3f} s "
               f"(of which counting the rows for the audit {count_s:.2f} s per day) |")
         for label, values in timings.items():
