@@ -53,17 +53,26 @@ apt_wait() {
         rc=0
         "$@" 2>"$errors" || rc=$?
         # "are you root?": a lock file this user may not open, which no waiting mends
-        if [[ $rc == 0 ]] || (( SECONDS - start >= wait )) || grep -q 'are you root' "$errors" ||
+        if [[ $rc == 0 ]] || grep -q 'are you root' "$errors" ||
             ! grep -qE 'Could not get lock|Unable to acquire the dpkg frontend lock|Unable to lock' "$errors"; then
             cat "$errors" >&2
             rm -f "$errors"
             return "$rc"
         fi
+        # said before the time check: one slow apt run (its own 1 s lock timeout on a busy
+        # machine) may use up a short wait, and the user must still learn why it failed
         if (( said < 0 || SECONDS - said >= 60 )); then
             holder=$(grep -m1 -oE 'held by process [0-9]+( \([^)]*\))?' "$errors" || true)
             printf '[apt] another package manager is running (the apt/dpkg lock is %s); waiting for it to finish: %d s so far, at most %d s (APT_LOCK_WAIT)\n' \
                 "${holder:-held}" $((SECONDS - start)) "$wait" >&2
             said=$SECONDS
+        fi
+        if (( SECONDS - start >= wait )); then
+            printf '[apt] the lock is still held after %d s (APT_LOCK_WAIT): giving up\n' \
+                $((SECONDS - start)) >&2
+            cat "$errors" >&2
+            rm -f "$errors"
+            return "$rc"
         fi
         sleep "${APT_LOCK_RETRY:-5}"
     done

@@ -69,12 +69,14 @@ def test_a_lock_held_too_long_fails_with_apts_message(tmp_path):
     apt = private_apt(tmp_path)
     holder = hold(tmp_path / "dpkg/lock-frontend", 30)
     try:
-        proc = apt_wait(apt, "install", "-y", "hello", wait=2)
+        # wait 1 s: apt's own 1 s lock timeout uses it all up, as on a busy machine
+        proc = apt_wait(apt, "install", "-y", "hello", wait=1)
     finally:
         holder.kill()
         holder.wait()
     assert proc.returncode != 0
     assert "waiting for it to finish" in proc.stderr and "dpkg frontend lock" in proc.stderr
+    assert "giving up" in proc.stderr
 
 
 def test_other_failures_are_not_retried(tmp_path):
