@@ -218,7 +218,7 @@ class ScanRollup(Base):
     __tablename__ = "scan_rollup"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     through: Mapped[int] = mapped_column(Integer)
-    at: Mapped[float] = mapped_column(Float)  # when the rollup last ran
+    at: Mapped[float] = mapped_column(Float)  # when the rollup last moved `through`
 
 
 QUARANTINE_KINDS = ("scan", "summary", "heartbeat", "presence", "bridge", "unknown")

@@ -72,8 +72,9 @@ def mark(connection, hours, at: float) -> None:
 
 
 # --- the rollup -----------------------------------------------------------------------
-def _begin(connection) -> ScanRollup | None:
-    """Take the rollup's lock; the scan_rollup row (None before the first run)."""
+def _begin(connection):
+    """Take the rollup's lock; the scan_rollup row's (through, at), None before the first
+    run."""
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
         lock = select(ScanRollup.through, ScanRollup.at)
@@ -141,9 +142,6 @@ def roll(engine, now: float | None = None) -> dict:
                                                            *ours))
             _count(connection, hour)
         recounted += 1
-    with engine.begin() as connection:
-        _begin(connection)
-        connection.execute(update(ScanRollup).where(ScanRollup.id == 1).values(at=now))
     if counted or recounted:
         log.info("rollup: %d hour(s) counted, %d counted again", counted, recounted)
     return {"hours": counted, "recounted": recounted, "through": limit}
@@ -213,27 +211,26 @@ def counted(session, columns, first: float, end: float, limit, *, rollup: bool =
     caller's scope and filters); `extra(table)` gives further conditions on KEPT columns.
     `rollup=False`: the scans only (a filter the rollup cannot apply, such as a kiosk)."""
     out: dict[tuple, int] = {}
-    where, raw = plan(session, first, end) if rollup else (None, [(first, end)])
-    for table, count, span in (
-            (Scan, func.count(), or_(*(and_(Scan.ts >= x, Scan.ts < y) for x, y in raw))
-             if raw else None),
-            (ScanHour, func.sum(ScanHour.count), and_(ScanHour.hour >= where[0],
-                                                      ScanHour.hour < where[1])
-             if where else None)):
-        if span is None:
-            continue
-        if table is Scan:
-            cols = [bucket(session, Scan.ts) if c == "hour" else getattr(Scan, c)
-                    for c in columns]
-        else:
-            cols = [getattr(ScanHour, c) for c in columns]  # "hour" is a column here
-        stmt = select(*cols, count).where(span, *extra(table)).group_by(*cols)
-        if table is ScanHour and where is not None:
-            dirty = [h for x, y in raw for h in range(int(x), int(y), HOUR)
-                     if where[0] <= x and y <= where[1]]
-            if dirty:
-                stmt = stmt.where(ScanHour.hour.not_in(dirty))
+
+    def add(stmt, table) -> None:
         for row in session.execute(limit(stmt, table)).all():
             key = tuple(int(v) if c == "hour" else v for c, v in zip(columns, row[:-1]))
             out[key] = out.get(key, 0) + int(row[-1] or 0)
+
+    rolled, raw = plan(session, first, end) if rollup else (None, [(first, end)])
+    if raw:
+        cols = [bucket(session, Scan.ts) if c == "hour" else getattr(Scan, c)
+                for c in columns]
+        span = or_(*(and_(Scan.ts >= x, Scan.ts < y) for x, y in raw))
+        add(select(*cols, func.count()).where(span, *extra(Scan)).group_by(*cols), Scan)
+    if rolled:
+        a, b = rolled
+        cols = [getattr(ScanHour, c) for c in columns]  # "hour" is a column here
+        stmt = (select(*cols, func.sum(ScanHour.count))
+                .where(ScanHour.hour >= a, ScanHour.hour < b, *extra(ScanHour)).group_by(*cols))
+        # the dirty hours: plan()'s ranges inside the rolled ones, read from the scans
+        dirty = [h for x, y in raw if a <= x and y <= b for h in range(int(x), int(y), HOUR)]
+        if dirty:
+            stmt = stmt.where(ScanHour.hour.not_in(dirty))
+        add(stmt, ScanHour)
     return out

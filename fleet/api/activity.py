@@ -203,16 +203,8 @@ def _tz():
 def _count_scans(session, since: float, until: float, district_id: int | None) -> int:
     """Scans decided in [since, until] plus summaries wholly inside it, in the caller's
     scope, optionally of one district."""
-    limited = scope()
-    narrower = _narrower_locations()
-
     def limit(stmt, table):
-        for which in (limited, district_id):
-            if which is not None:
-                stmt = stmt.where(table.district_id == which)
-        if narrower is not None:
-            stmt = stmt.where(table.location_id.in_(narrower))
-        return stmt
+        return scan_where(stmt, table, district_id=district_id)
 
     scans = scan_hours.counted(session, (), since, math.nextafter(until, math.inf), limit)
     # A summary counts when all its decisions fall in the window (first >= since).
